@@ -1,0 +1,291 @@
+"""The streaming posterior kernel: the empirical optimal denoiser and its posterior statistics.
+
+For queries x̃ (VE form, x̃ = x0 + s·ε) and training points x_m, the posterior over the training set is
+``w_m = softmax_m(−‖x̃ − x_m‖² / (2 s² T) + log_weight_m)``. Logits come from one float32 GEMM per
+data chunk, the weighted mean from a second; per query a running state (max logit, Σexp, mean, M2,
+Σexp², argmax) merges chunk results exactly — online log-sum-exp plus Chan et al.'s parallel
+variance merge — in float64. Memory is O(B·D + B·chunk + chunk·D) whatever N is, and any chunk
+order or partition of the data gives the same answer to rounding (DESIGN §1).
+
+Within a chunk, the mean and M2 are taken relative to each query's best point in the chunk, so the
+trace of the posterior covariance does not cancel catastrophically when one point dominates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import psutil
+import torch
+
+from difflens.data import Dataset, as_dataset
+from difflens.errors import DifflensError
+
+Sigma = float | np.ndarray | torch.Tensor
+
+
+@dataclass
+class Posterior:
+    """Per-query posterior statistics (B queries, D dims). ``mean`` is E[x0 | x̃]."""
+
+    mean: torch.Tensor  # (B, D) float64
+    trace_cov: torch.Tensor  # (B,) tr Cov[x0 | x̃]
+    log_norm: torch.Tensor  # (B,) log Σ_m exp(−‖x̃ − x_m‖²/(2s²T) + log_weight_m)
+    max_weight: torch.Tensor  # (B,) largest posterior weight
+    eff_count: torch.Tensor  # (B,) 1 / Σ w²
+    argmax: torch.Tensor  # (B,) int64 index of the most probable training point
+
+    def select(self, idx) -> Posterior:
+        return Posterior(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+
+@dataclass
+class PosteriorState:
+    """Mergeable partial statistics of a posterior over part of the data (all float64 but argmax).
+
+    ``log_max`` is the largest logit seen, ``total`` = Σ exp(logit − log_max), ``m2`` =
+    Σ exp(logit − log_max)·‖x_m − mean‖², ``sq_total`` = Σ exp(2(logit − log_max)). Rows that saw
+    no point have total = 0 (and log_max = −inf)."""
+
+    log_max: torch.Tensor
+    total: torch.Tensor
+    mean: torch.Tensor
+    m2: torch.Tensor
+    sq_total: torch.Tensor
+    argmax: torch.Tensor
+
+    @classmethod
+    def empty(cls, batch: int, dim: int) -> PosteriorState:
+        z = torch.zeros(batch, dtype=torch.float64)
+        return cls(
+            torch.full((batch,), -math.inf, dtype=torch.float64),
+            z,
+            torch.zeros(batch, dim, dtype=torch.float64),
+            z.clone(),
+            z.clone(),
+            torch.full((batch,), -1, dtype=torch.int64),
+        )
+
+    @classmethod
+    def of_points(cls, logits: torch.Tensor, points: torch.Tensor, index: torch.Tensor) -> PosteriorState:
+        """The state of one point per query (e.g. the source sample of the DOL estimator)."""
+        ones = torch.ones(len(logits), dtype=torch.float64)
+        return cls(logits.double(), ones, points.double(), torch.zeros_like(ones), ones.clone(), index.long())
+
+    def merge(self, other: PosteriorState) -> PosteriorState:
+        """Exact combination of two partials over disjoint parts of the data (associative)."""
+        top = torch.maximum(self.log_max, other.log_max)
+        safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        fa = torch.exp(self.log_max - safe).nan_to_num(0.0)
+        fb = torch.exp(other.log_max - safe).nan_to_num(0.0)
+        wa, wb = self.total * fa, other.total * fb
+        total = wa + wb
+        share_b = torch.where(total > 0, wb / total.clamp_min(1e-300), torch.zeros_like(total))
+        delta = other.mean - self.mean
+        mean = self.mean + share_b[:, None] * delta
+        m2 = self.m2 * fa + other.m2 * fb + (delta * delta).sum(1) * wa * share_b
+        argmax = torch.where(other.log_max > self.log_max, other.argmax, self.argmax)
+        return PosteriorState(top, total, mean, m2, self.sq_total * fa**2 + other.sq_total * fb**2, argmax)
+
+    def finalize(self, query_sq_norm: torch.Tensor, scale: torch.Tensor) -> Posterior:
+        """Posterior statistics; ``scale`` = 1/(s²T) per query turns logits into log densities."""
+        if (self.total <= 0).any():
+            raise DifflensError("a query has no training point left to put weight on (all excluded)")
+        return Posterior(
+            mean=self.mean,
+            trace_cov=(self.m2 / self.total).clamp_min(0.0),
+            log_norm=self.log_max + torch.log(self.total) - 0.5 * query_sq_norm * scale,
+            max_weight=1.0 / self.total,
+            eff_count=self.total**2 / self.sq_total,
+            argmax=self.argmax,
+        )
+
+
+def chunk_state(
+    queries: torch.Tensor,
+    scale: torch.Tensor,
+    x: torch.Tensor,
+    index: torch.Tensor,
+    log_weights: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
+) -> PosteriorState:
+    """Partial posterior of queries (B, D) over one data chunk x (C, D) with global row ``index``.
+
+    scale (B,) = 1/(s²T); log_weights (C,) are added to the logits; exclude (B, k) lists global
+    indices each query must ignore (−1 for none)."""
+    sq_norm = (x.double() ** 2).sum(1)
+    g = queries @ x.T - 0.5 * sq_norm.float()  # (B, C) = x̃·x − ‖x‖²/2, one GEMM
+    if exclude is not None:
+        g = g.masked_fill((exclude[:, None, :] == index[None, :, None]).any(-1), -math.inf)
+    g_max = g.amax(1, keepdim=True)
+    finite = torch.isfinite(g_max)
+    g_max = torch.where(finite, g_max, torch.zeros_like(g_max))
+    z = (g - g_max) * scale[:, None].float()
+    if log_weights is not None:
+        z = z + log_weights.float()[None, :]
+    z_max, best = z.max(1, keepdim=True)
+    z_max = torch.where(torch.isfinite(z_max), z_max, torch.zeros_like(z_max))
+    p = torch.exp(z - z_max)  # best point has p = 1 exactly (0 everywhere for a fully excluded row)
+    p_rest = p.scatter(1, best, 0.0)
+    rest = p_rest @ x  # (B, D) second GEMM, without the dominant point
+    total = p.sum(1, dtype=torch.float64)
+    rest_total = total - p.gather(1, best).double().squeeze(1)
+    anchor = x[best.squeeze(1)].double()  # each query's best point in the chunk
+    offset = rest.double() - rest_total[:, None] * anchor  # Σ p_m (x_m − anchor)
+    spread = (  # Σ p_m ‖x_m − anchor‖²
+        p_rest.double() @ sq_norm
+        + rest_total * (anchor * anchor).sum(1)
+        - 2.0 * (anchor * rest.double()).sum(1)
+    ).clamp_min(0.0)
+    safe_total = total.clamp_min(1e-300)
+    mean = anchor + offset / safe_total[:, None]
+    m2 = (spread - (offset * offset).sum(1) / safe_total).clamp_min(0.0)
+    log_max = (g_max.squeeze(1).double() * scale + z_max.squeeze(1).double()).masked_fill(
+        ~finite.squeeze(1), -math.inf
+    )
+    argmax = torch.where(finite.squeeze(1), index[best.squeeze(1)], torch.full_like(best.squeeze(1), -1))
+    return PosteriorState(log_max, total, mean, m2, (p.double() ** 2).sum(1), argmax)
+
+
+def default_chunk_rows(dim: int, batch: int, budget_fraction: float = 0.05) -> int:
+    """Rows per data chunk: chunk + logits + weights fit in a small slice of available memory."""
+    budget = min(psutil.virtual_memory().available * budget_fraction, 512 << 20)
+    per_row = 4 * dim + 16 * batch  # chunk row (fp32) + logits/weights per query (fp32, several copies)
+    return int(max(256, min(65536, budget // per_row)))
+
+
+def _as_sigma(sigma: Sigma, batch: int) -> torch.Tensor:
+    s = torch.as_tensor(np.asarray(sigma, dtype=np.float64) if not torch.is_tensor(sigma) else sigma)
+    s = s.double().reshape(-1)
+    if s.numel() == 1:
+        s = s.expand(batch)
+    if s.numel() != batch:
+        raise DifflensError(f"sigma must be a scalar or one value per query ({batch}), got {s.numel()} values")
+    if not torch.isfinite(s).all() or (s <= 0).any():
+        raise DifflensError("sigma must be finite and > 0")
+    return s
+
+
+def _check_queries(queries, dim: int) -> torch.Tensor:
+    q = torch.as_tensor(queries).float()
+    if q.ndim == 1:
+        q = q[None]
+    q = q.reshape(len(q), -1)
+    if q.shape[1] != dim:
+        raise DifflensError(f"queries have {q.shape[1]} values each but the data has {dim}")
+    if not torch.isfinite(q).all():
+        raise DifflensError("queries contain NaN or Inf")
+    return q.contiguous()
+
+
+def _exclude_matrix(exclude, batch: int) -> torch.Tensor | None:
+    if exclude is None:
+        return None
+    e = torch.as_tensor(np.asarray(exclude) if not torch.is_tensor(exclude) else exclude).long()
+    e = e.reshape(batch, -1) if e.ndim <= 1 else e
+    if e.shape[0] != batch:
+        raise DifflensError(f"exclude needs one row per query ({batch}), got {e.shape[0]}")
+    return e
+
+
+def posterior_state(
+    queries: torch.Tensor,
+    chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    scale: torch.Tensor,
+    log_weights: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
+    query_batch: int = 1024,
+) -> PosteriorState:
+    """Fold (global index, rows) chunks into one state per query; the loop every engine runs."""
+    state = PosteriorState.empty(len(queries), queries.shape[1])
+    for index, x in chunks:
+        lw = None if log_weights is None else log_weights[index]
+        parts = [
+            chunk_state(
+                queries[i : i + query_batch],
+                scale[i : i + query_batch],
+                x,
+                index,
+                lw,
+                None if exclude is None else exclude[i : i + query_batch],
+            )
+            for i in range(0, len(queries), query_batch)
+        ]
+        state = state.merge(_concat(parts))
+    return state
+
+
+def _concat(parts: list[PosteriorState]) -> PosteriorState:
+    if len(parts) == 1:
+        return parts[0]
+    return PosteriorState(*(torch.cat([getattr(p, f) for p in parts]) for f in PosteriorState.__dataclass_fields__))
+
+
+def data_chunks(
+    data: Dataset, rows: int, include: np.ndarray | None = None
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """(global index, float32 rows) over the data, or over the rows ``include`` only."""
+    if include is None:
+        for start, x in data.chunks(rows):
+            yield torch.arange(start, start + len(x)), x
+        return
+    include = np.asarray(include, dtype=np.int64)
+    for start in range(0, len(include), rows):
+        idx = include[start : start + rows]
+        yield torch.from_numpy(idx), data.take(idx)
+
+
+def posterior(
+    queries,
+    data,
+    sigma: Sigma,
+    temperature: Sigma = 1.0,
+    *,
+    log_weights=None,
+    include=None,
+    exclude=None,
+    extra: PosteriorState | None = None,
+    chunk_size: int | None = None,
+    query_batch: int = 1024,
+) -> Posterior:
+    """Posterior over the training set for noisy queries x̃ (VE form) at noise level ``sigma``.
+
+    Args:
+        queries: (B, D) or (B, ...) noisy samples x̃ = x0 + s·ε.
+        data: a Dataset, or an (N, D) array/tensor of training points.
+        sigma: VE noise level s, a scalar or one per query.
+        temperature: T in the softmax (s²T replaces s²), a scalar or one per query.
+        log_weights: (N,) per-point log-weight offsets added to the logits.
+        include: indices of the only training points to use (shared by all queries).
+        exclude: (B,) or (B, k) per-query training indices to leave out (−1 = none).
+        extra: a partial state to merge in (e.g. a per-query source point with its own weight).
+        chunk_size: data rows per chunk; chosen from available memory by default.
+    """
+    data = as_dataset(data)
+    q = _check_queries(queries, data.dim)
+    s = _as_sigma(sigma, len(q))
+    t = _as_sigma(temperature, len(q))
+    scale = 1.0 / (s * s * t)
+    lw = None
+    if log_weights is not None:
+        lw = torch.as_tensor(np.asarray(log_weights, dtype=np.float64)).reshape(-1)
+        if len(lw) != data.n:
+            raise DifflensError(f"log_weights needs one value per training point ({data.n}), got {len(lw)}")
+    rows = chunk_size or default_chunk_rows(data.dim, min(len(q), query_batch))
+    if rows < 1:
+        raise DifflensError(f"chunk_size must be ≥ 1, got {rows}")
+    state = posterior_state(
+        q, data_chunks(data, rows, include), scale, lw, _exclude_matrix(exclude, len(q)), query_batch
+    )
+    if extra is not None:
+        state = state.merge(extra)
+    return state.finalize((q.double() ** 2).sum(1), scale)
+
+
+def denoise(queries, data, sigma: Sigma, temperature: Sigma = 1.0, **kwargs) -> torch.Tensor:
+    """E[x0 | x̃]: the empirical optimal denoiser (float32, same shape as the queries)."""
+    q = torch.as_tensor(queries)
+    return posterior(q, data, sigma, temperature, **kwargs).mean.float().reshape(q.shape)

@@ -1,0 +1,243 @@
+"""Forward processes x_t = α(t)·x0 + σ(t)·ε, prediction targets and their loss conversion factors.
+
+Every optimal quantity depends on the process only through the VE-equivalent noise level
+s = σ/α. A process is a tiny class giving α, σ, their time derivatives and the inverse t(s);
+a target is one row of ``TARGETS`` giving the factor r with J^target = r · J^x0 (DESIGN §2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from difflens.errors import DifflensError
+
+ArrayLike = float | np.ndarray
+
+
+class Process:
+    """α(t), σ(t), their derivatives and t(s). Subclasses fill in the formulas; t is a float array."""
+
+    name = ""
+
+    def alpha(self, t: ArrayLike) -> np.ndarray:
+        raise NotImplementedError
+
+    def sigma(self, t: ArrayLike) -> np.ndarray:
+        raise NotImplementedError
+
+    def dalpha(self, t: ArrayLike) -> np.ndarray:
+        raise NotImplementedError
+
+    def dsigma(self, t: ArrayLike) -> np.ndarray:
+        raise NotImplementedError
+
+    def t_of_s(self, s: ArrayLike) -> np.ndarray:
+        raise NotImplementedError
+
+    def s_of_t(self, t: ArrayLike) -> np.ndarray:
+        """VE-equivalent noise level s = σ/α."""
+        return self.sigma(t) / self.alpha(t)
+
+
+@dataclass(frozen=True)
+class VE(Process):
+    """Variance exploding (NCSN): α = 1, σ(t) geometric from sigma_min (t=0) to sigma_max (t=1)."""
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    name = "ve"
+
+    def alpha(self, t):
+        return np.ones_like(np.asarray(t, dtype=np.float64))
+
+    def dalpha(self, t):
+        return np.zeros_like(np.asarray(t, dtype=np.float64))
+
+    def sigma(self, t):
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** np.asarray(t, dtype=np.float64)
+
+    def dsigma(self, t):
+        return self.sigma(t) * math.log(self.sigma_max / self.sigma_min)
+
+    def t_of_s(self, s):
+        return np.log(np.asarray(s, dtype=np.float64) / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+
+
+class _VPBase(Process):
+    """Variance preserving: α = √ᾱ, σ = √(1−ᾱ); subclasses give ᾱ(t) and dᾱ/dt on t ∈ (0, 1]."""
+
+    def abar(self, t) -> np.ndarray:
+        raise NotImplementedError
+
+    def dabar(self, t) -> np.ndarray:
+        raise NotImplementedError
+
+    def alpha(self, t):
+        return np.sqrt(self.abar(t))
+
+    def sigma(self, t):
+        return np.sqrt(1.0 - self.abar(t))
+
+    def dalpha(self, t):
+        return self.dabar(t) / (2.0 * self.alpha(t))
+
+    def dsigma(self, t):
+        return -self.dabar(t) / (2.0 * self.sigma(t))
+
+
+@dataclass(frozen=True)
+class VPLinear(_VPBase):
+    """DDPM's linear β from 1e-4 to 0.02 over 1000 steps, in continuous time (β(t) = 0.1 … 20)."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    name = "vp"
+
+    def abar(self, t):
+        t = np.asarray(t, dtype=np.float64)
+        return np.exp(-self.beta_min * t - 0.5 * (self.beta_max - self.beta_min) * t**2)
+
+    def dabar(self, t):
+        t = np.asarray(t, dtype=np.float64)
+        return -(self.beta_min + (self.beta_max - self.beta_min) * t) * self.abar(t)
+
+    def t_of_s(self, s):
+        log_inv_abar = np.log1p(np.asarray(s, dtype=np.float64) ** 2)  # ᾱ = 1/(1+s²)
+        d = self.beta_max - self.beta_min
+        return (-self.beta_min + np.sqrt(self.beta_min**2 + 2.0 * d * log_inv_abar)) / d
+
+
+@dataclass(frozen=True)
+class VPCosine(_VPBase):
+    """Nichol & Dhariwal's cosine ᾱ(t) = f(t)/f(0), f(t) = cos²(π/2 · (t+o)/(1+o))."""
+
+    offset: float = 0.008
+    name = "vp-cosine"
+
+    def _f(self, t):
+        return np.cos(0.5 * np.pi * (np.asarray(t, dtype=np.float64) + self.offset) / (1 + self.offset)) ** 2
+
+    def abar(self, t):
+        return self._f(t) / self._f(0.0)
+
+    def dabar(self, t):
+        u = 0.5 * np.pi * (np.asarray(t, dtype=np.float64) + self.offset) / (1 + self.offset)
+        return -np.sin(2 * u) * 0.5 * np.pi / (1 + self.offset) / self._f(0.0)
+
+    def t_of_s(self, s):
+        root = np.sqrt(self._f(0.0) / (1.0 + np.asarray(s, dtype=np.float64) ** 2))
+        return (1 + self.offset) * np.arccos(root) * 2.0 / np.pi - self.offset
+
+
+@dataclass(frozen=True)
+class EDM(Process):
+    """Karras et al.: α = 1, σ = t."""
+
+    name = "edm"
+
+    def alpha(self, t):
+        return np.ones_like(np.asarray(t, dtype=np.float64))
+
+    def dalpha(self, t):
+        return np.zeros_like(np.asarray(t, dtype=np.float64))
+
+    def sigma(self, t):
+        return np.asarray(t, dtype=np.float64)
+
+    def dsigma(self, t):
+        return np.ones_like(np.asarray(t, dtype=np.float64))
+
+    def t_of_s(self, s):
+        return np.asarray(s, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class FlowMatching(Process):
+    """Flow matching / rectified flow: α = 1 − t, σ = t."""
+
+    name = "fm"
+
+    def alpha(self, t):
+        return 1.0 - np.asarray(t, dtype=np.float64)
+
+    def dalpha(self, t):
+        return -np.ones_like(np.asarray(t, dtype=np.float64))
+
+    def sigma(self, t):
+        return np.asarray(t, dtype=np.float64)
+
+    def dsigma(self, t):
+        return np.ones_like(np.asarray(t, dtype=np.float64))
+
+    def t_of_s(self, s):
+        s = np.asarray(s, dtype=np.float64)
+        return s / (1.0 + s)
+
+
+PROCESSES: dict[str, Callable[[], Process]] = {
+    "ve": VE,
+    "vp": VPLinear,
+    "vp-cosine": VPCosine,
+    "edm": EDM,
+    "fm": FlowMatching,
+}
+
+SIGMA_DATA = 0.5  # EDM's σ_data, used by the EDM F target and the EDM training recipe
+
+
+def edm_c_out(s: ArrayLike, sigma_data: float = SIGMA_DATA) -> np.ndarray:
+    s = np.asarray(s, dtype=np.float64)
+    return s * sigma_data / np.sqrt(s**2 + sigma_data**2)
+
+
+# J^target_t = r_t · J^x0_t. Each row: (process, t) -> r. (DESIGN §2)
+TARGETS: dict[str, Callable[[Process, np.ndarray], np.ndarray]] = {
+    "x0": lambda p, t: np.ones_like(t),
+    "eps": lambda p, t: (p.alpha(t) / p.sigma(t)) ** 2,
+    "score": lambda p, t: p.alpha(t) ** 2 / p.sigma(t) ** 4,
+    "v": lambda p, t: (p.alpha(t) ** 2 + p.sigma(t) ** 2) ** 2 / p.sigma(t) ** 2,
+    "flow": lambda p, t: ((p.alpha(t) * p.dsigma(t) - p.dalpha(t) * p.sigma(t)) / p.sigma(t)) ** 2,
+    "edm": lambda p, t: 1.0 / edm_c_out(p.s_of_t(t)) ** 2,
+}
+
+
+def get_process(name: str) -> Process:
+    try:
+        return PROCESSES[name]()
+    except KeyError:
+        raise DifflensError(f"unknown process {name!r}; choose one of {', '.join(PROCESSES)}") from None
+
+
+def conversion_factor(process: Process | str, target: str, t: ArrayLike) -> np.ndarray:
+    """r_t such that a loss on `target` equals r_t times the x0 loss at time t."""
+    if isinstance(process, str):
+        process = get_process(process)
+    if target not in TARGETS:
+        raise DifflensError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    return TARGETS[target](process, np.asarray(t, dtype=np.float64))
+
+
+def sigma_grid(lo: float = 0.002, hi: float = 80.0, n: int = 64) -> np.ndarray:
+    """Log-spaced VE-equivalent noise levels (the default grid of the optimal-loss curve)."""
+    if not (lo > 0 and hi > lo and n >= 1):
+        raise DifflensError(f"bad noise grid: need 0 < lo < hi and n ≥ 1, got lo={lo}, hi={hi}, n={n}")
+    return np.geomspace(lo, hi, n) if n > 1 else np.array([lo], dtype=np.float64)
+
+
+def parse_sigmas(spec: str) -> np.ndarray:
+    """'0.002:80:64' (log grid lo:hi:n) or a comma list '0.1,1,10'. All levels must be finite and > 0."""
+    try:
+        if ":" in spec:
+            lo, hi, n = spec.split(":")
+            values = sigma_grid(float(lo), float(hi), int(n))
+        else:
+            values = np.array([float(v) for v in spec.split(",") if v.strip()], dtype=np.float64)
+    except ValueError:
+        raise DifflensError(f"cannot parse noise levels {spec!r}: use LO:HI:N or a comma list") from None
+    if values.size == 0 or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise DifflensError(f"noise levels must be finite and > 0, got {spec!r}")
+    return values
