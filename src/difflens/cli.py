@@ -107,8 +107,15 @@ def optimal_loss_cmd(
     grid = processes.parse_sigmas(sigmas)
     ds = load_data(data, scale, holdout, seed)
     config = {
-        "dataset": ds.summary(), "process": process.value, "target": target.value, "estimator": estimator.value,
-        "subset": subset, "C": c, "samples": samples, "sigmas": [float(s) for s in np.sort(grid)], "seed": seed,
+        "dataset": ds.summary(),
+        "process": process.value,
+        "target": target.value,
+        "estimator": estimator.value,
+        "subset": subset,
+        "C": c,
+        "samples": samples,
+        "sigmas": [float(s) for s in np.sort(grid)],
+        "seed": seed,
         "reduction": "sum" if sum_dims else "mean",
     }
     log = report.LevelLog(out / "levels.jsonl", config, resume)
@@ -125,9 +132,20 @@ def optimal_loss_cmd(
             bar.advance(task)
 
         curve = ol.optimal_loss_curve(
-            ds, grid, process=process.value, target=target.value, estimator=estimator.value, subset=subset,
-            C=c, samples=samples, seed=seed, reduction=config["reduction"], recipe=recipe,
-            chunk_size=chunk_size, done=done, on_level=on_level,
+            ds,
+            grid,
+            process=process.value,
+            target=target.value,
+            estimator=estimator.value,
+            subset=subset,
+            C=c,
+            samples=samples,
+            seed=seed,
+            reduction=config["reduction"],
+            recipe=recipe,
+            chunk_size=chunk_size,
+            done=done,
+            on_level=on_level,
         )
     result = curve.to_dict()
     rows = [{k: v for k, v in lv.items()} for lv in result["levels"]]
@@ -144,8 +162,13 @@ def _print_curve(result: dict) -> None:
         table.add_column(col, justify="right")
     for lv in result["levels"]:
         table.add_row(
-            f"{lv['sigma']:.4g}", f"{lv['t']:.4g}", f"{lv['optimal_loss']:.4g}", f"{lv['stderr']:.2g}",
-            f"{lv['optimal_loss_x0']:.4g}", f"{lv['mean_max_weight']:.3f}", f"{lv['mean_eff_count']:.3g}",
+            f"{lv['sigma']:.4g}",
+            f"{lv['t']:.4g}",
+            f"{lv['optimal_loss']:.4g}",
+            f"{lv['stderr']:.2g}",
+            f"{lv['optimal_loss_x0']:.4g}",
+            f"{lv['mean_max_weight']:.3f}",
+            f"{lv['mean_eff_count']:.3g}",
         )
     Console().print(table)
     crit = result["critical_sigma"]

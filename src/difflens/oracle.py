@@ -136,16 +136,12 @@ def chunk_state(
     anchor = x[best.squeeze(1)].double()  # each query's best point in the chunk
     offset = rest.double() - rest_total[:, None] * anchor  # Σ p_m (x_m − anchor)
     spread = (  # Σ p_m ‖x_m − anchor‖²
-        p_rest.double() @ sq_norm
-        + rest_total * (anchor * anchor).sum(1)
-        - 2.0 * (anchor * rest.double()).sum(1)
+        p_rest.double() @ sq_norm + rest_total * (anchor * anchor).sum(1) - 2.0 * (anchor * rest.double()).sum(1)
     ).clamp_min(0.0)
     safe_total = total.clamp_min(1e-300)
     mean = anchor + offset / safe_total[:, None]
     m2 = (spread - (offset * offset).sum(1) / safe_total).clamp_min(0.0)
-    log_max = (g_max.squeeze(1).double() * scale + z_max.squeeze(1).double()).masked_fill(
-        ~finite.squeeze(1), -math.inf
-    )
+    log_max = (g_max.squeeze(1).double() * scale + z_max.squeeze(1).double()).masked_fill(~finite.squeeze(1), -math.inf)
     argmax = torch.where(finite.squeeze(1), index[best.squeeze(1)], torch.full_like(best.squeeze(1), -1))
     return PosteriorState(log_max, total, mean, m2, (p.double() ** 2).sum(1), argmax)
 

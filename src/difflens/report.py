@@ -78,7 +78,9 @@ class LevelLog:
                 except json.JSONDecodeError:
                     break  # a line cut short by the interruption
                 self.done[rec["index"]] = rec["level"]
-            self.path.write_text("\n".join([lines[0], *(json.dumps(self._rec(i, v)) for i, v in self.done.items())]) + "\n")
+            self.path.write_text(
+                "\n".join([lines[0], *(json.dumps(self._rec(i, v)) for i, v in self.done.items())]) + "\n"
+            )
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps(_clean(config)) + "\n")
@@ -105,12 +107,20 @@ def plot_optimal_loss(curve: dict, path: Path) -> None:
     name = curve["dataset"]["spec"]
     for ax, log in zip(axes, (False, True), strict=True):
         ax.plot(s, y, "o-", ms=3, color="C0", label=f"J* ({curve['estimator']})")
-        ax.fill_between(s, [a - b for a, b in zip(y, e, strict=True)], [a + b for a, b in zip(y, e, strict=True)],
-                        color="C0", alpha=0.25, label="±2 s.e.")
+        ax.fill_between(
+            s,
+            [a - b for a, b in zip(y, e, strict=True)],
+            [a + b for a, b in zip(y, e, strict=True)],
+            color="C0",
+            alpha=0.25,
+            label="±2 s.e.",
+        )
         if curve["target"] == "x0":
             ax.axhline(curve["data_variance"], color="gray", ls="--", lw=1, label="data variance")
         if curve.get("critical_sigma"):
-            ax.axvline(curve["critical_sigma"], color="C3", ls=":", lw=1, label=f"critical σ ≈ {curve['critical_sigma']:.3g}")
+            ax.axvline(
+                curve["critical_sigma"], color="C3", ls=":", lw=1, label=f"critical σ ≈ {curve['critical_sigma']:.3g}"
+            )
         ax.set_xscale("log")
         if log:
             positive = [v for v in y if v > 0]
@@ -121,6 +131,8 @@ def plot_optimal_loss(curve: dict, path: Path) -> None:
         ax.set_ylabel(f"optimal loss, target {curve['target']} ({unit})")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Optimal loss on {name} (N={curve['dataset']['n']}, D={curve['dataset']['dim']}), "
-                 f"process {curve['process']}, M={curve['samples']}")
+    fig.suptitle(
+        f"Optimal loss on {name} (N={curve['dataset']['n']}, D={curve['dataset']['dim']}), "
+        f"process {curve['process']}, M={curve['samples']}"
+    )
     save_figure(fig, path)
