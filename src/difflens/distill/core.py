@@ -16,7 +16,7 @@ import torch
 
 from difflens.distill.models import Denoiser, make_denoiser
 from difflens.distill.sampling import sample
-from difflens.distill.train import Pairs, Scalarization, TrainConfig, TrainLog, eval_dsm, train_dsm
+from difflens.distill.train import Pairs, Scalarization, TrainConfig, TrainLog, derive_seed, eval_dsm, train_dsm
 from difflens.errors import DifflensError
 
 Progress = Callable[[int], None] | None
@@ -124,7 +124,7 @@ def pseudo_label(
     sampler = sampler or SamplerSpec()
     if len(specialists) != len(conds):
         raise DifflensError(f"{len(specialists)} specialists for {len(conds)} tasks of unlabeled conditions")
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(derive_seed(seed, "pseudo-label"))
     return [Pairs(c, sampler(s, c, 0, x_shape, g)) for s, c in zip(specialists, conds, strict=True)]
 
 

@@ -25,7 +25,7 @@ from difflens.distill.core import (
     pseudo_label,
 )
 from difflens.distill.models import count_parameters
-from difflens.distill.train import Pairs, Scalarization, TrainConfig, edm_weight
+from difflens.distill.train import Pairs, Scalarization, TrainConfig, derive_seed, edm_weight
 from difflens.errors import DifflensError
 
 
@@ -35,7 +35,7 @@ class GaussianTasks:
     def __init__(self, k: int = 3, dim: int = 2, cond_dim: int = 2, seed: int = 0):
         if min(k, dim, cond_dim) < 1:
             raise DifflensError(f"toy tasks need k, dim, cond_dim ≥ 1, got {k}, {dim}, {cond_dim}")
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(derive_seed(seed, "toy-tasks"))
         self.k, self.dim, self.cond_dim = k, dim, cond_dim
         r = 1 / math.sqrt(cond_dim)
         self.m = 1.5 * torch.randn(k, cond_dim, generator=g, dtype=torch.float64)
@@ -89,7 +89,7 @@ def excess_risk(
     """Excess DSM risk E[λ(σ)·‖D(x; σ, c) − D*(x; σ, c)‖²/d] (mean and standard error) with c ~ p_k,
     ln σ ~ N(p_mean, p_std²), x ~ p_k(x_σ | c) and λ the EDM weight at ``sigma_data`` — the amount by
     which the model's DSM loss exceeds the lowest achievable one under that noise distribution."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(derive_seed(seed, "excess-risk"))
     c = tasks.conditions(task, samples, g)
     sigma = torch.exp(p_mean + p_std * torch.randn(samples, generator=g, dtype=torch.float64))
     x = tasks.sample(task, c, g).double() + sigma[:, None] * torch.randn(
@@ -127,7 +127,7 @@ def conditional_fit(
     """W2 and KL between the Gaussian fitted to ``per_cond`` samples ``draw(c)`` and the true
     p_k(x | c), averaged over ``conds`` test conditions from p_k(c). The same metric on exact samples
     (``draw`` = the true sampler) is the finite-sample floor."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(derive_seed(seed, "conditional-fit"))
     c = tasks.conditions(task, conds, g)
     x = draw(c.repeat_interleave(per_cond, dim=0)).double().reshape(conds, per_cond, tasks.dim)
     mean = x.mean(1)
@@ -184,7 +184,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
     samples for the same unlabeled conditions) for every n; exact per-task metrics for each."""
     cfg.check()
     tasks = GaussianTasks(cfg.tasks, cfg.dim, cfg.cond_dim, seed=cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed + 1)
+    g = torch.Generator().manual_seed(derive_seed(cfg.seed, "data"))
     sampler = SamplerSpec(steps=cfg.sampler_steps)
     spec_model = ModelSpec(width=cfg.specialist_width, depth=cfg.specialist_depth)
     spec_cfg = TrainConfig(steps=cfg.specialist_steps, batch=cfg.batch)
@@ -208,7 +208,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
                 seed=cfg.seed + 7,
             )
             net = model if not isinstance(model, list) else model[k]
-            sg = torch.Generator().manual_seed(cfg.seed + 11)
+            sg = torch.Generator().manual_seed(derive_seed(cfg.seed, "eval-sampler"))
             fit = conditional_fit(
                 tasks,
                 k,
@@ -220,7 +220,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
             out.append({"excess_risk": risk, "excess_risk_se": se, **fit})
         return out
 
-    tg = torch.Generator().manual_seed(cfg.seed + 17)
+    tg = torch.Generator().manual_seed(derive_seed(cfg.seed, "floor"))
     floor = [
         conditional_fit(
             tasks,
@@ -295,7 +295,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
                 }
     if cfg.oracle:
         for un in cfg.unlabeled:
-            og = torch.Generator().manual_seed(cfg.seed + 5)
+            og = torch.Generator().manual_seed(derive_seed(cfg.seed, "oracle"))
             exact = [Pairs(c[:un], tasks.sample(k, c[:un], og)) for k, c in enumerate(all_conds)]
             for width in cfg.widths:
                 net, _ = fit_generalist(

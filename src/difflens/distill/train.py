@@ -11,9 +11,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from difflens.errors import DifflensError
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """An independent seed per purpose, so streams seeded alike (e.g. data and sampler noise) never coincide."""
+    return int(np.random.SeedSequence([seed, *purpose.encode()]).generate_state(1)[0])
 
 
 @dataclass
@@ -114,7 +120,7 @@ class TrainConfig:
 
     steps: int = 2000
     batch: int = 128
-    lr: float = 2e-3
+    lr: float = 5e-3
     weight_decay: float = 0.0
     p_mean: float | None = None
     p_std: float = 1.2
@@ -172,7 +178,7 @@ def train_dsm(
     scalarization = scalarization or Scalarization()
     if not data or any(len(p) == 0 for p in data):
         raise DifflensError("every task needs at least one training pair")
-    g = torch.Generator().manual_seed(config.seed)
+    g = torch.Generator().manual_seed(derive_seed(config.seed, "train"))
     opt = torch.optim.Adam(denoiser.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / config.steps))
@@ -214,7 +220,7 @@ def train_dsm(
 def eval_dsm(denoiser, data: list[Pairs], *, config: TrainConfig | None = None, draws: int = 4, seed: int = 1234):
     """Mean DSM loss per task on fixed noise draws (``draws`` (σ, ε) per pair), as a float64 tensor (K,)."""
     config = config or TrainConfig()
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(derive_seed(seed, "eval"))
     p_mean = log_sigma_mean(config, denoiser.sigma_data)
     out = []
     for k, p in enumerate(data):
