@@ -12,13 +12,14 @@ COLORS = {"specialist": "C0", "baseline": "C3", "distilled": "C2", "distilled+re
 
 
 def summary_rows(result: dict, metrics: tuple[str, ...]) -> list[dict]:
-    """One flat row per (run, task): the run's settings and the task's metrics."""
+    """One flat row per (run, task): the run's settings and the task's metrics (same columns for all rows)."""
     rows = []
     for run in result["runs"]:
         for k, t in enumerate(run["tasks"]):
-            rows.append(
-                {**{key: v for key, v in run.items() if key != "tasks"}, "task": k, **{m: t.get(m) for m in metrics}}
-            )
+            row = {key: run.get(key) for key in ("method", "n", "unlabeled", "width", "params")}
+            row["task"] = k
+            row["pairs"] = run["pairs"][k] if "pairs" in run else run.get("n")
+            rows.append({**row, **{m: t.get(m) for m in metrics}})
     return rows
 
 
