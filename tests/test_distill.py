@@ -1,5 +1,6 @@
 """Distillation: scalarizations, samplers, training on exact samples, pseudo-labelling, environment."""
 
+import json
 import math
 
 import numpy as np
@@ -150,3 +151,38 @@ def test_degradations_and_restoration_metrics():
     assert np.allclose(psnr, 10 * np.log10(4 / 0.01), atol=0.5)  # clamping to [−1, 1] can only lower the MSE
     with pytest.raises(DifflensError):
         degrade("rotate", clean, g)
+
+
+def test_cli_toy_writes_outputs_and_rejects_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from difflens.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["distill", "toy", "--pairs", "0,8", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and not (tmp_path / "bad" / "toy.json").exists()
+    args = [
+        "distill",
+        "toy",
+        "--tasks",
+        "2",
+        "--pairs",
+        "4",
+        "--unlabeled",
+        "32",
+        "--steps",
+        "20",
+        "--specialist-steps",
+        "10",
+        "--pareto",
+        "0",
+        "--no-oracle",
+        "--out",
+        str(tmp_path / "ok"),
+    ]
+    ok = runner.invoke(app, args)
+    assert ok.exit_code == 0, ok.output
+    result = json.loads((tmp_path / "ok" / "toy.json").read_text())
+    assert [r["method"] for r in result["runs"]] == ["specialist", "baseline", "distilled"]
+    assert all(len(r["tasks"]) == 2 for r in result["runs"])
+    assert (tmp_path / "ok" / "toy.png").exists() and (tmp_path / "ok" / "toy.csv").exists()

@@ -44,7 +44,9 @@ def plot_vs_pairs(
     """Per-task metric vs n, one line per method variant; runs without n (oracle, expert) as lines across."""
     runs = result["runs"]
     k = len(runs[0]["tasks"])
-    fig, axes = plt.subplots(len(metrics), k, figsize=(3.6 * k, 3.0 * len(metrics)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(metrics), k, figsize=(3.6 * k, 3.0 * len(metrics)), squeeze=False, layout="constrained"
+    )
     variants = list(dict.fromkeys(_variant(r) for r in runs))
     for row, (metric, label) in enumerate(metrics.items()):
         for task in range(k):
