@@ -198,6 +198,7 @@ class PolicyConfig:
     relabel_rounds: int = 2
     relabel_episodes: int = 32
     relabel_steps: int = 1000
+    relabel_lr: float = 5e-4
     eval_episodes: int = 50
     horizon: int = 50
     width: int = 256
@@ -236,7 +237,7 @@ def run_policy(cfg: PolicyConfig, progress: Callable[[int], None] | None = None)
     gen_cfg = TrainConfig(steps=cfg.steps, batch=cfg.batch)
     scal = Scalarization(cfg.scalarization)
     eval_ids = np.repeat(np.arange(k), cfg.eval_episodes)
-    eval_starts = random_starts(tasks, eval_ids, np.random.default_rng(cfg.seed + 100))
+    eval_starts = random_starts(tasks, eval_ids, np.random.default_rng(derive_seed(cfg.seed, "eval-starts")))
 
     def evaluate(policy) -> list[dict]:
         run = rollout(policy, tasks, eval_ids, eval_starts, horizon=cfg.horizon)
@@ -265,7 +266,7 @@ def run_policy(cfg: PolicyConfig, progress: Callable[[int], None] | None = None)
         )
 
     for n in cfg.demos:
-        rng = np.random.default_rng(cfg.seed + n)
+        rng = np.random.default_rng(derive_seed(cfg.seed, f"demos-{n}"))
         demos = demonstrations(tasks, n, rng, cfg.horizon)
         sizes = [len(p) for p in demos]
         specs = fit_specialists(demos, model=spec_model, config=spec_cfg, seed=cfg.seed, progress=progress)
@@ -297,7 +298,7 @@ def run_policy(cfg: PolicyConfig, progress: Callable[[int], None] | None = None)
                 train_dsm(
                     gen,
                     data,
-                    config=TrainConfig(steps=cfg.relabel_steps, batch=cfg.batch, lr=5e-4, seed=cfg.seed + r),
+                    config=TrainConfig(steps=cfg.relabel_steps, batch=cfg.batch, lr=cfg.relabel_lr, seed=cfg.seed + r),
                     scalarization=scal,
                     progress=progress,
                 )

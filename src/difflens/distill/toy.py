@@ -195,29 +195,19 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
     all_pairs = [tasks.pairs(k, max_n, g) for k in range(cfg.tasks)]
     all_conds = [tasks.conditions(k, max_un, g) for k in range(cfg.tasks)]
 
-    def metrics(model, task_ids=None) -> list[dict]:
+    def metrics(model, *, samples: bool = True) -> list[dict]:
+        """Exact metrics per task; ``model`` is one generalist or a list of specialists (task id 0)."""
         out = []
         for k in range(cfg.tasks):
-            tid = k if task_ids is None else task_ids
-            risk, se = excess_risk(
-                model if not isinstance(model, list) else model[k],
-                tasks,
-                k,
-                tid,
-                samples=cfg.eval_samples,
-                seed=cfg.seed + 7,
-            )
-            net = model if not isinstance(model, list) else model[k]
-            sg = torch.Generator().manual_seed(derive_seed(cfg.seed, "eval-sampler"))
-            fit = conditional_fit(
-                tasks,
-                k,
-                lambda c, net=net, tid=tid, sg=sg: sampler(net, c, tid, (cfg.dim,), sg),
-                conds=cfg.eval_conds,
-                per_cond=cfg.per_cond,
-                seed=cfg.seed + 13,
-            )
-            out.append({"excess_risk": risk, "excess_risk_se": se, **fit})
+            net, tid = (model[k], 0) if isinstance(model, list) else (model, k)
+            risk, se = excess_risk(net, tasks, k, tid, samples=cfg.eval_samples, seed=cfg.seed)
+            out.append({"excess_risk": risk, "excess_risk_se": se})
+            if samples:
+                sg = torch.Generator().manual_seed(derive_seed(cfg.seed, "eval-sampler"))
+                draw = lambda c, net=net, tid=tid, sg=sg: sampler(net, c, tid, (cfg.dim,), sg)  # noqa: E731
+                out[-1].update(
+                    conditional_fit(tasks, k, draw, conds=cfg.eval_conds, per_cond=cfg.per_cond, seed=cfg.seed)
+                )
         return out
 
     tg = torch.Generator().manual_seed(derive_seed(cfg.seed, "floor"))
@@ -228,13 +218,13 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
             lambda c, k=k: tasks.sample(k, c, tg),
             conds=cfg.eval_conds,
             per_cond=cfg.per_cond,
-            seed=cfg.seed + 13,
+            seed=cfg.seed,
         )
         for k in range(cfg.tasks)
     ]
     runs: list[dict] = []
 
-    def record(method, n, un, width, model, params, task_ids=None):
+    def record(method, n, un, width, model, params):
         runs.append(
             {
                 "method": method,
@@ -242,7 +232,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
                 "unlabeled": un,
                 "width": width,
                 "params": params,
-                "tasks": metrics(model, task_ids),
+                "tasks": metrics(model),
             }
         )
 
@@ -250,7 +240,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
     for n in cfg.pairs:
         pairs = [p.take(slice(0, n)) for p in all_pairs]
         specs = fit_specialists(pairs, model=spec_model, config=spec_cfg, seed=cfg.seed, progress=progress)
-        record("specialist", n, None, cfg.specialist_width, specs, count_parameters(specs[0]), task_ids=0)
+        record("specialist", n, None, cfg.specialist_width, specs, count_parameters(specs[0]))
         for width in cfg.widths:
             model = ModelSpec(width=width, depth=cfg.depth)
             base, _ = fit_generalist(
@@ -259,7 +249,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
             record("baseline", n, None, width, base, count_parameters(base))
         for un in cfg.unlabeled:
             conds = [c[:un] for c in all_conds]
-            pseudo = pseudo_label(specs, conds, (cfg.dim,), sampler=sampler, seed=cfg.seed + 3)
+            pseudo = pseudo_label(specs, conds, (cfg.dim,), sampler=sampler, seed=cfg.seed)
             for width in cfg.widths:
                 model = ModelSpec(width=width, depth=cfg.depth)
                 dist = distill_generalist(
@@ -283,9 +273,9 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
                     "width": cfg.widths[0],
                     "kind": cfg.scalarization,
                     "points": pareto_sweep(
-                        pseudo,
+                        [p + q for p, q in zip(pseudo, pairs, strict=True)] if cfg.mix_real else pseudo,
                         grid,
-                        lambda net: [m["excess_risk"] for m in metrics(net)],
+                        lambda net: [m["excess_risk"] for m in metrics(net, samples=False)],
                         kind=cfg.scalarization,
                         model=ModelSpec(width=cfg.widths[0], depth=cfg.depth),
                         config=gen_cfg,
