@@ -45,13 +45,16 @@ class ModelSpec:
 
 @dataclass
 class SamplerSpec:
-    """Settings of the EDM Heun sampler used for pseudo-labels and evaluation."""
+    """Settings of the EDM Heun sampler used for pseudo-labels and evaluation. ``clip``: clamp the final
+    samples to [−clip, clip] (the data range, e.g. 1 for images in [−1, 1]), so that a specialist's rare
+    wild extrapolations do not end up as pseudo-labels."""
 
     steps: int = 18
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     churn: float = 0.0
     chunk: int = 2048
+    clip: float | None = None
 
     def __call__(self, denoiser, cond: torch.Tensor, task, x_shape, generator: torch.Generator) -> torch.Tensor:
         task = torch.as_tensor(task, dtype=torch.long).reshape(-1).expand(len(cond))
@@ -69,7 +72,8 @@ class SamplerSpec:
             )
             for i in range(0, len(cond), self.chunk)
         ]
-        return torch.cat(parts) if parts else torch.empty((0, *x_shape))
+        x = torch.cat(parts) if parts else torch.empty((0, *x_shape))
+        return x.clamp(-self.clip, self.clip) if self.clip is not None else x
 
 
 def data_sigma(data: Sequence[Pairs]) -> float:

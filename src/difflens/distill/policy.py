@@ -230,7 +230,7 @@ def run_policy(cfg: PolicyConfig, progress: Callable[[int], None] | None = None)
     for each number of demonstrations per task; success rate and mean return per task."""
     cfg.check()
     tasks, k = cfg.tasks, len(cfg.tasks)
-    sampler = SamplerSpec(steps=cfg.sampler_steps)
+    sampler = SamplerSpec(steps=cfg.sampler_steps, clip=1.0)
     spec_model = ModelSpec(width=cfg.specialist_width, depth=cfg.specialist_depth)
     gen_model = ModelSpec(width=cfg.width, depth=cfg.depth)
     spec_cfg = TrainConfig(steps=cfg.specialist_steps, batch=cfg.batch)

@@ -124,7 +124,7 @@ def run_restore(cfg: RestoreConfig, progress: Callable[[int], None] | None = Non
     unlabeled = [degrade(kd, x, g) for kd, x in zip(cfg.degradations, hidden, strict=True)]
     test_c = [degrade(kd, test_x, g) for kd in cfg.degradations]
     x_shape = (SIDE * SIDE,) if cfg.arch == "mlp" else (1, SIDE, SIDE)
-    sampler = SamplerSpec(steps=cfg.sampler_steps)
+    sampler = SamplerSpec(steps=cfg.sampler_steps, clip=1.0)
     spec_model = ModelSpec(cfg.arch, cfg.specialist_width, cfg.specialist_depth)
     gen_model = ModelSpec(cfg.arch, cfg.width, cfg.depth)
     spec_cfg = TrainConfig(steps=cfg.specialist_steps, batch=cfg.batch)
