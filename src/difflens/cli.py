@@ -244,7 +244,7 @@ def _int_list(text: str, name: str) -> tuple[int, ...]:
     return values
 
 
-def _run_distill(name: str, cfg, runner, out: Path, threads: int, seed: int) -> dict:
+def _run_distill(name: str, cfg, runner, threads: int, seed: int) -> dict:
     """Run one experiment with a progress bar over its training steps; the JSON is written last."""
     import torch
 
@@ -315,7 +315,7 @@ def distill_toy_cmd(
         oracle=oracle,
         seed=seed,
     )
-    result = _run_distill("toy", cfg, run_toy, out, threads, seed)
+    result = _run_distill("toy", cfg, run_toy, threads, seed)
     metrics = {"excess_risk": "excess DSM risk", "w2": "W2 to truth", "kl": "KL to truth"}
     report.write_csv(out / "toy.csv", drep.summary_rows(result, tuple(metrics)))
     floors = {m: [f[m] for f in result["floor"]] for m in ("w2", "kl")}
@@ -365,7 +365,7 @@ def distill_restore_cmd(
         oracle=oracle,
         seed=seed,
     )
-    result = _run_distill("restore", cfg, run_restore, out, threads, seed)
+    result = _run_distill("restore", cfg, run_restore, threads, seed)
     metrics = {"psnr": "PSNR (dB)", "ssim": "SSIM"}
     report.write_csv(out / "restore.csv", drep.summary_rows(result, tuple(metrics)))
     drep.plot_vs_pairs(result, metrics, out / "restore.png")
@@ -411,7 +411,7 @@ def distill_policy_cmd(
         mix_real=mix_real,
         seed=seed,
     )
-    result = _run_distill("policy", cfg, run_policy, out, threads, seed)
+    result = _run_distill("policy", cfg, run_policy, threads, seed)
     metrics = {"success": "success rate", "return": "mean return"}
     report.write_csv(out / "policy.csv", drep.summary_rows(result, tuple(metrics)))
     drep.plot_vs_pairs(result, metrics, out / "policy.png", xlabel="demonstrations per task")
