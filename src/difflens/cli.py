@@ -51,7 +51,7 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except DifflensError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except MemoryError:
             console.print("[bold red]error:[/] out of memory: lower --chunk-size or the number of queries")
