@@ -116,34 +116,39 @@ def chunk_state(
 
     scale (B,) = 1/(s²T); log_weights (C,) are added to the logits; exclude (B, k) lists global
     indices each query must ignore (−1 for none)."""
-    sq_norm = (x.double() ** 2).sum(1)
-    g = queries @ x.T - 0.5 * sq_norm.float()  # (B, C) = x̃·x − ‖x‖²/2, one GEMM
+    sq_norm = torch.linalg.vector_norm(x, dim=1).square_()  # one pass, no (C, D) temporary
+    g = torch.addmm(sq_norm[None, :], queries, x.T, beta=-0.5)  # (B, C) = x̃·x − ‖x‖²/2, one GEMM
     if exclude is not None:
-        g = g.masked_fill((exclude[:, None, :] == index[None, :, None]).any(-1), -math.inf)
-    g_max = g.amax(1, keepdim=True)
+        g.masked_fill_((exclude[:, None, :] == index[None, :, None]).any(-1), -math.inf)
+    g_max, best = g.max(1, keepdim=True)
     finite = torch.isfinite(g_max)
-    g_max = torch.where(finite, g_max, torch.zeros_like(g_max))
-    z = (g - g_max) * scale[:, None].float()
+    g_max.masked_fill_(~finite, 0.0)
+    z = g.sub_(g_max).mul_(scale[:, None].float())  # in place: g is not needed any more
+    z_max = torch.zeros_like(g_max)
     if log_weights is not None:
-        z = z + log_weights.float()[None, :]
-    z_max, best = z.max(1, keepdim=True)
-    z_max = torch.where(torch.isfinite(z_max), z_max, torch.zeros_like(z_max))
-    p = torch.exp(z - z_max)  # best point has p = 1 exactly (0 everywhere for a fully excluded row)
-    p_rest = p.scatter(1, best, 0.0)
-    rest = p_rest @ x  # (B, D) second GEMM, without the dominant point
-    total = p.sum(1, dtype=torch.float64)
-    rest_total = total - p.gather(1, best).double().squeeze(1)
+        z.add_(log_weights.float()[None, :])
+        z_max, best = z.max(1, keepdim=True)
+        z_max.masked_fill_(~torch.isfinite(z_max), 0.0)
+        z.sub_(z_max)
+    # weights below e^-87 become exactly 0: subnormal floats would slow the second GEMM many times over
+    p = torch.threshold_(z, -87.0, -math.inf).exp_()  # best point has p = 1 (0 everywhere for a fully excluded row)
+    p_rest = p.scatter_(1, best, 0.0)  # in place: the dominant point (p = 1) is handled apart, in float64
+    rest_total = p_rest.sum(1).double()  # summed without the 1, so tiny weights keep their precision
+    total = rest_total + finite.squeeze(1).double()
+    sq_total = torch.linalg.vector_norm(p_rest, dim=1).double().square_() + finite.squeeze(1).double()
+    rest = p_rest @ x  # (B, D) second GEMM
     anchor = x[best.squeeze(1)].double()  # each query's best point in the chunk
-    offset = rest.double() - rest_total[:, None] * anchor  # Σ p_m (x_m − anchor)
+    rest = rest.double()
+    offset = rest - rest_total[:, None] * anchor  # Σ p_m (x_m − anchor)
     spread = (  # Σ p_m ‖x_m − anchor‖²
-        p_rest.double() @ sq_norm + rest_total * (anchor * anchor).sum(1) - 2.0 * (anchor * rest.double()).sum(1)
+        (p_rest @ sq_norm).double() + rest_total * (anchor * anchor).sum(1) - 2.0 * (anchor * rest).sum(1)
     ).clamp_min(0.0)
     safe_total = total.clamp_min(1e-300)
     mean = anchor + offset / safe_total[:, None]
     m2 = (spread - (offset * offset).sum(1) / safe_total).clamp_min(0.0)
     log_max = (g_max.squeeze(1).double() * scale + z_max.squeeze(1).double()).masked_fill(~finite.squeeze(1), -math.inf)
     argmax = torch.where(finite.squeeze(1), index[best.squeeze(1)], torch.full_like(best.squeeze(1), -1))
-    return PosteriorState(log_max, total, mean, m2, (p.double() ** 2).sum(1), argmax)
+    return PosteriorState(log_max, total, mean, m2, sq_total, argmax)
 
 
 def default_chunk_rows(dim: int, batch: int, budget_fraction: float = 0.05) -> int:
