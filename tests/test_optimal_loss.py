@@ -42,7 +42,7 @@ def two_point_optimal_loss(a: float, b: float, s: float) -> float:
 def test_two_points_in_1d_match_the_numerical_integral(estimator):
     data = np.array([[-0.4], [0.9]], dtype=np.float32)
     sigmas = [0.2, 0.5, 1.0, 3.0]
-    c = curve(data, sigmas, samples=6000, estimator=estimator, subset=2, seed=1)
+    c = curve(data, sigmas, samples=2000, estimator=estimator, subset=2, seed=1)
     for lv in c.levels:
         exact = two_point_optimal_loss(-0.4, 0.9, lv.sigma)
         assert abs(lv.optimal_loss_x0 - exact) < 4 * lv.stderr_x0 + 1e-4, (lv.sigma, lv.optimal_loss_x0, exact)
@@ -98,7 +98,7 @@ def test_results_are_deterministic_and_independent_of_chunk_size():
 def test_dol_is_biased_low_and_cdol_moves_toward_snis_as_c_grows():
     data = load("toy:gmm:n=400,k=6,dim=4,std=0.3")
     sig = [0.2, 0.35, 0.6, 1.0]
-    kw = dict(samples=1500, seed=11, subset=16)
+    kw = dict(samples=800, seed=11, subset=16)
     full = values(curve(data, sig, **kw))
     dol = values(curve(data, sig, estimator="dol", **kw))
     assert np.all(dol < full)
