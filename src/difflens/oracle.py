@@ -85,8 +85,8 @@ class PosteriorState:
         total = wa + wb
         share_b = torch.where(total > 0, wb / total.clamp_min(1e-300), torch.zeros_like(total))
         delta = other.mean - self.mean
-        mean = self.mean + share_b[:, None] * delta
-        m2 = self.m2 * fa + other.m2 * fb + (delta * delta).sum(1) * wa * share_b
+        mean = torch.addcmul(self.mean, share_b[:, None], delta)
+        m2 = self.m2 * fa + other.m2 * fb + torch.linalg.vector_norm(delta, dim=1) ** 2 * wa * share_b
         argmax = torch.where(other.log_max > self.log_max, other.argmax, self.argmax)
         return PosteriorState(top, total, mean, m2, self.sq_total * fa**2 + other.sq_total * fb**2, argmax)
 
@@ -136,16 +136,17 @@ def chunk_state(
     rest_total = p_rest.sum(1).double()  # summed without the 1, so tiny weights keep their precision
     total = rest_total + finite.squeeze(1).double()
     sq_total = torch.linalg.vector_norm(p_rest, dim=1).double().square_() + finite.squeeze(1).double()
-    rest = p_rest @ x  # (B, D) second GEMM
+    rest = (p_rest @ x).double()  # (B, D) second GEMM
     anchor = x[best.squeeze(1)].double()  # each query's best point in the chunk
-    rest = rest.double()
-    offset = rest - rest_total[:, None] * anchor  # Σ p_m (x_m − anchor)
+    offset = torch.addcmul(rest, rest_total[:, None], anchor, value=-1.0)  # Σ p_m (x_m − anchor)
     spread = (  # Σ p_m ‖x_m − anchor‖²
-        (p_rest @ sq_norm).double() + rest_total * (anchor * anchor).sum(1) - 2.0 * (anchor * rest).sum(1)
+        (p_rest @ sq_norm).double()
+        + rest_total * sq_norm[best.squeeze(1)].double()
+        - 2.0 * torch.linalg.vecdot(anchor, rest)
     ).clamp_min(0.0)
     safe_total = total.clamp_min(1e-300)
-    mean = anchor + offset / safe_total[:, None]
-    m2 = (spread - (offset * offset).sum(1) / safe_total).clamp_min(0.0)
+    mean = anchor.addcdiv_(offset, safe_total[:, None])
+    m2 = (spread - torch.linalg.vector_norm(offset, dim=1) ** 2 / safe_total).clamp_min(0.0)
     log_max = (g_max.squeeze(1).double() * scale + z_max.squeeze(1).double()).masked_fill(~finite.squeeze(1), -math.inf)
     argmax = torch.where(finite.squeeze(1), index[best.squeeze(1)], torch.full_like(best.squeeze(1), -1))
     return PosteriorState(log_max, total, mean, m2, sq_total, argmax)
@@ -201,7 +202,7 @@ def posterior_state(
     query_batch: int = 1024,
 ) -> PosteriorState:
     """Fold (global index, rows) chunks into one state per query; the loop every engine runs."""
-    state = PosteriorState.empty(len(queries), queries.shape[1])
+    state = None
     for index, x in chunks:
         lw = None if log_weights is None else log_weights[index]
         parts = [
@@ -215,8 +216,8 @@ def posterior_state(
             )
             for i in range(0, len(queries), query_batch)
         ]
-        state = state.merge(_concat(parts))
-    return state
+        state = _concat(parts) if state is None else state.merge(_concat(parts))
+    return PosteriorState.empty(len(queries), queries.shape[1]) if state is None else state
 
 
 def _concat(parts: list[PosteriorState]) -> PosteriorState:
