@@ -79,15 +79,19 @@ def gflops_vs_mm(n: int, b: int, d: int, repeats: int) -> None:
     q = x[:b] + 0.3 * torch.randn(b, d, generator=g)
     flops = 4.0 * b * n * d
     w = torch.rand(b, n)
-    t_mm = best_time(lambda: (torch.mm(q, x.T), torch.mm(w, x)), repeats)
     print(f"\n[kernel vs torch.mm]  N={n} D={d} B={b}  (flops counted as 4·B·N·D = {flops / 1e9:.1f} GFLOP)")
-    print(f"  torch.mm (q·Xᵀ then W·X)      {flops / t_mm / 1e9:8.1f} GFLOP/s   {t_mm:.3f} s")
-    for sigma in (0.05, 1.0, 20.0):
-        t = best_time(lambda s=sigma: oracle.posterior(q, x, s), repeats)
-        print(
-            f"  kernel σ={sigma:<5g}                {flops / t / 1e9:8.1f} GFLOP/s   {t:.3f} s   "
-            f"ratio to mm {t_mm / t:.2f}  (target ≥ 0.85)"
-        )
+    all_threads = torch.get_num_threads()
+    for threads in sorted({1, all_threads}):
+        torch.set_num_threads(threads)
+        t_mm = best_time(lambda: (torch.mm(q, x.T), torch.mm(w, x)), repeats)
+        print(f"  {threads} thread(s): torch.mm (q·Xᵀ then W·X)  {flops / t_mm / 1e9:6.1f} GFLOP/s  {t_mm:.3f} s")
+        for sigma in (0.05, 1.0, 20.0):
+            t = best_time(lambda s=sigma: oracle.posterior(q, x, s), repeats)
+            print(
+                f"  {threads} thread(s): kernel σ={sigma:<5g}           {flops / t / 1e9:6.1f} GFLOP/s  {t:.3f} s"
+                f"   ratio to mm {t_mm / t:.2f}  (target ≥ 0.85)"
+            )
+    torch.set_num_threads(all_threads)
 
 
 def full_curve(n: int, d: int, levels: int, samples: int) -> None:
