@@ -41,7 +41,10 @@ class NetDenoiser(nn.Module):
         s = as_sigma(sigma, len(x))
         xin = x.reshape(len(x), *self.shape) if self.shape else x
         net_x, net_t = self.param.inputs(xin, s)
-        y = self.net(net_x, net_t)
+        try:
+            y = self.net(net_x, net_t)
+        except TypeError as exc:
+            raise DifflensError(f"the network cannot be called as net(x, t): {exc}") from None
         y = getattr(y, "sample", y)
         if not torch.is_tensor(y) or y.shape != xin.shape:
             got = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
