@@ -67,8 +67,10 @@ def test_target_loss_is_factor_times_x0_loss(toy, process):
             assert np.allclose(r, conversion_factor(process, target, p.process.t_of_s(s.numpy())))
 
 
-@pytest.mark.parametrize(("process", "target"), [("edm", "x0"), ("vp", "eps"), ("vp", "v"), ("fm", "flow"),
-                                                 ("ve", "score"), ("edm", "edm"), ("vp-cosine", "eps")])
+@pytest.mark.parametrize(
+    ("process", "target"),
+    [("edm", "x0"), ("vp", "eps"), ("vp", "v"), ("fm", "flow"), ("ve", "score"), ("edm", "edm"), ("vp-cosine", "eps")],
+)
 def test_oracle_loss_equals_optimal_loss(toy, process, target):
     """The oracle's training loss in any target's units = the optimal loss curve, within MC error."""
     sigmas = np.array([0.08, 0.3, 1.0])

@@ -201,7 +201,8 @@ def train(
                 pe.lerp_(pn, 1.0 - decay)
         schedule.update(s, per.detach())
         bins.add(s, per.detach())
-        running += loss.item()
+        value = loss.item()
+        running += value
         if step % cfg.log_every == 0 or step == cfg.steps:
             n_avg = step % cfg.log_every or cfg.log_every
             rec = {"step": step, "loss": running / n_avg, "time": time.time() - start, "units": cfg.target}
@@ -218,7 +219,7 @@ def train(
             }
             _save_atomic(state, out / f"ckpt_{step:07d}.pt")
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, value)
     metrics.close()
     final = {**meta, "step": cfg.steps, "schedule_state": getattr(schedule, "state_dict", dict)()}
     tensors = {k: v.contiguous() for k, v in ema.state_dict().items()}
