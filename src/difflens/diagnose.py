@@ -313,7 +313,13 @@ def verdict(result: dict) -> str:
     tot = result["totals"]
     parts = []
     t_opt, t_train = tot["optimal"]["value"], tot["train"]["value"]
-    if t_opt > 0:
+    t_se = math.hypot(tot["optimal"]["stderr"], tot["train"]["stderr"] if math.isfinite(tot["train"]["stderr"]) else 0)
+    if t_opt > 0 and abs(t_train - t_opt) <= 2 * t_se:
+        parts.append(
+            f"Weighted by its training recipe, the model's training loss ({t_train:.4g}) equals the optimal "
+            f"({t_opt:.4g}) within Monte Carlo error: it is as good as any model can be on its training set."
+        )
+    elif t_opt > 0:
         parts.append(
             f"Weighted by its training recipe, the model's training loss is {t_train:.4g} against an optimal "
             f"{t_opt:.4g}: {100 * (t_train / t_opt - 1):.0f}% above the lowest achievable loss"
@@ -343,7 +349,8 @@ def verdict(result: dict) -> str:
             "on its own training data: check that the data and split match the model's."
         )
     if lv[0]["held"] is not None:
-        gaps = [(x["gap"], x["sigma"]) for x in lv if x["gap"] is not None and math.isfinite(x["gap"])]
+        floor = 0.01 * (result.get("data_variance") or 0.0)  # relative gaps of near-zero losses mean nothing
+        gaps = [(x["gap"], x["sigma"]) for x in lv if x["gap"] is not None and x["train_x0"] > floor]
         if gaps:
             g, gs = max(gaps)
             if g > 0.05:
@@ -352,7 +359,10 @@ def verdict(result: dict) -> str:
                     f"(at σ ≈ {gs:.3g}): the model fits its training set better than new data there."
                 )
             else:
-                parts.append("Held-out and training losses agree within 5% at every level: no sign of overfitting.")
+                parts.append(
+                    "Held-out and training losses agree within 5% wherever the loss is above 1% of the data "
+                    "variance: no sign of overfitting."
+                )
     crit = result.get("critical_sigma")
     if crit:
         parts.append(
