@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--w-max", type=float, default=10.0, help="optimal-loss schedule: weight cap")
+    ap.add_argument("--sigma-min", type=float, default=0.002, help="optimal-loss schedule: lowest σ")
+    ap.add_argument("--schedules", default="edm,optimal-loss", help="which schedules to train")
     ap.add_argument("--samples", type=int, default=1000, help="generated samples per run for the distance")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -108,9 +110,11 @@ def main() -> None:
     optimal = dg.optimal_levels(train_ds, LEVELS, samples=2048, seed=0)
 
     runs = []
-    for schedule in ("edm", "optimal-loss"):
+    schedules = args.schedules.split(",")
+    for schedule in schedules:
         for seed in range(args.seeds):
-            cfg = TrainConfig(**{**base.__dict__, "schedule": schedule, "seed": seed, "w_max": args.w_max})
+            opts = {"schedule": schedule, "seed": seed, "w_max": args.w_max, "sigma_min": args.sigma_min}
+            cfg = TrainConfig(**{**base.__dict__, **opts})
             out = args.out / f"{schedule}_seed{seed}"
             summary = train(cfg, out)
             model = load_denoiser(str(out))
@@ -141,13 +145,13 @@ def main() -> None:
     rows = []
     for i, s in enumerate(LEVELS):
         row = {"sigma": float(s), "optimal_x0": float(optimal[0][i])}
-        for schedule in ("edm", "optimal-loss"):
+        for schedule in schedules:
             held = [r["held_excess_x0"][i] for r in runs if r["schedule"] == schedule]
             row[f"{schedule}_held_excess"] = float(np.mean(held))
             row[f"{schedule}_held_excess_sd"] = float(np.std(held, ddof=1)) if len(held) > 1 else math.nan
         rows.append(row)
     summary = {}
-    for schedule in ("edm", "optimal-loss"):
+    for schedule in schedules:
         rs = [r for r in runs if r["schedule"] == schedule]
         fds = [r["fd"] for r in rs]
         held = [r["edm_total"]["held"]["value"] for r in rs]
@@ -171,7 +175,7 @@ def main() -> None:
     )
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for schedule, color in (("edm", "C0"), ("optimal-loss", "C3")):
+    for schedule, color in zip(schedules, ("C0", "C3"), strict=False):
         mean = np.array([r[f"{schedule}_held_excess"] for r in rows])
         sd = np.array([r[f"{schedule}_held_excess_sd"] for r in rows])
         axes[0].plot(LEVELS, mean, "o-", color=color, ms=3, label=schedule)
@@ -191,10 +195,8 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     print("per-level held-out excess (x0 units, mean over seeds):")
     for r in rows:
-        print(
-            f"  σ={r['sigma']:8.3g}  J*={r['optimal_x0']:.4g}  edm {r['edm_held_excess']:.4g}  "
-            f"optimal-loss {r['optimal-loss_held_excess']:.4g}"
-        )
+        cols = "  ".join(f"{s} {r[f'{s}_held_excess']:.4g}" for s in schedules)
+        print(f"  σ={r['sigma']:8.3g}  J*={r['optimal_x0']:.4g}  {cols}")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ class TrainConfig:
     time_scale: float = 1.0
     schedule: str = "edm"
     bins: int = 32
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
     a: float = 1.0
     w_max: float = 1e3
     bump: float = 0.0
@@ -91,6 +93,8 @@ def make_schedule(cfg: TrainConfig, param: Parametrization, train: Dataset):
             train,
             param.factor,
             bins=cfg.bins,
+            sigma_min=cfg.sigma_min,
+            sigma_max=cfg.sigma_max,
             seed=cfg.seed,
             a=cfg.a,
             w_max=cfg.w_max,
