@@ -101,7 +101,9 @@ def test_cli_train_diagnose_schedule_scaling(tmp_path):
     eps = json.loads((tmp_path / "eps" / "diagnose.json").read_text())
     assert eps["units"]["target"] == "eps"
     assert np.allclose([lv["train_x0"] for lv in eps["levels"]], [lv["train_x0"] for lv in res["levels"]])
-    _run("diagnose", "--from-log", run / "metrics.jsonl", "--target", "edm", "--samples", 64, "--out", tmp_path / "l")
+    _run("diagnose", "--from-log", run / "metrics.jsonl", "--samples", 64, "--out", tmp_path / "l")
+    logged = json.loads((tmp_path / "l" / "diagnose.json").read_text())
+    assert logged["units"]["target"] == "edm" and len(logged["history"]["steps"]) == 3  # units read from the log
 
     _run("schedule", "--from-log", run / "metrics.jsonl", "--bins", 8, "--samples", 64, "--out", tmp_path / "s")
     table = list(csv.DictReader((tmp_path / "s" / "schedule.csv").open()))

@@ -400,7 +400,10 @@ def diagnose_cmd(
         loaded.denoiser.shape = default_shape(ds.shape)
     if loaded is not None and loaded.info.get("data") and loaded.info["data"]["hash"] != train_ds.stats.hash:
         console.print("[yellow]warning:[/] these training data differ from the run's (other data spec or split)")
+    logged = dg.log_units(from_log) if from_log is not None else None
     own = loaded.param if loaded is not None and loaded.param is not None else None
+    if own is None and logged and not (process or target):
+        own = Parametrization.of(logged["process"], logged["target"])
     own = own or Parametrization.of(opts["process"] or "edm", opts["target"] or "x0")
     units = own
     if loaded is not None and loaded.info.get("kind") in ("difflens", "diffusers") and (process or target):

@@ -213,6 +213,20 @@ def read_loss_log(path: Path, process) -> list[dict]:
     return rows
 
 
+def log_units(path: Path) -> dict | None:
+    """The loss units ({process, target}) a difflens metrics.jsonl records, else None."""
+    path = Path(path)
+    if path.suffix != ".jsonl" or not path.is_file():
+        return None
+    with path.open() as fh:
+        first = fh.readline()
+    try:
+        units = json.loads(first).get("units")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return units if isinstance(units, dict) else None
+
+
 def diagnose_log(rows: list[dict], train: Dataset, units: Parametrization, quad, samples: int, seed: int) -> dict:
     """Logged per-level losses (target units) against the optimal loss at the logged levels.
 

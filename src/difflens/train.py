@@ -209,7 +209,8 @@ def train(
         running += value
         if step % cfg.log_every == 0 or step == cfg.steps:
             n_avg = step % cfg.log_every or cfg.log_every
-            rec = {"step": step, "loss": running / n_avg, "time": time.time() - start, "units": cfg.target}
+            rec = {"step": step, "loss": running / n_avg, "time": time.time() - start}
+            rec["units"] = {"process": cfg.process, "target": cfg.target}
             metrics.write(json.dumps({**rec, "levels": bins.flush()}) + "\n")
             metrics.flush()
             running = 0.0
