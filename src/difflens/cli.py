@@ -589,13 +589,13 @@ def scaling_cmd(
     report.write_csv(out / "scaling.csv", flat)
     sc.plot_fits(groups, out / "scaling.png", xcol)
     t = Table(title="power-law fits (log–log R², correlation)")
-    for col in ("σ", "fit", "α [95% CI]", "β", "E / J*", "R²", "corr"):
+    for col in ("σ", "fit", "α ± 95% CI", "β", "E / J*", "R²", "corr"):
         t.add_column(col, justify="right")
     for r in flat:
         t.add_row(
             "total" if r["sigma"] is None else f"{r['sigma']:.3g}",
             r["fit"],
-            f"{r['alpha']:.3f} [{r['alpha_ci'][0]:.3f}, {r['alpha_ci'][1]:.3f}]",
+            f"{r['alpha']:.3f} ± {(r['alpha_ci'][1] - r['alpha_ci'][0]) / 2:.3f}",
             f"{r['beta']:.3g}",
             f"{r['offset']:.3g}",
             f"{r['r2']:.3f}",

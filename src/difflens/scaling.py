@@ -123,9 +123,9 @@ def fit_offset(c, j, level: float = 0.95) -> PowerFit:
     se = np.sqrt(np.clip(np.diag(pcov), 0, np.inf)) if np.all(np.isfinite(pcov)) else np.full(3, np.nan)
     resid = np.log(j) - model(lc, *popt)
     r2 = 1 - float(resid @ resid) / float(((np.log(j) - np.log(j).mean()) ** 2).sum())
-    beta = math.exp(log_b - a * math.log(scale))
-    beta_lo = math.exp(log_b - q * se[0] - a * math.log(scale))
-    beta_hi = math.exp(log_b + q * se[0] - a * math.log(scale))
+    log_beta = log_b - a * math.log(scale)
+    with np.errstate(over="ignore"):  # a flat direction can make the interval unbounded: report inf
+        beta, beta_lo, beta_hi = np.exp([log_beta, log_beta - q * se[0], log_beta + q * se[0]])
     corr = float(stats.pearsonr(lc, np.log(j - e))[0]) if np.all(j - e > 0) else math.nan
     return PowerFit(
         kind="offset",
@@ -235,4 +235,5 @@ def plot_fits(groups: list[dict], path: Path, xlabel: str) -> None:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(groups) :]:
         ax.axis("off")
+    fig.tight_layout()
     save_figure(fig, path)
