@@ -117,3 +117,14 @@ def test_fit_groups_and_errors():
         fit_plain([1.0, 2.0], [1.0, 0.5])
     with pytest.raises(DifflensError, match="> 0"):
         fit_plain([1.0, 2.0, 0.0], [1.0, 0.5, 0.2])
+
+
+def test_offset_fit_on_flat_noisy_losses_does_not_crash():
+    """Losses that do not depend on C (an MLP width family at σ = 5 on digits, which once overflowed
+    the interval of β): the fits complete and report a weak correlation."""
+    c = np.array([2096.0, 4896.0, 12800.0, 37824.0, 124736.0, 446016.0])
+    j = np.array([0.286433, 0.285386, 0.29321, 0.28778, 0.285413, 0.283832])
+    groups = fit_groups([{"x": x, "loss": y} for x, y in zip(c, j, strict=True)], lambda s: 0.2765)
+    fits = groups[0]["fits"]
+    assert set(fits) == {"plain", "offset", "excess"}
+    assert abs(fits["plain"]["corr"]) < 0.9 and abs(fits["excess"]["corr"]) < 0.9
