@@ -135,6 +135,7 @@ def test_diffusers_unet_matches_diffusers_x0(prediction, tmp_path):
     loaded = load_denoiser(f"diffusers:{tmp_path}")
     with torch.no_grad():
         assert torch.allclose(loaded.denoiser(x_ve, s), ours, atol=1e-5)
+        assert torch.allclose(load_denoiser(str(tmp_path)).denoiser(x_ve, s), ours, atol=1e-5)  # found by layout
     assert loaded.info["param"]["target"] == {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}[prediction]
 
 

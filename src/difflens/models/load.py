@@ -249,7 +249,7 @@ DIFFUSERS_TARGETS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 
 
 def _is_diffusers_dir(path: Path) -> bool:
-    if (path / "model_index.json").exists():
+    if (path / "model_index.json").exists() or (path / "unet" / "config.json").exists():
         return True
     cfg = path / "config.json"
     return cfg.exists() and "_class_name" in json.loads(cfg.read_text())
