@@ -121,6 +121,28 @@ def test_cli_train_diagnose_schedule_scaling(tmp_path):
     assert [g["sigma"] for g in fits["groups"]] == [0.1, 1.0] and "plain" in fits["groups"][0]["fits"]
     assert "power-law fits" in out.output
 
+    for w in (4, 8):  # a width family from runs: three runs of growing width, same budget
+        _run("train", "--width", w, "--depth", 1, *tiny, "--out", tmp_path / f"w{w}")
+    (tmp_path / "w16").symlink_to(run)
+    _run(
+        "scaling",
+        "--runs",
+        f"{tmp_path}/w*",
+        "--sigmas",
+        "0.5,2",
+        "--images",
+        32,
+        "--samples",
+        64,
+        "--out",
+        tmp_path / "sr",
+    )
+    fits = json.loads((tmp_path / "sr" / "scaling.json").read_text())
+    assert [g["sigma"] for g in fits["groups"]] == [None, 0.5, 2.0]
+    assert all(g["n"] == 3 and "plain" in g["fits"] for g in fits["groups"])
+    expect = sorted(load_denoiser(str(tmp_path / f"w{w}")).info["parameters"] for w in (4, 8, 16))
+    assert sorted(fits["groups"][0]["x"]) == expect
+
 
 def test_cli_optimal_loss_schedule_unet(tmp_path):
     run = tmp_path / "u"
@@ -139,6 +161,7 @@ def test_cli_bad_inputs_exit_2(tmp_path):
         ["diagnose"],
         ["train", "--arch", "unet", "--data", "toy:circle", "--steps", 1],
         ["scaling", tmp_path / "missing.csv"],
+        ["scaling"],
     ):
         result = runner.invoke(app, [str(a) for a in args])
         assert result.exit_code == 2, (args, result.output)

@@ -317,29 +317,6 @@ def train_cmd(
     )
 
 
-def _resolve_recipe(info: dict, param, recipe: str | None):
-    """(s, mass·λ_x0, name) of the model's training recipe: a difflens run's own schedule, else
-    --recipe (default edm; uniform-t over the timesteps for a discrete DDPM schedule)."""
-    from difflens import optimal_loss as ol
-    from difflens import schedule as sched
-    from difflens.models import DiscreteVP
-
-    desc = info.get("schedule")
-    if recipe is None and desc is not None:
-        schedule = sched.from_description(desc, param.process)
-        if info.get("schedule_state") and hasattr(schedule, "load_state_dict"):
-            schedule.load_state_dict(info["schedule_state"])
-        s, mass = schedule.quadrature()
-        return s, mass * param.factor(s), desc["name"]
-    discrete = isinstance(param.process, DiscreteVP)
-    recipe = recipe or ("uniform-t" if discrete else "edm")
-    if discrete and recipe == "uniform-t":
-        s = param.process.s_of_t(np.arange(len(param.process.alphas_cumprod), dtype=np.float64))
-        return s, param.factor(s) / len(s), "uniform timesteps"
-    s, lam = ol.recipe_quadrature(recipe, param.process, param.target)
-    return s, lam, recipe
-
-
 @app.command("diagnose")
 @friendly_errors
 def diagnose_cmd(
@@ -409,7 +386,7 @@ def diagnose_cmd(
     if loaded is not None and loaded.info.get("kind") in ("difflens", "diffusers") and (process or target):
         proc = processes.get_process(process.value) if process else own.process
         units = Parametrization(proc, target.value if target else own.target)
-    s_q, lam, recipe_name = _resolve_recipe(loaded.info if loaded else {}, own, recipe)
+    s_q, lam, recipe_name = dg.model_recipe(loaded.info if loaded else {}, own, recipe)
     console.print(
         f"[bold]{train_ds.spec}[/]: N={train_ds.n}, held-out {held_ds.n if held_ds else 0}; {len(grid)} levels"
     )
@@ -551,7 +528,11 @@ def schedule_cmd(
 @app.command("scaling")
 @friendly_errors
 def scaling_cmd(
-    table: Path = typer.Argument(..., help="CSV: compute|params|C|flops|steps, loss[, sigma][, optimal]."),
+    table: Path = typer.Argument(None, help="CSV: compute|params|C|flops|steps, loss[, sigma][, optimal]."),
+    runs: str = typer.Option(None, help="Instead of a table: a glob of difflens run folders (e.g. 'runs/width*')."),
+    x: str = typer.Option("params", help="With --runs: params, or compute (6 · params · steps · batch)."),
+    sigmas: str = typer.Option("0.05,0.2,0.5,1,2,5,20", help="With --runs: noise levels to measure."),
+    images: int = typer.Option(1024, help="With --runs: training images per level (fixed noise per image)."),
     data: str = typer.Option(None, "--data", "-d", help="Data for J* at each sigma when the table has no optimal."),
     scale: ScaleName = ScaleOpt,
     holdout: float = typer.Option(None, help="Use the training part of a seeded split for J*."),
@@ -568,7 +549,30 @@ def scaling_cmd(
     from difflens.diagnose import optimal_levels
     from difflens.models import Parametrization
 
-    xcol, rows = sc.read_table(table)
+    if (table is None) == (runs is None):
+        raise DifflensError("give exactly one of a TABLE or --runs")
+    if runs is not None:
+        import glob
+
+        from difflens import processes
+
+        paths = sorted(glob.glob(runs))
+        if not paths:
+            raise DifflensError(f"--runs {runs}: no run folders found")
+        with progress() as bar:
+            task = bar.add_task("runs", total=len(paths))
+            xcol, rows = sc.table_from_runs(
+                paths,
+                processes.parse_sigmas(sigmas),
+                x=x,
+                images=images,
+                samples=samples,
+                seed=seed,
+                on_run=lambda: bar.advance(task),
+            )
+        report.write_csv(out / "table.csv", [{xcol: r["x"], **{k: v for k, v in r.items() if k != "x"}} for r in rows])
+    else:
+        xcol, rows = sc.read_table(table)
     param = Parametrization.of(process.value, target.value)
     optimal_of = None
     levels = sorted({r["sigma"] for r in rows if "sigma" in r})

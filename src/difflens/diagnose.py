@@ -181,6 +181,30 @@ def excess_history(models, train: Dataset, sigmas, units: Parametrization, optim
     return {"steps": [st for st, _ in models], "sigmas": [float(s) for s in sigmas], "excess": rows}
 
 
+def model_recipe(info: dict, param: Parametrization, recipe: str | None = None):
+    """(s, mass·λ_x0, name) of a model's training recipe, for weighted totals: a difflens run's own
+    schedule (with its final state), else ``recipe`` (edm, uniform-t or a CSV; default edm, or
+    uniform timesteps for a discrete DDPM schedule)."""
+    from difflens import schedule as sched
+    from difflens.models.precond import DiscreteVP
+    from difflens.optimal_loss import recipe_quadrature
+
+    desc = info.get("schedule")
+    if recipe is None and desc is not None:
+        schedule = sched.from_description(desc, param.process)
+        if info.get("schedule_state") and hasattr(schedule, "load_state_dict"):
+            schedule.load_state_dict(info["schedule_state"])
+        s, mass = schedule.quadrature()
+        return s, mass * param.factor(s), desc["name"]
+    discrete = isinstance(param.process, DiscreteVP)
+    recipe = recipe or ("uniform-t" if discrete else "edm")
+    if discrete and recipe == "uniform-t":
+        s = param.process.s_of_t(np.arange(len(param.process.alphas_cumprod), dtype=np.float64))
+        return s, param.factor(s) / len(s), "uniform timesteps"
+    s, lam = recipe_quadrature(recipe, param.process, param.target)
+    return s, lam, recipe
+
+
 # ---------------------------------------------------------------- logs instead of models
 
 

@@ -206,6 +206,54 @@ def fit_groups(rows: list[dict], optimal_of=None) -> list[dict]:
     return out
 
 
+def table_from_runs(
+    paths, sigmas, *, x: str = "params", images: int | None = 1024, samples: int = 1024, seed: int = 0, on_run=None
+) -> tuple[str, list[dict]]:
+    """Rows {x, loss, sigma, optimal} from difflens run folders: each run's training loss per level
+    (x0 units, fixed noise per image, on its own training split) with J* of that split, and a row
+    without sigma for its recipe-weighted total. ``x`` is params or compute (6·params·steps·batch)."""
+    from difflens import diagnose as dg
+    from difflens.models import load_denoiser
+    from difflens.models.precond import Parametrization
+    from difflens.train import TrainConfig, split_data
+
+    if x not in ("params", "compute"):
+        raise DifflensError(f"x must be params or compute, got {x!r}")
+    sigmas = np.sort(np.asarray(sigmas, dtype=np.float64))
+    optimal_cache: dict[str, tuple] = {}
+    rows = []
+    for path in paths:
+        model = load_denoiser(str(path))
+        if model.info.get("kind") != "difflens":
+            raise DifflensError(f"{path}: not a difflens run (scaling from runs needs their training settings)")
+        cfg = TrainConfig(**model.info["config"])
+        train_ds, _ = split_data(cfg)
+        key = train_ds.stats.hash
+        if key not in optimal_cache:
+            optimal_cache[key] = dg.optimal_levels(train_ds, sigmas, samples, seed)
+        quad = dg.model_recipe(model.info, model.param)[:2]
+        res = dg.diagnose_model(
+            model.denoiser,
+            train_ds,
+            None,
+            sigmas,
+            units=Parametrization.of("edm", "x0"),
+            quad=quad,
+            images=images,
+            seed=seed,
+            optimal=optimal_cache[key],
+        )
+        params = model.info["parameters"]
+        c = float(params if x == "params" else 6.0 * params * cfg.steps * cfg.batch)
+        rows += [
+            {"x": c, "loss": lv["train_x0"], "sigma": lv["sigma"], "optimal": lv["optimal_x0"]} for lv in res["levels"]
+        ]
+        rows.append({"x": c, "loss": res["totals"]["train"]["value"], "optimal": res["totals"]["optimal"]["value"]})
+        if on_run is not None:
+            on_run()
+    return x, rows
+
+
 def plot_fits(groups: list[dict], path: Path, xlabel: str) -> None:
     """Log–log panels per group: J with the plain fit, J − J* with the excess fit (and the offset fit)."""
     groups = groups[:12]
