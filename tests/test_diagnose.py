@@ -94,7 +94,7 @@ def test_cli_train_diagnose_schedule_scaling(tmp_path):
     _run("diagnose", "--model", run, "--checkpoints", run, *small, "--out", diag)
     res = json.loads((diag / "diagnose.json").read_text())
     assert len(res["levels"]) == 5 and res["held_images"] == 48 and res["recipe"] == "edm"
-    assert len(res["history"]["steps"]) == 2 and res["verdict"]
+    assert len(res["history"]["steps"]) == 2 and "Over training (steps 15–30)" in res["verdict"]
     html = (diag / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and res["verdict"][:40] in html
     _run("diagnose", "--model", run, *small, "--target", "eps", "--process", "vp", "--out", tmp_path / "eps")

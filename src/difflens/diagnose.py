@@ -401,6 +401,21 @@ def verdict(result: dict) -> str:
                     "Held-out and training losses agree within 5% wherever the loss is above 1% of the data "
                     "variance: no sign of overfitting."
                 )
+    hist = result.get("history")
+    if hist and len(hist["steps"]) > 1:
+        grid = np.asarray(hist["excess"], dtype=np.float64)
+        if np.isfinite(grid[-1]).any():
+            j = int(np.nanargmax(grid[-1]))
+            first, prev, last = grid[0, j], grid[-2, j], grid[-1, j]
+            trend = (
+                "and was still falling at the end: more training should lower it"
+                if last < 0.98 * prev
+                else "and had levelled off by the end"
+            )
+            parts.append(
+                f"Over training (steps {hist['steps'][0]}–{hist['steps'][-1]}) the excess at σ ≈ "
+                f"{hist['sigmas'][j]:.3g} went from {first:.3g} to {last:.3g} {trend}."
+            )
     crit = result.get("critical_sigma")
     if crit:
         parts.append(

@@ -39,7 +39,7 @@ class NetDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
         s = as_sigma(sigma, len(x))
-        xin = x.reshape(len(x), *self.shape) if self.shape else x
+        xin = (x.reshape(len(x), *self.shape) if self.shape else x).float()
         net_x, net_t = self.param.inputs(xin, s)
         try:
             y = self.net(net_x, net_t)
@@ -51,7 +51,7 @@ class NetDenoiser(nn.Module):
             raise DifflensError(
                 f"the network returned {got} for inputs of shape {tuple(xin.shape)}; need the same shape"
             )
-        return self.param.to_x0(y, xin, s).reshape(x.shape)
+        return self.param.to_x0(y, xin, s).reshape(x.shape).to(x.dtype)
 
 
 class DenoiserAsNet(nn.Module):
