@@ -361,7 +361,7 @@ def verdict(result: dict) -> str:
         parts.append(
             f"Weighted by its training recipe, the model's training loss is {t_train:.4g} against an optimal "
             f"{t_opt:.4g}: {100 * (t_train / t_opt - 1):.0f}% above the lowest achievable loss"
-            + (f", so about {100 * tot['excess'] / t_train:.0f}% of its loss is reducible." if t_train > 0 else ".")
+            + (f"; the excess is {100 * tot['excess'] / t_train:.0f}% of its loss." if t_train > 0 else ".")
         )
     s = np.array([x["sigma"] for x in lv])
     excess = np.array([x["excess"] for x in lv])  # target units: what the training loss sees
@@ -419,8 +419,8 @@ def verdict(result: dict) -> str:
     crit = result.get("critical_sigma")
     if crit:
         parts.append(
-            f"Below σ ≈ {crit:.3g} the optimal loss is nearly zero (the optimal denoiser snaps to training images); "
-            "excess there measures how far the model is from memorizing, which is usually desirable."
+            f"Below σ ≈ {crit:.3g} the optimal loss is nearly zero (the optimal denoiser snaps to training images): "
+            "only memorizing could remove the excess there, and a model that generalizes keeps it."
         )
     return " ".join(parts)
 
