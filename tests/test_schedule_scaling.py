@@ -67,7 +67,8 @@ def test_fixed_schedules_ks():
     proc = get_process("vp")
     t = proc.t_of_s(sched.UniformT(proc, t_min=0.01).sample(20000, gen).numpy())
     assert stats.kstest(t, stats.uniform(0.01, 0.99).cdf).pvalue > 1e-3
-    s, mass = sched.LogNormal().quadrature()
+    s, mass, weight = sched.LogNormal().quadrature()
+    assert np.all(weight == 1.0)
     assert math.isclose(mass.sum(), 1.0, rel_tol=1e-6)
 
 

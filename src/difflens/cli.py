@@ -387,13 +387,13 @@ def diagnose_cmd(
     if loaded is not None and loaded.info.get("kind") in ("difflens", "diffusers") and (process or target):
         proc = processes.get_process(process.value) if process else own.process
         units = Parametrization(proc, target.value if target else own.target)
-    s_q, lam, recipe_name = dg.model_recipe(loaded.info if loaded else {}, own, recipe)
+    quad, recipe_name = dg.model_recipe(loaded.info if loaded else {}, own, recipe)
     console.print(
         f"[bold]{train_ds.spec}[/]: N={train_ds.n}, held-out {held_ds.n if held_ds else 0}; {len(grid)} levels"
     )
     if from_log is not None:
         rows = dg.read_loss_log(from_log, units.process)
-        result = dg.diagnose_log(rows, train_ds, units, (s_q, lam), samples, seed)
+        result = dg.diagnose_log(rows, train_ds, units, quad, samples, seed)
         title = f"{from_log.name} vs the optimal loss of {train_ds.spec}"
     else:
         with progress() as bar:
@@ -405,7 +405,7 @@ def diagnose_cmd(
                 held_ds,
                 grid,
                 units=units,
-                quad=(s_q, lam),
+                quad=quad,
                 images=images,
                 seed=seed,
                 batch_size=batch_size,

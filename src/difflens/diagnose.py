@@ -118,7 +118,7 @@ def build_levels(sigmas, factor, opt, opt_se, train_err, held_err) -> list[DiagL
 def totals(levels: list[DiagLevel], quad) -> dict:
     """Recipe-weighted totals of the model (train, held-out) and optimal losses, and their excess.
 
-    ``quad`` = (s, mass·λ) with λ applied to x0-unit losses."""
+    ``quad`` = (s, mass, λ) with λ applied to x0-unit losses (see optimal_loss.recipe_quadrature)."""
     s = np.array([lv.sigma for lv in levels])
 
     def tot(vals, errs):
@@ -182,7 +182,7 @@ def excess_history(models, train: Dataset, sigmas, units: Parametrization, optim
 
 
 def model_recipe(info: dict, param: Parametrization, recipe: str | None = None):
-    """(s, mass·λ_x0, name) of a model's training recipe, for weighted totals: a difflens run's own
+    """((s, mass, λ_x0), name) of a model's training recipe, for weighted totals: a difflens run's own
     schedule (with its final state), else ``recipe`` (edm, uniform-t or a CSV; default edm, or
     uniform timesteps for a discrete DDPM schedule)."""
     from difflens import schedule as sched
@@ -194,15 +194,14 @@ def model_recipe(info: dict, param: Parametrization, recipe: str | None = None):
         schedule = sched.from_description(desc, param.process)
         if info.get("schedule_state") and hasattr(schedule, "load_state_dict"):
             schedule.load_state_dict(info["schedule_state"])
-        s, mass = schedule.quadrature()
-        return s, mass * param.factor(s), desc["name"]
+        s, mass, weight = schedule.quadrature()
+        return (s, mass, weight * param.factor(s)), desc["name"]
     discrete = isinstance(param.process, DiscreteVP)
     recipe = recipe or ("uniform-t" if discrete else "edm")
     if discrete and recipe == "uniform-t":
         s = param.process.s_of_t(np.arange(len(param.process.alphas_cumprod), dtype=np.float64))
-        return s, param.factor(s) / len(s), "uniform timesteps"
-    s, lam = recipe_quadrature(recipe, param.process, param.target)
-    return s, lam, recipe
+        return (s, np.full(len(s), 1.0 / len(s)), param.factor(s)), "uniform timesteps"
+    return recipe_quadrature(recipe, param.process, param.target), recipe
 
 
 # ---------------------------------------------------------------- logs instead of models

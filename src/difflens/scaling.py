@@ -231,7 +231,7 @@ def table_from_runs(
         key = train_ds.stats.hash
         if key not in optimal_cache:
             optimal_cache[key] = dg.optimal_levels(train_ds, sigmas, samples, seed)
-        quad = dg.model_recipe(model.info, model.param)[:2]
+        quad = dg.model_recipe(model.info, model.param)[0]
         res = dg.diagnose_model(
             model.denoiser,
             train_ds,

@@ -46,11 +46,11 @@ class LogNormal:
     def update(self, s: torch.Tensor, losses: torch.Tensor) -> None:
         """Fixed schedule: nothing to learn."""
 
-    def quadrature(self, n: int = 4001) -> tuple[np.ndarray, np.ndarray]:
-        """(s, mass·weight) for weighted totals (see optimal_loss.weighted_total)."""
+    def quadrature(self, n: int = 4001) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(s, mass, weight) for weighted totals (see optimal_loss.weighted_total)."""
         u = np.linspace(self.mean - 6 * self.std, self.mean + 6 * self.std, n)
         mass = np.exp(-0.5 * ((u - self.mean) / self.std) ** 2) / (self.std * math.sqrt(2 * math.pi)) * (u[1] - u[0])
-        return np.exp(u), mass
+        return np.exp(u), mass, np.ones_like(u)
 
     def describe(self) -> dict:
         return {"name": self.name, "mean": self.mean, "std": self.std}
@@ -74,12 +74,13 @@ class UniformT:
     def update(self, s: torch.Tensor, losses: torch.Tensor) -> None:
         """Fixed schedule: nothing to learn."""
 
-    def quadrature(self, n: int = 4001) -> tuple[np.ndarray, np.ndarray]:
+    def quadrature(self, n: int = 4001) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(s, mass, weight) for weighted totals (see optimal_loss.weighted_total)."""
         edges = np.linspace(self.t_min, 1.0, n)
         t = 0.5 * (edges[1:] + edges[:-1])
         s = self.process.s_of_t(t)
         ok = np.isfinite(s) & (s > 0)
-        return s[ok], (np.diff(edges) / (1.0 - self.t_min))[ok]
+        return s[ok], (np.diff(edges) / (1.0 - self.t_min))[ok], np.ones(int(ok.sum()))
 
     def describe(self) -> dict:
         return {"name": self.name, "process": self.process.name, "t_min": self.t_min}
@@ -195,14 +196,14 @@ class OptimalLossSchedule:
         cum = np.concatenate([[0.0], np.cumsum(self.probabilities())])
         return np.interp(u, self.edges, cum)
 
-    def quadrature(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(s, mass·weight) of the current recipe, 16 points per bin (midpoint rule in ln s)."""
+    def quadrature(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(s, mass, weight) of the current recipe, 16 points per bin (midpoint rule in ln s)."""
         sub = (np.arange(16) + 0.5) / 16
         width = self.edges[1] - self.edges[0]
         u = (self.edges[:-1, None] + width * sub[None]).reshape(-1)
         mass = np.repeat(self.probabilities() / 16, 16)
         s = np.exp(u)
-        return s, mass * self._weight_np(s)
+        return s, mass, self._weight_np(s)
 
     def table(self) -> list[dict]:
         """One row per bin: range, J*, running J_θ, weight and sampling probability."""
