@@ -15,8 +15,6 @@ from difflens.distill.toy import GaussianTasks, conditional_fit, excess_risk, ga
 from difflens.distill.train import Pairs, Scalarization, TrainConfig, train_dsm
 from difflens.errors import DifflensError
 
-torch.set_num_threads(1)
-
 
 def test_tchebycheff_weights_are_the_smooth_max_gradient_and_favour_the_worst_task():
     losses = torch.tensor([0.2, 0.9, 0.5], dtype=torch.float64)
