@@ -305,4 +305,4 @@ def run_policy(cfg: PolicyConfig, progress: Callable[[int], None] | None = None)
             record("distilled+relabel", n, cfg.width, gen, count_parameters(gen), {"pairs": sizes})
     config = asdict(cfg)
     config["tasks"] = [asdict(t) for t in tasks]
-    return {"experiment": "policy", "config": config, "runs": runs}
+    return {"experiment": "policy", "config": config, "task_names": [t.name for t in tasks], "runs": runs}

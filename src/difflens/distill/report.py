@@ -48,6 +48,7 @@ def plot_vs_pairs(
         len(metrics), k, figsize=(3.6 * k, 3.0 * len(metrics)), squeeze=False, layout="constrained"
     )
     variants = list(dict.fromkeys(_variant(r) for r in runs))
+    names = result.get("task_names") or [f"task {i}" for i in range(k)]
     for row, (metric, label) in enumerate(metrics.items()):
         for task in range(k):
             ax = axes[row][task]
@@ -74,7 +75,7 @@ def plot_vs_pairs(
             ax.set_xscale("log", base=2)
             if metric in log_y:
                 ax.set_yscale("log")
-            ax.set_title(f"task {task}", fontsize=9)
+            ax.set_title(f"task {task}: {names[task]}" if result.get("task_names") else names[task], fontsize=9)
             ax.set_xlabel(xlabel, fontsize=8)
             ax.set_ylabel(label, fontsize=8)
             ax.grid(alpha=0.3, which="both")

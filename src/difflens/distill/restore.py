@@ -192,4 +192,4 @@ def run_restore(cfg: RestoreConfig, progress: Callable[[int], None] | None = Non
                 "tasks": metrics(net),
             }
         )
-    return {"experiment": "restore", "config": asdict(cfg), "runs": runs}
+    return {"experiment": "restore", "config": asdict(cfg), "task_names": list(cfg.degradations), "runs": runs}
