@@ -39,20 +39,20 @@ def level_errors(
     error: str = "mse",
     batch: int = 1024,
 ) -> torch.Tensor:
-    """Per-image error at one level, averaged over the noise draws: (n,) float64."""
+    """Per-image error at one level, averaged over the noise draws (draws, n, D): (n,) float64."""
     if error not in ERRORS:
         raise DifflensError(f"unknown error {error!r}; choose one of {', '.join(ERRORS)}")
-    images = images.float()
-    total = torch.zeros(len(images), dtype=torch.float64)
-    for draw in noise:
-        for i in range(0, len(images), batch):
-            y = images[i : i + batch]
-            out = torch.as_tensor(denoiser(y + float(sigma) * draw[i : i + batch], float(sigma))).double()
-            if out.shape != y.shape:
-                raise DifflensError(f"the denoiser returned shape {tuple(out.shape)} for input {tuple(y.shape)}")
-            diff = out - y.double()
-            total[i : i + batch] += (diff * diff).mean(1) if error == "mse" else torch.linalg.vector_norm(diff, dim=1)
-    return total / len(noise)
+    y_all = images.float()[None].expand(len(noise), -1, -1).reshape(-1, images.shape[1])
+    x_all = y_all + float(sigma) * noise.reshape(-1, images.shape[1])
+    errs = []
+    for i in range(0, len(y_all), batch):
+        y = y_all[i : i + batch]
+        out = torch.as_tensor(denoiser(x_all[i : i + batch], float(sigma))).double()
+        if out.shape != y.shape:
+            raise DifflensError(f"the denoiser returned shape {tuple(out.shape)} for input {tuple(y.shape)}")
+        diff = out - y.double()
+        errs.append((diff * diff).mean(1) if error == "mse" else torch.linalg.vector_norm(diff, dim=1))
+    return torch.cat(errs).reshape(len(noise), len(images)).mean(0)
 
 
 @dataclass
@@ -74,9 +74,9 @@ class GapCurve:
 
     @property
     def peak_sigma(self) -> float | None:
-        """The level where G is largest (None if G is never finite)."""
+        """The level where G is largest (+inf counts: E_train = 0 there, a perfect fit of the training set)."""
         g = np.array(self.gap)
-        ok = np.isfinite(g)
+        ok = ~np.isnan(g)
         return float(np.array(self.sigmas)[ok][np.argmax(g[ok])]) if ok.any() else None
 
     def to_dict(self) -> dict:
@@ -85,7 +85,7 @@ class GapCurve:
             **asdict(self),
             "gap": g,
             "peak_sigma": self.peak_sigma,
-            "peak_gap": max((v for v in g if np.isfinite(v)), default=None),
+            "peak_gap": max((v for v in g if not np.isnan(v)), default=None),
         }
 
 
@@ -107,12 +107,14 @@ def generalization_gap(
     error: str = "mse",
     seed: int = 0,
     max_images: int | None = None,
+    paired: bool = True,
     batch: int = 1024,
     on_level: Callable[[str, int], None] | None = None,
 ) -> list[GapCurve]:
     """G(s) for one denoiser or several (e.g. checkpoints, in training order), all with the same noise
     per image. ``train``/``val`` are Datasets or (n, D) arrays; ``max_images`` subsamples each split
-    (seeded)."""
+    (seeded). ``paired``: image i of val gets the same noise as image i of train (common random
+    numbers: the noise draws cancel from G instead of adding Monte-Carlo error)."""
     if not isinstance(denoisers, dict):
         denoisers = {"denoiser": denoisers}
     if draws < 1:
@@ -124,8 +126,12 @@ def generalization_gap(
     y_va = _split_images(val, max_images, seed, 1)
     if y_tr.shape[1] != y_va.shape[1]:
         raise DifflensError(f"train and val samples differ in size ({y_tr.shape[1]} vs {y_va.shape[1]})")
-    n_tr = fixed_noise(len(y_tr), y_tr.shape[1], draws, seed, 0)
-    n_va = fixed_noise(len(y_va), y_va.shape[1], draws, seed, 1)
+    if paired:
+        noise = fixed_noise(max(len(y_tr), len(y_va)), y_tr.shape[1], draws, seed, 0)
+        n_tr, n_va = noise[:, : len(y_tr)], noise[:, : len(y_va)]
+    else:
+        n_tr = fixed_noise(len(y_tr), y_tr.shape[1], draws, seed, 0)
+        n_va = fixed_noise(len(y_va), y_va.shape[1], draws, seed, 1)
     curves = []
     for label, den in denoisers.items():
         rows = []
@@ -191,8 +197,6 @@ def plot_gap_over_time(curves: list[GapCurve], path, *, title: str = "") -> None
 
 def _is_factory(obj) -> bool:
     """A class or a callable that takes no required arguments builds the denoiser."""
-    if isinstance(obj, type):
-        return True
     try:
         params = inspect.signature(obj).parameters.values()
     except (TypeError, ValueError):

@@ -75,7 +75,9 @@ class EmpiricalDenoiser:
             oracle.posterior(x[b : b + 1], self.data, s[b : b + 1], t[b : b + 1], include=np.sort(idx[b]))
             for b in range(len(x))
         ]
-        return oracle.Posterior(*(torch.cat([getattr(p, f) for p in parts]) for f in oracle.Posterior.__dataclass_fields__))
+        return oracle.Posterior(
+            *(torch.cat([getattr(p, f) for p in parts]) for f in oracle.Posterior.__dataclass_fields__)
+        )
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
         x = torch.as_tensor(x)

@@ -23,6 +23,7 @@ from difflens import oracle
 from difflens.data import as_dataset
 from difflens.errors import DifflensError
 from difflens.memorization import nearest
+from difflens.optimal_loss import sources_for_level
 from difflens.samplers import Trajectory
 
 
@@ -75,7 +76,7 @@ def trajectory_overlap(
     out = []
     for k, states in enumerate(trajectory.states):
         s = float(trajectory.sigmas[k])
-        src = rng.choice(data.n, min(probes, data.n), replace=False)
+        src = sources_for_level(data.n, probes, rng)
         probe = x_all[src] + s * torch.from_numpy(rng.standard_normal((len(src), data.dim)).astype(np.float32))
         bank = x_all + s * torch.from_numpy(rng.standard_normal((data.n, data.dim)).astype(np.float32))
         ps = oracle.posterior(states, data, s, chunk_size=chunk_size)
