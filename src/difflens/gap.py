@@ -70,7 +70,10 @@ class GapCurve:
 
     @property
     def gap(self) -> list[float]:
-        return [(v - t) / t if t > 0 else (0.0 if v == t else float("inf")) for t, v in zip(self.e_train, self.e_val)]
+        return [
+            (v - t) / t if t > 0 else (0.0 if v == t else float("inf"))
+            for t, v in zip(self.e_train, self.e_val, strict=True)
+        ]
 
     @property
     def peak_sigma(self) -> float | None:
@@ -196,7 +199,7 @@ def plot_gap_over_time(curves: list[GapCurve], path, *, title: str = "") -> None
 
 
 def _is_factory(obj) -> bool:
-    """A class or a callable that takes no required arguments builds the denoiser."""
+    """A class or a callable that takes no required arguments builds the object."""
     try:
         params = inspect.signature(obj).parameters.values()
     except (TypeError, ValueError):
@@ -204,25 +207,32 @@ def _is_factory(obj) -> bool:
     return not any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
+def load_callable(spec: str) -> Callable:
+    """``py:MODULE:NAME`` → the callable it names, or what it builds if NAME is a zero-argument
+    factory (a class or function with no required arguments), importable from the Python path."""
+    if not spec.startswith("py:"):
+        raise DifflensError(f"expected py:MODULE:NAME, got {spec!r}")
+    module, _, name = spec[3:].rpartition(":")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise DifflensError(f"cannot import {spec[3:]!r} ({exc})") from None
+    if _is_factory(obj):
+        obj = obj()
+    if not callable(obj):
+        raise DifflensError(f"{spec[3:]!r} is not callable")
+    return obj
+
+
 def resolve_denoiser(spec: str, train: Dataset) -> Callable:
     """A denoiser from a spec: ``oracle[:T=…,sc=…,k=…]`` (the empirical optimal denoiser of ``train``,
-    optionally smoothed) or ``py:MODULE:NAME`` (a callable ``(x, sigma) -> x0_hat``, or a
-    zero-argument factory returning one, importable from the Python path)."""
+    optionally smoothed) or ``py:MODULE:NAME`` (see :func:`load_callable`; a callable
+    ``(x (B, D), sigma) -> x0_hat``, e.g. a trained model wrapped by an adapter)."""
     from difflens import data as data_mod
     from difflens.smoothing import EmpiricalDenoiser
 
     if spec.startswith("py:"):
-        _, _, target = spec.partition(":")
-        module, _, name = target.rpartition(":")
-        try:
-            obj = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise DifflensError(f"cannot import denoiser {target!r} ({exc})") from None
-        if _is_factory(obj):
-            obj = obj()
-        if not callable(obj):
-            raise DifflensError(f"{target!r} is not callable")
-        return obj
+        return load_callable(spec)
     name, _, params = spec.partition(":")
     if name != "oracle":
         raise DifflensError(f"unknown denoiser {spec!r}: use oracle[:T=…,sc=…,k=…] or py:MODULE:NAME")

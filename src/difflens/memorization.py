@@ -68,12 +68,13 @@ def nearest(
     candidates: int = 8,
     chunk_size: int | None = None,
     query_batch: int = 4096,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> Neighbours:
     """Exact k nearest training samples of each query (L2, in feature space if ``feature`` is given).
 
     Each chunk proposes ``k + candidates`` rows per query; the survivors are re-measured in float64,
     which makes the result exact unless more than ``candidates`` rows tie with the true k-th one
-    within float32 rounding."""
+    within float32 rounding. ``on_chunk(rows)`` is called after each data chunk."""
     if backend not in BACKENDS:
         raise DifflensError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     data = as_dataset(data)
@@ -100,6 +101,8 @@ def nearest(
         i = index[torch.cat([p[1] for p in parts])]
         best_d, order = torch.topk(torch.cat([best_d, d], 1), min(keep, best_d.shape[1] + d.shape[1]), 1, False)
         best_i = torch.cat([best_i, i], 1).gather(1, order)
+        if on_chunk is not None:
+            on_chunk(len(x))
     exact = _exact_distances(q_feat, best_i, data, feature)
     exact, order = torch.sort(exact, dim=1)
     return Neighbours(exact[:, :k].numpy(), best_i.gather(1, order)[:, :k].numpy())
@@ -168,6 +171,7 @@ def memorization(
     feature: Feature | None = None,
     backend: str = "auto",
     chunk_size: int | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> Memorization:
     """Nearest and second-nearest training samples of each generated sample, and the ratio test."""
     if not 0.0 < threshold <= 1.0:
@@ -175,7 +179,7 @@ def memorization(
     data = as_dataset(data)
     if data.n < 2:
         raise DifflensError("the memorization ratio needs at least 2 training samples")
-    nb = nearest(samples, data, 2, feature=feature, backend=backend, chunk_size=chunk_size)
+    nb = nearest(samples, data, 2, feature=feature, backend=backend, chunk_size=chunk_size, on_chunk=on_chunk)
     return Memorization(nb.dist[:, 0], nb.dist[:, 1], nb.index[:, 0], nb.index[:, 1], float(threshold))
 
 
