@@ -2,7 +2,7 @@
 
 The score is (D(x, s) − x)/s². ODE: EDM's probability-flow sampler dx/ds = (x − D(x, s))/s on the
 ρ = 7 noise discretization, Euler or Heun (second order, Karras et al. 2022). SDE: the reverse VE SDE
-by Euler–Maruyama, optionally with Langevin corrector steps (predictor–corrector, Song et al. 2021).
+by ancestral steps, optionally with Langevin corrector steps (predictor–corrector, Song et al. 2021).
 The last step always goes to s = 0 with x ← D(x, s_last). ``record=True`` keeps every state, so
 trajectories can be plotted and analysed (trajectory overlap, expansion factors).
 """
@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from difflens.errors import DifflensError
@@ -67,12 +68,18 @@ def sde_step(
     corrector_steps: int = 0,
     snr: float = 0.16,
 ) -> torch.Tensor:
-    """Reverse VE SDE step (Euler–Maruyama) from s to s_next, then Langevin corrector steps at s_next."""
+    """Reverse VE SDE step from s to s_next, then Langevin corrector steps at s_next.
+
+    The predictor is the ancestral step x' = x + (s² − s'²)·score + s'·√(1 − s'²/s²)·z: the same drift
+    as Euler–Maruyama but the noise of the exact Gaussian posterior p(x_s' | x_s, x0 = D(x_s)), so
+    large steps keep the state at the noise level it claims (Euler–Maruyama's noise √(s² − s'²)
+    leaves it too noisy by s/s')."""
     if s_next == 0:
         return _d(denoiser, x, s)
     var = s * s - s_next * s_next
     score = (_d(denoiser, x, s) - x) / (s * s)
-    x = x + var * score + math.sqrt(var) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    noise = s_next * math.sqrt(var) / s
+    x = x + var * score + noise * torch.randn(x.shape, generator=generator, dtype=x.dtype)
     for _ in range(corrector_steps):
         score = (_d(denoiser, x, s_next) - x) / (s_next * s_next)
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
@@ -104,7 +111,7 @@ def sample(
     if len(sig) < 2 or sig[-1] != 0 or any(a <= b for a, b in zip(sig, sig[1:], strict=False)):
         raise DifflensError("sampler noise levels must decrease strictly and end in 0")
     x = torch.as_tensor(x_init).double().reshape(len(x_init), -1).clone()
-    gen = torch.Generator().manual_seed(seed)
+    gen = _generator(seed, 1)  # a stream apart from initial_noise's, or the noise would repeat x_T
     states = []
     for k, (s, s_next) in enumerate(zip(sig[:-1], sig[1:], strict=True)):
         if record:
@@ -120,5 +127,9 @@ def sample(
 
 def initial_noise(n: int, dim: int, sigma_max: float, seed: int = 0) -> torch.Tensor:
     """x_T = sigma_max · ε, seeded (float64)."""
-    gen = torch.Generator().manual_seed(seed)
-    return sigma_max * torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    return sigma_max * torch.randn(n, dim, generator=_generator(seed, 0), dtype=torch.float64)
+
+
+def _generator(seed: int, stream: int) -> torch.Generator:
+    """Independent torch streams from one user seed."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, stream]).generate_state(1)[0]))

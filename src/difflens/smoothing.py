@@ -149,16 +149,19 @@ def expansion_factor(
     """γ_ex per recorded step and sample (steps, B): perturb each state x at level s_k by eps·s_k in a
     random direction, take one ODE step with both, and return ‖y′ − x′‖/‖y − x‖. Near 1 or below
     means nearby states stay nearby; ≫ 1 means the step tears neighbourhoods apart (collapse
-    boundaries of the empirical score)."""
+    boundaries of the empirical score). The final jump to s = 0 (x ← D(x, s_min), a projection
+    rather than a flow step) is left out."""
     if not trajectory.states:
         raise DifflensError("the trajectory has no recorded states (sample with record=True)")
     if method not in ("euler", "heun"):
         raise DifflensError(f"expansion factors use an ODE step (euler or heun), got {method!r}")
-    gen = torch.Generator().manual_seed(seed)
+    gen = samplers._generator(seed, 2)
     sig = [float(v) for v in trajectory.sigmas]
     out = []
     for k, x in enumerate(trajectory.states):
         s, s_next = sig[k], sig[k + 1]
+        if s_next == 0:
+            break
         u = torch.randn(x.shape, generator=gen, dtype=x.dtype)
         u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True)
         y = x + eps * s * u
