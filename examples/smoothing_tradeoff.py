@@ -7,7 +7,8 @@ mixture p_MN (predictor–corrector sampler), on the digits training split and o
 the nearest training image, the end-to-end expansion factor γ_ex, and two quality figures against
 held-out digits: the Fréchet distance in a 16-dim PCA space fitted on held-out digits (lower is
 better) and the mean confidence of a logistic-regression digit classifier (higher = more
-recognizable). Writes tradeoff.json, tradeoff.png and one sample grid per dataset.
+recognizable); and, as a diversity check, how many distinct training images are nearest to the
+samples. Writes tradeoff.json, tradeoff.png and one sample grid per dataset.
 
     PYTHONPATH=src python examples/smoothing_tradeoff.py --out runs/smoothing-tradeoff [--samples 64 --steps 24]
 """
@@ -106,18 +107,19 @@ def run(args) -> dict:
 
 
 def plot_tradeoff(results: dict, ref: dict, path: Path) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     for i, (name, rows) in enumerate(results.items()):
         temp = [r for r in rows if "T" in r]
         ts = [r["T"] for r in temp]
         axes[0].plot(ts, [r["memorization_ratio"] for r in temp], "o-", color=f"C{i}", label=f"{name}")
         axes[1].plot(ts, [r["frechet_pca16"] for r in temp], "o-", color=f"C{i}", label=f"{name}")
+        axes[3].plot(ts, [r["distinct_nearest"] for r in temp], "o-", color=f"C{i}", label=f"{name}")
         for r in rows:
             marker = "o" if "T" in r else ("s" if "sc" in r else "*")
             axes[2].plot(r["memorization_ratio"], r["frechet_pca16"], marker, color=f"C{i}", ms=7)
             axes[2].annotate(r["variant"], (r["memorization_ratio"], r["frechet_pca16"]), fontsize=6)
     axes[1].axhline(ref["frechet_pca16_train_vs_held"], color="gray", ls="--", lw=1, label="training images")
-    for ax in axes[:2]:
+    for ax in (axes[0], axes[1], axes[3]):
         ax.set_xscale("log")
         ax.set_xlabel("temperature T (all levels)")
         ax.legend(fontsize=7)
@@ -125,7 +127,9 @@ def plot_tradeoff(results: dict, ref: dict, path: Path) -> None:
     axes[1].set_ylabel("Fréchet distance, PCA-16 (vs held-out)")
     axes[2].set_xlabel("memorization ratio")
     axes[2].set_ylabel("Fréchet distance, PCA-16")
+    axes[2].set_yscale("log")
     axes[2].set_title("trade-off (o: T, s: s_c schedule, *: p_MN)", fontsize=9)
+    axes[3].set_ylabel("distinct nearest training images (diversity)")
     for ax in axes:
         ax.grid(alpha=0.3)
     save_figure(fig, path)

@@ -433,6 +433,9 @@ def toy_gap_cmd(
 def toy_flow_cmd(
     denoiser: ToyDenoiser = typer.Option(ToyDenoiser.blurred, help="optimal y*, blurred y_δ, or guided."),
     points: int = typer.Option(8, help="Training points on the circle."),
+    data: str = typer.Option(
+        None, help="Another 2-D set instead of the circle (e.g. toy:gmm:n=64), split alternately."
+    ),
     delta: float = typer.Option(0.1, help="δ of y_δ (D₊ under guidance)."),
     delta_neg: float = typer.Option(0.3, help="δ of D₋ under guidance."),
     w: float = typer.Option(1.0, help="Guidance weight."),
@@ -450,7 +453,11 @@ def toy_flow_cmd(
     from difflens import memorization as mm
     from difflens import report, samplers, toy, trajectories
 
-    train, val = toy.circle(points, random=random, seed=seed)
+    if data:
+        ds2 = load_data(data, "none")
+        train, val = toy.alternate_split(ds2.rows(0, ds2.n))
+    else:
+        train, val = toy.circle(points, random=random, seed=seed)
     den = {
         "optimal": lambda: toy.Optimal(train),
         "blurred": lambda: toy.Blurred(train, delta),
@@ -479,7 +486,7 @@ def toy_flow_cmd(
         _float_list(levels, "--levels"),
         out / "flow.png",
         trajectories=states,
-        title=f"{denoiser.value} denoiser, {points} points, {sampler.value} sampler",
+        title=f"{denoiser.value} denoiser, {len(train)} training points, {sampler.value} sampler",
     )
     trajectories.plot_overlap(overlap, out / "overlap.png")
     buf = __import__("io").BytesIO()
@@ -487,7 +494,8 @@ def toy_flow_cmd(
     report._atomic_write(out / "samples.npy", buf.getvalue())
     result = {
         "denoiser": denoiser.value,
-        "points": points,
+        "data": data or "circle",
+        "points": len(train),
         "delta": delta,
         "delta_neg": delta_neg,
         "w": w,

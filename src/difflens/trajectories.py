@@ -62,27 +62,32 @@ def trajectory_overlap(
     trajectory: Trajectory,
     *,
     probes: int = 256,
+    bank: int | None = None,
     bins: int = 20,
     seed: int = 0,
     chunk_size: int | None = None,
     on_level=None,
 ) -> list[OverlapLevel]:
-    """Per recorded level: sampler states vs ``probes`` noised training samples (see module doc)."""
+    """Per recorded level: sampler states vs ``probes`` noised training samples (see module doc).
+    The bank holds one noised copy of every training point, or of ``bank`` of them (seeded) for
+    large sets."""
     data = as_dataset(data)
     if not trajectory.states:
         raise DifflensError("the trajectory has no recorded states (sample with record=True)")
     rng = np.random.default_rng(seed)
-    x_all = data.rows(0, data.n)
+    x_all = (
+        data.rows(0, data.n) if bank is None or bank >= data.n else data.take(np.sort(rng.choice(data.n, bank, False)))
+    )
     out = []
     for k, states in enumerate(trajectory.states):
         s = float(trajectory.sigmas[k])
-        src = sources_for_level(data.n, probes, rng)
+        src = sources_for_level(len(x_all), probes, rng)
         probe = x_all[src] + s * torch.from_numpy(rng.standard_normal((len(src), data.dim)).astype(np.float32))
-        bank = x_all + s * torch.from_numpy(rng.standard_normal((data.n, data.dim)).astype(np.float32))
+        noised = x_all + s * torch.from_numpy(rng.standard_normal(tuple(x_all.shape)).astype(np.float32))
         ps = oracle.posterior(states, data, s, chunk_size=chunk_size)
         pt = oracle.posterior(probe, data, s, chunk_size=chunk_size)
-        ds_ = nearest(states, bank, 1, chunk_size=chunk_size).dist[:, 0]
-        dt_ = nearest(probe, bank, 1, chunk_size=chunk_size).dist[:, 0]
+        ds_ = nearest(states, noised, 1, chunk_size=chunk_size).dist[:, 0]
+        dt_ = nearest(probe, noised, 1, chunk_size=chunk_size).dist[:, 0]
         mw_s, mw_t = ps.max_weight.numpy(), pt.max_weight.numpy()
         ec_s, ec_t = np.log10(ps.eff_count.numpy()), np.log10(pt.eff_count.numpy())
         out.append(
