@@ -59,3 +59,15 @@ def test_errors_are_one_line_and_nonzero(tmp_path):
     assert r.exit_code == 2 and "integers" in r.output
     r = _run("smooth", "sample", "-T", 0, "--out", tmp_path / "s")
     assert r.exit_code == 2 and "temperature" in r.output
+
+
+def test_smooth_sample_with_a_model_callable(tmp_path, monkeypatch):
+    (tmp_path / "shrink_model.py").write_text("def denoiser(x, sigma):\n    return 0.0 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "m"
+    r = _run("smooth", "sample", "--model", "py:shrink_model:denoiser", "--subset", 16, "--samples", 4, "--steps", 4,
+             "--no-overlap", "--out", out)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "smooth.json").read_text())
+    assert res["model"] == "py:shrink_model:denoiser" and res["overlap"] is None
+    assert np.abs(np.load(out / "samples.npy")).max() == 0.0  # a denoiser that always says 0 samples 0

@@ -51,7 +51,10 @@ def _d(denoiser: Denoiser, x: torch.Tensor, s: float) -> torch.Tensor:
 
 def ode_step(denoiser: Denoiser, x: torch.Tensor, s: float, s_next: float, method: str = "heun") -> torch.Tensor:
     """One probability-flow step from s to s_next (Heun's correction unless s_next = 0)."""
-    d = (x - _d(denoiser, x, s)) / s
+    x0 = _d(denoiser, x, s)
+    if s_next == 0:
+        return x0  # the Euler step to 0 is x0 itself; return it without rounding
+    d = (x - x0) / s
     x_next = x + (s_next - s) * d
     if method == "heun" and s_next > 0:
         d2 = (x_next - _d(denoiser, x_next, s_next)) / s_next

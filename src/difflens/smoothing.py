@@ -101,9 +101,12 @@ class UnconditionedMixture:
         self.chunk_size = chunk_size
 
     def _levels(self, x: torch.Tensor):
-        """Per level i: log Σ_j exp(−‖x−x_j‖²/(2σ_i²)) (B, L) and the posterior mean over j (L, B, D)."""
-        posts = [oracle.posterior(x, self.data, float(s), chunk_size=self.chunk_size) for s in self.sigmas]
-        return torch.stack([p.log_norm for p in posts], 1), torch.stack([p.mean for p in posts])
+        """Per level i: log Σ_j exp(−‖x−x_j‖²/(2σ_i²)) (B, L) and the posterior mean over j (L, B, D).
+        One kernel call: each query is repeated once per level with that level's σ."""
+        n_lev, batch = len(self.sigmas), len(x)
+        q = x[None].expand(n_lev, -1, -1).reshape(n_lev * batch, -1)
+        post = oracle.posterior(q, self.data, self.sigmas.repeat_interleave(batch), chunk_size=self.chunk_size)
+        return post.log_norm.reshape(n_lev, batch).T, post.mean.reshape(n_lev, batch, -1)
 
     def _shell_logits(self, log_norm: torch.Tensor) -> torch.Tensor:
         return log_norm - (self.data.dim - 2) * torch.log(self.sigmas)[None, :]
