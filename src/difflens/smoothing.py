@@ -30,10 +30,6 @@ from difflens.errors import DifflensError
 from difflens.memorization import nearest
 
 
-def _per_query(sigma, batch: int) -> torch.Tensor:
-    return oracle._as_sigma(sigma, batch)
-
-
 class EmpiricalDenoiser:
     """Temperature-smoothed (and optionally K-nearest truncated) empirical optimal denoiser."""
 
@@ -65,8 +61,10 @@ class EmpiricalDenoiser:
         return t
 
     def posterior(self, x: torch.Tensor, sigma) -> oracle.Posterior:
+        """Posterior statistics at T(s); with K, each query's posterior over its exact K nearest training
+        points (one kernel call per query, restricted with ``include``)."""
         x = torch.as_tensor(x).reshape(len(x), -1)
-        s = _per_query(sigma, len(x))
+        s = oracle._as_sigma(sigma, len(x))
         t = self.temperature_at(s)
         if self.k is None or self.k == self.data.n:
             return oracle.posterior(x, self.data, s, t, chunk_size=self.chunk_size)
@@ -137,7 +135,7 @@ class UnconditionedMixture:
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """As a denoiser for the samplers: D(x, s) = x + s²·score(x) (the network never sees s)."""
         x = torch.as_tensor(x)
-        s = _per_query(sigma, len(x)).to(torch.float64)
+        s = oracle._as_sigma(sigma, len(x)).to(torch.float64)
         return (x.double() + (s * s)[:, None] * self.score(x)).to(x.dtype)
 
 
