@@ -63,7 +63,7 @@ def trajectory_overlap(
     *,
     probes: int = 256,
     bank: int | None = None,
-    bins: int = 20,
+    bins: int = 12,
     seed: int = 0,
     chunk_size: int | None = None,
     on_level=None,
