@@ -54,7 +54,7 @@ def test_errors_are_one_line_and_nonzero(tmp_path):
     r = _run("memorization", "--samples", bad, "--out", tmp_path / "m")
     assert r.exit_code == 2 and "64" in r.output and not (tmp_path / "m" / "memorization.json").exists()
     r = _run("gap", "--denoiser", "nonsense", "--out", tmp_path / "g")
-    assert r.exit_code == 2 and "unknown denoiser" in r.output
+    assert r.exit_code == 2 and "not found" in r.output
     r = _run("toy", "gap", "--sweep", "density", "--values", "2.5", "--out", tmp_path / "t")
     assert r.exit_code == 2 and "integers" in r.output
     r = _run("smooth", "sample", "-T", 0, "--out", tmp_path / "s")

@@ -29,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 console = Console(stderr=True)
 
@@ -51,7 +52,7 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except DifflensError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except MemoryError:
             console.print("[bold red]error:[/] out of memory: lower --chunk-size or the number of queries")
@@ -222,6 +223,396 @@ def data_cmd(data: str = DataOpt, scale: ScaleName = ScaleOpt):
     Console().print_json(data={**ds.summary(), "min": st.minimum, "max": st.maximum, "variance_per_dim": st.variance})
 
 
+# ---- training diagnosis commands (issue 4): train, diagnose, schedule, scaling
+
+ArchName = Enum("ArchName", {k: k for k in ("mlp", "unet")}, type=str)
+ScheduleName = Enum("ScheduleName", {k: k for k in ("edm", "uniform-t", "optimal-loss")}, type=str)
+ModelOpt = typer.Option(
+    None,
+    "--model",
+    "-m",
+    help="oracle, a run folder, ckpt .pt/.safetensors, diffusers:DIR, module:attr or file.py:attr.",
+)
+
+
+def _model_options(process, target, time_scale, shape):
+    return {
+        "process": process,
+        "target": target,
+        "time_scale": time_scale,
+        "shape": tuple(int(v) for v in shape.split(",")) if shape else None,
+    }
+
+
+@app.command("train")
+@friendly_errors
+def train_cmd(
+    data: str = DataOpt,
+    scale: ScaleName = ScaleOpt,
+    holdout: float = typer.Option(0.1, help="Held-out fraction (seeded by --split-seed; 0 = none)."),
+    split_seed: int = typer.Option(0, help="Seed of the train/held-out split."),
+    arch: ArchName = typer.Option(ArchName.mlp, help="Tiny MLP or small U-Net (images)."),
+    width: int = typer.Option(None, help="Hidden width (MLP) or base channels (U-Net) [default: 128 / 16]."),
+    depth: int = typer.Option(3, help="MLP blocks."),
+    process: ProcessName = typer.Option(ProcessName.edm, help="Forward process the network is trained on."),
+    target: TargetName = typer.Option(TargetName.edm, help="Prediction target (edm = EDM preconditioning)."),
+    time_scale: float = typer.Option(1.0, help="Multiplier of the network's time input."),
+    schedule: ScheduleName = typer.Option(ScheduleName.edm, help="Noise-level schedule and weighting."),
+    bins: int = typer.Option(32, help="optimal-loss schedule: bins in ln σ between --sigma-min and --sigma-max."),
+    sigma_min: float = typer.Option(0.002, help="optimal-loss schedule: lowest σ."),
+    sigma_max: float = typer.Option(80.0, help="optimal-loss schedule: highest σ."),
+    a: float = typer.Option(1.0, help="optimal-loss schedule: weight scale a."),
+    w_max: float = typer.Option(1e3, help="optimal-loss schedule: weight cap w_max."),
+    bump: float = typer.Option(0.0, help="optimal-loss schedule: Gaussian bump height (× a) in ln σ."),
+    bump_center: float = typer.Option(None, help="optimal-loss schedule: bump centre σ."),
+    bump_width: float = typer.Option(0.5, help="optimal-loss schedule: bump width in ln σ."),
+    mix: float = typer.Option(0.1, help="optimal-loss schedule: uniform floor mixed into p(σ)."),
+    steps: int = typer.Option(2000, help="Optimizer steps."),
+    batch: int = typer.Option(256, help="Batch size."),
+    lr: float = typer.Option(2e-3, help="Adam learning rate."),
+    ema: float = typer.Option(0.999, help="EMA decay of the saved weights."),
+    seed: int = SeedOpt,
+    log_every: int = typer.Option(100, help="Steps between metrics.jsonl lines."),
+    ckpt_every: int = typer.Option(500, help="Steps between checkpoints."),
+    threads: int = typer.Option(0, help="Torch CPU threads (0 = torch's default)."),
+    out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Output directory."),
+):
+    """Train a tiny reference denoiser: metrics.jsonl, ckpt_*.pt, model.safetensors, train.json."""
+    from difflens.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=data,
+        scale=scale.value,
+        holdout=holdout,
+        split_seed=split_seed,
+        arch=arch.value,
+        width=width or (128 if arch.value == "mlp" else 16),
+        depth=depth,
+        process=process.value,
+        target=target.value,
+        time_scale=time_scale,
+        schedule=schedule.value,
+        bins=bins,
+        sigma_min=sigma_min,
+        sigma_max=sigma_max,
+        a=a,
+        w_max=w_max,
+        bump=bump,
+        bump_center=bump_center,
+        bump_width=bump_width,
+        mix=mix,
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        ema=ema,
+        seed=seed,
+        log_every=log_every,
+        ckpt_every=ckpt_every,
+    )
+    with progress() as bar:
+        task = bar.add_task("training", total=steps)
+        summary = train(cfg, out, on_step=lambda step, loss: bar.update(task, completed=step), threads=threads or None)
+    console.print(
+        f"trained {summary['arch']['name']} ({summary['parameters']:,} parameters) on {summary['data']['spec']} "
+        f"for {steps} steps in {summary['seconds']:.0f} s; wrote {out}/model.safetensors, metrics.jsonl, train.json"
+    )
+
+
+@app.command("diagnose")
+@friendly_errors
+def diagnose_cmd(
+    model: str = ModelOpt,
+    from_log: Path = typer.Option(None, help="Instead of a model: a CSV (sigma or t, loss[, step]) or metrics.jsonl."),
+    checkpoints: str = typer.Option(None, help="Run folder or glob of checkpoints: excess over training (heat map)."),
+    checkpoint: Path = typer.Option(None, help="Weights (.pt/.safetensors) for a module:Class model."),
+    data: str = typer.Option(None, "--data", "-d", help=DATA_HELP + " [default: the run's data, else digits]"),
+    scale: ScaleName = ScaleOpt,
+    holdout: float = typer.Option(None, help="Held-out fraction [default: the run's; none for other models]."),
+    split_seed: int = typer.Option(None, help="Seed of the split [default: the run's, else 0]."),
+    process: ProcessName = typer.Option(
+        None, help="Callables and logs: the model's process. Runs/diffusers: report in these units. [default: edm]"
+    ),
+    target: TargetName = typer.Option(
+        None, help="Callables and logs: the model's target. Runs/diffusers: report in these units. [default: x0]"
+    ),
+    time_scale: float = typer.Option(None, help="Multiplier of a callable's time input."),
+    shape: str = typer.Option(None, help="Network input shape per sample, e.g. 1,8,8 [default: from the data]."),
+    scheduler: Path = typer.Option(None, help="diffusers scheduler_config.json [default: next to the model]."),
+    trust_pickle: bool = typer.Option(False, help="Allow .pt files holding pickled Python objects."),
+    recipe: str = typer.Option(None, help="Recipe for totals: edm, uniform-t or CSV [default: the run's schedule]."),
+    sigmas: str = typer.Option("0.002:80:24", help="Noise levels: LO:HI:N log grid or a comma list."),
+    images: int = typer.Option(1024, help="Images per split for the model's loss (fixed noise per image)."),
+    samples: int = typer.Option(1024, "--samples", "-M", help="Queries per level for the optimal loss."),
+    batch_size: int = typer.Option(512, help="Model batch size."),
+    seed: int = SeedOpt,
+    threads: int = typer.Option(0, help="Torch CPU threads (0 = torch's default)."),
+    out: Path = typer.Option(Path("runs/diagnose"), "--out", "-o", help="Output directory."),
+):
+    """Model loss vs the optimal loss per level: excess, ratios, totals, heat map, HTML report."""
+    import glob
+
+    import torch
+
+    from difflens import diagnose as dg
+    from difflens import processes
+    from difflens.models import Parametrization, load_denoiser
+    from difflens.models.load import default_shape
+
+    if threads:
+        torch.set_num_threads(threads)
+    if (model is None) == (from_log is None):
+        raise DifflensError("give exactly one of --model or --from-log")
+    grid = np.sort(processes.parse_sigmas(sigmas))
+    opts = _model_options(process and process.value, target and target.value, time_scale, shape)
+    loaded, cfg = None, {}
+    if model is not None and model != "oracle":
+        loaded = load_denoiser(model, checkpoint=checkpoint, scheduler=scheduler, trust_pickle=trust_pickle, **opts)
+        cfg = loaded.info.get("config", {})
+    ds = data_mod.load(data or cfg.get("data", "digits"), scale.value if data else cfg.get("scale", scale.value))
+    hold = holdout if holdout is not None else cfg.get("holdout")
+    split = split_seed if split_seed is not None else cfg.get("split_seed", 0)
+    train_ds, held_ds = ds.split(hold, split) if hold else (ds, None)
+    if model == "oracle":
+        loaded = load_denoiser("oracle", data=train_ds)
+    elif loaded is not None and loaded.denoiser.shape is None:
+        loaded.denoiser.shape = default_shape(ds.shape)
+    if loaded is not None and loaded.info.get("data") and loaded.info["data"]["hash"] != train_ds.stats.hash:
+        console.print("[yellow]warning:[/] these training data differ from the run's (other data spec or split)")
+    logged = dg.log_units(from_log) if from_log is not None else None
+    own = loaded.param if loaded is not None and loaded.param is not None else None
+    if own is None and logged and not (process or target):
+        own = Parametrization.of(logged["process"], logged["target"])
+    own = own or Parametrization.of(opts["process"] or "edm", opts["target"] or "x0")
+    units = own
+    if loaded is not None and loaded.info.get("kind") in ("difflens", "diffusers") and (process or target):
+        proc = processes.get_process(process.value) if process else own.process
+        units = Parametrization(proc, target.value if target else own.target)
+    quad, recipe_name = dg.model_recipe(loaded.info if loaded else {}, own, recipe)
+    console.print(
+        f"[bold]{train_ds.spec}[/]: N={train_ds.n}, held-out {held_ds.n if held_ds else 0}; {len(grid)} levels"
+    )
+    if from_log is not None:
+        rows = dg.read_loss_log(from_log, units.process)
+        result = dg.diagnose_log(rows, train_ds, units, quad, samples, seed)
+        title = f"{from_log.name} vs the optimal loss of {train_ds.spec}"
+    else:
+        with progress() as bar:
+            task = bar.add_task("optimal loss and model", total=None)
+            optimal = dg.optimal_levels(train_ds, grid, samples, seed)
+            result = dg.diagnose_model(
+                loaded.denoiser,
+                train_ds,
+                held_ds,
+                grid,
+                units=units,
+                quad=quad,
+                images=images,
+                seed=seed,
+                batch_size=batch_size,
+                optimal=optimal,
+            )
+            if checkpoints:
+                folder = Path(checkpoints)
+                paths = (
+                    sorted(folder.glob("ckpt_*.pt")) if folder.is_dir() else sorted(map(Path, glob.glob(checkpoints)))
+                )
+                if not paths:
+                    raise DifflensError(f"--checkpoints {checkpoints}: no checkpoint files found")
+                bar.update(task, total=len(paths), completed=0, description="checkpoints")
+                models = []
+                for p in paths:
+                    m = load_denoiser(str(p), data=train_ds)
+                    models.append((int(m.info.get("step", len(models))), m.denoiser))
+                    bar.advance(task)
+                result["history"] = dg.excess_history(
+                    models, train_ds, grid, units, optimal, images=images, seed=seed, batch_size=batch_size
+                )
+        title = f"{model} vs the optimal loss of {train_ds.spec}"
+    result.update({"model": loaded.info if loaded else None, "recipe": recipe_name, "log": from_log and str(from_log)})
+    written = dg.write_outputs(result, out, title)
+    _print_diagnosis(result)
+    console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _print_diagnosis(result: dict) -> None:
+    table = Table(title=f"model vs optimal loss ({result['units']['target']} units, per dim)")
+    for col in ("σ", "J*", "train", "held-out", "excess", "± s.e.", "excess ratio"):
+        table.add_column(col, justify="right")
+    fmt = lambda v: "–" if v is None else f"{v:.4g}"  # noqa: E731
+    for lv in result["levels"]:
+        table.add_row(
+            *(fmt(lv[k]) for k in ("sigma", "optimal", "train", "held", "excess", "excess_stderr", "excess_ratio"))
+        )
+    Console().print(table)
+    Console().print(result["verdict"])
+
+
+@app.command("schedule")
+@friendly_errors
+def schedule_cmd(
+    data: str = DataOpt,
+    scale: ScaleName = ScaleOpt,
+    holdout: float = typer.Option(None, help="Use the training part of a seeded split (as the run did)."),
+    model: str = ModelOpt,
+    from_log: Path = typer.Option(None, help="Model losses per level: CSV (sigma or t, loss) or metrics.jsonl."),
+    process: ProcessName = typer.Option(ProcessName.edm, help="Process of the training target (loss units)."),
+    target: TargetName = typer.Option(TargetName.edm, help="Training target (loss units)."),
+    bins: int = typer.Option(32, help="Bins in ln σ."),
+    sigma_min: float = typer.Option(0.002, help="Lowest σ."),
+    sigma_max: float = typer.Option(80.0, help="Highest σ."),
+    a: float = typer.Option(1.0, help="Weight scale a."),
+    w_max: float = typer.Option(1e3, help="Weight cap w_max."),
+    bump: float = typer.Option(0.0, help="Gaussian bump height (× a) in ln σ."),
+    bump_center: float = typer.Option(None, help="Bump centre σ."),
+    bump_width: float = typer.Option(0.5, help="Bump width in ln σ."),
+    mix: float = typer.Option(0.1, help="Uniform floor mixed into p(σ)."),
+    samples: int = typer.Option(512, "--samples", "-M", help="Queries per bin for the optimal loss."),
+    images: int = typer.Option(512, help="Training images for the model's per-bin loss (--model)."),
+    seed: int = SeedOpt,
+    out: Path = typer.Option(Path("runs/schedule"), "--out", "-o", help="Output directory."),
+):
+    """Xu et al.'s optimal-loss schedule: weights w(σ) and sampling density p(σ) as a table and recipe."""
+    from difflens import diagnose as dg
+    from difflens import report
+    from difflens import schedule as sched
+    from difflens.models import Parametrization, load_denoiser
+
+    ds = load_data(data, scale, holdout, seed=0)
+    param = Parametrization.of(process.value, target.value)
+    schedule = sched.OptimalLossSchedule.from_data(
+        ds,
+        param.factor,
+        bins=bins,
+        sigma_min=sigma_min,
+        sigma_max=sigma_max,
+        samples=samples,
+        seed=seed,
+        a=a,
+        w_max=w_max,
+        bump=bump,
+        bump_center=bump_center,
+        bump_width=bump_width,
+        mix=mix,
+    )
+    centers = schedule.centers
+    if model is not None and from_log is not None:
+        raise DifflensError("give at most one of --model or --from-log")
+    if model is not None:
+        m = load_denoiser(model, data=ds)
+        x0 = dg.pick_images(ds, images, seed)
+        err = dg.per_level_errors(m.denoiser, x0, dg.fixed_noise(len(x0), (ds.dim,), seed), centers).mean(1)
+        schedule.set_model_loss(err * param.factor(centers))
+    elif from_log is not None:
+        rows = dg.read_loss_log(from_log, param.process)
+        last: dict[float, tuple[int, float]] = {}
+        for r in rows:
+            if r["sigma"] not in last or r["step"] >= last[r["sigma"]][0]:
+                last[r["sigma"]] = (r["step"], r["loss"])
+        s_log = np.array(sorted(last))
+        loss = np.array([last[s][1] for s in s_log])
+        schedule.set_model_loss(np.exp(np.interp(np.log(centers), np.log(s_log), np.log(np.maximum(loss, 1e-300)))))
+    table = schedule.table()
+    report.write_csv(out / "schedule.csv", table)
+    report.write_csv(  # x0-unit weights: usable as --recipe by optimal-loss and diagnose
+        out / "recipe.csv",
+        [{"sigma": r["sigma"], "p": r["p"], "weight": r["weight"] * param.factor(r["sigma"])} for r in table],
+    )
+    sched.plot_schedule(table, out / "schedule.png", f"optimal-loss schedule on {ds.spec} ({target.value} units)")
+    report.write_json(
+        out / "schedule.json", {"schedule": schedule.describe(), "units": param.describe(), "table": table}
+    )
+    if model is None and from_log is None:
+        console.print("no --model or --from-log: p(σ) is uniform until a model loss is known (as at training start)")
+    console.print(f"wrote {out}/schedule.json, schedule.csv, recipe.csv (for --recipe), schedule.png")
+
+
+@app.command("scaling")
+@friendly_errors
+def scaling_cmd(
+    table: Path = typer.Argument(None, help="CSV: compute|params|C|flops|steps, loss[, sigma][, optimal]."),
+    runs: str = typer.Option(None, help="Instead of a table: a glob of difflens run folders (e.g. 'runs/width*')."),
+    x: str = typer.Option("params", help="With --runs: params, or compute (6 · params · steps · batch)."),
+    sigmas: str = typer.Option("0.05,0.2,0.5,1,2,5,20", help="With --runs: noise levels to measure."),
+    images: int = typer.Option(1024, help="With --runs: training images per level (fixed noise per image)."),
+    data: str = typer.Option(None, "--data", "-d", help="Data for J* at each sigma when the table has no optimal."),
+    scale: ScaleName = ScaleOpt,
+    holdout: float = typer.Option(None, help="Use the training part of a seeded split for J*."),
+    process: ProcessName = typer.Option(ProcessName.edm, help="Loss units of the table: process."),
+    target: TargetName = typer.Option(TargetName.x0, help="Loss units of the table: target."),
+    optimal: float = typer.Option(None, help="J* for rows without sigma (e.g. a recipe-weighted total)."),
+    samples: int = typer.Option(1024, "--samples", "-M", help="Queries per level for J*."),
+    seed: int = SeedOpt,
+    out: Path = typer.Option(Path("runs/scaling"), "--out", "-o", help="Output directory."),
+):
+    """Fit J = βC^α, J − J* = βC^α and J = E + βC^α, with CIs and log–log correlations; plot them."""
+    from difflens import report
+    from difflens import scaling as sc
+    from difflens.diagnose import optimal_levels
+    from difflens.models import Parametrization
+
+    if (table is None) == (runs is None):
+        raise DifflensError("give exactly one of a TABLE or --runs")
+    if runs is not None:
+        import glob
+
+        from difflens import processes
+
+        paths = sorted(glob.glob(runs))
+        if not paths:
+            raise DifflensError(f"--runs {runs}: no run folders found")
+        with progress() as bar:
+            task = bar.add_task("runs", total=len(paths))
+            xcol, rows = sc.table_from_runs(
+                paths,
+                processes.parse_sigmas(sigmas),
+                x=x,
+                images=images,
+                samples=samples,
+                seed=seed,
+                on_run=lambda: bar.advance(task),
+            )
+        report.write_csv(out / "table.csv", [{xcol: r["x"], **{k: v for k, v in r.items() if k != "x"}} for r in rows])
+    else:
+        xcol, rows = sc.read_table(table)
+    param = Parametrization.of(process.value, target.value)
+    optimal_of = None
+    levels = sorted({r["sigma"] for r in rows if "sigma" in r})
+    if data is not None and levels:
+        ds = load_data(data, scale, holdout, seed=0)
+        j, _, _ = optimal_levels(ds, np.array(levels), samples, seed)
+        by_level = dict(zip(levels, j * param.factor(np.array(levels)), strict=True))
+        optimal_of = lambda s: by_level[s] if s is not None else optimal  # noqa: E731
+    elif optimal is not None:
+        optimal_of = lambda s: optimal  # noqa: E731
+    groups = sc.fit_groups(rows, optimal_of)
+    report.write_json(out / "scaling.json", {"x": xcol, "units": param.describe(), "groups": groups})
+    flat = [
+        {"sigma": g["sigma"], "fit": k, **{f: v for f, v in fit.items() if f not in ("kind",)}}
+        for g in groups
+        for k, fit in g["fits"].items()
+    ]
+    report.write_csv(out / "scaling.csv", flat)
+    sc.plot_fits(groups, out / "scaling.png", xcol)
+    t = Table(title="power-law fits (log–log R², correlation)")
+    for col in ("σ", "fit", "α ± 95% CI", "β", "E / J*", "R²", "corr"):
+        t.add_column(col, justify="right")
+    for r in flat:
+        t.add_row(
+            "total" if r["sigma"] is None else f"{r['sigma']:.3g}",
+            r["fit"],
+            f"{r['alpha']:.3f} ± {(r['alpha_ci'][1] - r['alpha_ci'][0]) / 2:.3f}",
+            f"{r['beta']:.3g}",
+            f"{r['offset']:.3g}",
+            f"{r['r2']:.3f}",
+            f"{r['corr']:.3f}",
+        )
+    Console().print(t)
+    for g in groups:
+        for k, msg in g["errors"].items():
+            console.print(f"[yellow]{k} fit skipped[/] ({'total' if g['sigma'] is None else g['sigma']}): {msg}")
+    console.print(f"wrote {out}/scaling.json, scaling.csv, scaling.png")
+
+
 # ---- memorization, generalization gap, toy lab and score smoothing commands (issue 5)
 
 SamplerName = Enum("SamplerName", {k: k for k in ("euler", "heun", "sde", "pc")}, type=str)
@@ -317,14 +708,18 @@ def memorization_cmd(
 @app.command("gap")
 @friendly_errors
 def gap_cmd(
-    data: str = DataOpt,
-    holdout: float = typer.Option(0.2, help="Fraction held out (seeded) as the validation split."),
+    data: str = typer.Option(None, "--data", "-d", help=DATA_HELP + " [default: the run's data, else digits]"),
+    holdout: float = typer.Option(None, help="Held-out fraction for validation [default: the run's, else 0.2]."),
+    split_seed: int = typer.Option(None, help="Seed of the train/held-out split [default: the run's, else --seed]."),
     val: str = typer.Option(None, help="Validation data spec instead of a held-out fraction of --data."),
     denoiser: list[str] = typer.Option(
         ["oracle"],
-        help="Denoiser(s), in training order for checkpoints: oracle[:T=…,sc=…,k=…] (empirical optimal "
-        "denoiser of the training split, optionally smoothed) or py:MODULE:NAME (a callable (x, sigma) → x0_hat).",
+        help="Denoiser(s): oracle[:T=…,sc=…,k=…] (empirical optimal denoiser of the training split, optionally "
+        "smoothed), py:MODULE:NAME (a callable (x, sigma) → x0_hat), or a model as for diagnose --model "
+        "(run folder, .pt/.safetensors, diffusers:DIR, module:attr).",
     ),
+    checkpoints: str = typer.Option(None, help="Run folder or glob of checkpoints: one curve each, in name order."),
+    trust_pickle: bool = typer.Option(False, help="Allow .pt files holding pickled Python objects."),
     sigmas: str = typer.Option("0.002:80:24", help="Noise levels: LO:HI:N log grid or a comma list."),
     draws: int = typer.Option(1, help="Noise draws per image (fixed across levels and denoisers)."),
     error: ErrorName = typer.Option(ErrorName.mse, help="mse: squared error per dim; l2: unsquared L2 norm."),
@@ -333,17 +728,39 @@ def gap_cmd(
     seed: int = SeedOpt,
     out: Path = typer.Option(Path("runs/gap"), "--out", "-o", help="Output directory."),
 ):
-    """Generalization gap per noise level G(s) = (E_val − E_train)/E_train, for one denoiser or checkpoints."""
+    """Generalization gap per noise level G(s) = (E_val − E_train)/E_train, for denoisers or checkpoints."""
+    import glob
+
     from difflens import gap as gap_mod
     from difflens import processes, report
+    from difflens.models import load_denoiser
+    from difflens.models.load import default_shape
 
     grid = np.sort(processes.parse_sigmas(sigmas))
-    full = load_data(data, scale)
+    specs = list(denoiser)
+    if checkpoints:
+        folder = Path(checkpoints)
+        paths = sorted(folder.glob("ckpt_*.pt")) if folder.is_dir() else sorted(map(Path, glob.glob(checkpoints)))
+        if not paths:
+            raise DifflensError(f"--checkpoints {checkpoints}: no checkpoint files found")
+        specs = [s for s in specs if s != "oracle"] + [str(p) for p in paths]
+    loaded = {s: load_denoiser(s, trust_pickle=trust_pickle) for s in specs if not gap_mod.is_closed_form(s)}
+    cfg = next((m.info["config"] for m in loaded.values() if m.info.get("config")), {})
+    full = data_mod.load(data or cfg.get("data", "digits"), scale.value if data else cfg.get("scale", scale.value))
     if val:
         train, held = full, load_data(val, scale)
     else:
-        train, held = full.split(holdout, seed)
-    dens = {spec: gap_mod.resolve_denoiser(spec, train) for spec in denoiser}
+        hold = holdout if holdout is not None else (cfg.get("holdout") or 0.2)
+        train, held = full.split(hold, split_seed if split_seed is not None else cfg.get("split_seed", seed))
+    for m in loaded.values():
+        if getattr(m.denoiser, "shape", 1) is None:
+            m.denoiser.shape = default_shape(full.shape)
+    dens = {
+        (Path(s).name if s in loaded and Path(s).exists() else s): (
+            loaded[s].denoiser if s in loaded else gap_mod.resolve_denoiser(s, train)
+        )
+        for s in specs
+    }
     with progress() as bar:
         task = bar.add_task("denoiser × level", total=len(dens) * len(grid))
         curves = gap_mod.generalization_gap(
@@ -521,7 +938,9 @@ def smooth_sample_cmd(
     subset: int = typer.Option(None, help="Use a seeded random subset of this many training samples."),
     score: ScoreName = typer.Option(ScoreName.empirical, help="empirical (optionally smoothed) or unconditioned p_MN."),
     model: str = typer.Option(
-        None, help="Sample a trained model instead: py:MODULE:NAME, a callable (x, sigma) → x0_hat (VE form)."
+        None,
+        help="Sample a model instead: py:MODULE:NAME (a callable (x, sigma) → x0_hat, VE form) or a model as for "
+        "diagnose --model (run folder, .pt/.safetensors, diffusers:DIR, module:attr).",
     ),
     temperature: float = typer.Option(1.0, "--temperature", "-T", help="Softmax temperature T."),
     collapse_sigma: float = typer.Option(None, help="Collapse level s_c: T(s) = T·max(s_c/s, 1)."),
@@ -548,8 +967,15 @@ def smooth_sample_cmd(
     from difflens import processes, report, samplers, smoothing, trajectories
 
     ds = _subset(load_data(data, scale), subset, seed)
-    if model:
+    if model and model.startswith("py:"):
         den = gap_mod.load_callable(model)
+    elif model:
+        from difflens.models import load_denoiser
+        from difflens.models.load import default_shape
+
+        den = load_denoiser(model, data=ds).denoiser
+        if getattr(den, "shape", 1) is None:
+            den.shape = default_shape(ds.shape)
     elif score.value == "unconditioned":
         den = smoothing.UnconditionedMixture(ds, processes.parse_sigmas(train_sigmas))
     else:

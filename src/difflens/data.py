@@ -83,6 +83,8 @@ class Dataset:
         x = np.asarray(block, dtype=np.float32).reshape(len(block), -1)
         if (a, b) != (1.0, 0.0):
             x = x * np.float32(a) + np.float32(b)
+        if not x.flags.writeable:  # a read-only memmap block: materialise it (torch needs writable memory)
+            x = x.copy()
         return torch.from_numpy(np.ascontiguousarray(x))
 
     def rows(self, start: int, stop: int) -> torch.Tensor:

@@ -30,6 +30,7 @@ def fixed_noise(n: int, dim: int, draws: int = 1, seed: int = 0, stream: int = 0
     return torch.randn(draws, n, dim, generator=gen, dtype=torch.float32)
 
 
+@torch.no_grad()
 def level_errors(
     denoiser: Callable,
     images: torch.Tensor,
@@ -222,6 +223,11 @@ def load_callable(spec: str) -> Callable:
     if not callable(obj):
         raise DifflensError(f"{spec[3:]!r} is not callable")
     return obj
+
+
+def is_closed_form(spec: str) -> bool:
+    """Specs :func:`resolve_denoiser` builds itself (the rest are trained models)."""
+    return spec == "oracle" or spec.startswith(("oracle:", "py:"))
 
 
 def resolve_denoiser(spec: str, train: Dataset) -> Callable:

@@ -67,23 +67,25 @@ class CDOL:
         parts = []
         for i in range(0, len(queries), self.group):
             q, src = queries[i : i + self.group], sources[i : i + self.group]
-            idx = _random_others(rng, data.n, self.subset - 1, src)
+            drawn, leave_out = _others_per_query(rng, data.n, self.subset, src)
             xs = data.take(src)
-            logit = ((q.double() * xs.double()).sum(1) - 0.5 * (xs.double() ** 2).sum(1)) * scale - math.log(self.C)
-            extra = oracle.PosteriorState.of_points(logit, xs, torch.from_numpy(src))
-            if len(idx):
-                parts.append(oracle.posterior(q, data, sigma, include=idx, extra=extra, chunk_size=chunk_size))
-            else:
-                parts.append(extra.finalize((q.double() ** 2).sum(1), torch.full((len(q),), scale)))
+            logit = ((q.double() * xs.double()).sum(1) - 0.5 * (xs.double() ** 2).sum(1)) * scale
+            extra = oracle.PosteriorState.of_points(logit - math.log(self.C), xs, torch.from_numpy(src))
+            post = oracle.posterior(
+                q, data, sigma, include=drawn, exclude=leave_out, extra=extra, chunk_size=chunk_size
+            )
+            parts.append(post)
         return _cat(parts)
 
 
-def _random_others(rng: np.random.Generator, n: int, k: int, avoid: np.ndarray) -> np.ndarray:
-    """k distinct random indices of range(n) that are not in ``avoid``."""
-    pool = n - len(np.unique(avoid))
-    k = min(k, pool)
-    picks = rng.choice(n, size=min(n, k + len(avoid)), replace=False)
-    return np.sort(picks[~np.isin(picks, avoid)][:k])
+def _others_per_query(
+    rng: np.random.Generator, n: int, size: int, sources: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One shared draw of ``size`` points, and per query the one to leave out, so that each query sees
+    ``size`` − 1 points drawn uniformly from the data without its own source (which is added apart)."""
+    drawn = rng.choice(n, size=size, replace=False)
+    leave_out = np.where(np.isin(sources, drawn), sources, drawn[-1])
+    return np.sort(drawn), leave_out
 
 
 def _cat(parts: list[oracle.Posterior]) -> oracle.Posterior:
@@ -167,8 +169,8 @@ def estimate_level(
 # ---------------------------------------------------------------- recipes (weighted totals)
 
 
-def recipe_quadrature(recipe: str, process, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """(s, mass·λ) so that a recipe's total loss is Σ mass·λ·J*_x0(s).
+def recipe_quadrature(recipe: str, process, target: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(s, mass, λ) so that a recipe's total loss is Σ mass·λ·J*_x0(s).
 
     ``edm``: ln s ~ N(−1.2, 1.2²), λ = 1/c_out² (EDM's F loss); ``uniform-t``: t ~ U(0, 1] for the
     chosen process with λ = the target's r_t (e.g. DDPM's ε loss); or a CSV with columns
@@ -177,11 +179,11 @@ def recipe_quadrature(recipe: str, process, target: str) -> tuple[np.ndarray, np
         u = np.linspace(-1.2 - 6 * 1.2, -1.2 + 6 * 1.2, 4001)
         mass = np.exp(-0.5 * ((u + 1.2) / 1.2) ** 2) / (1.2 * math.sqrt(2 * math.pi)) * (u[1] - u[0])
         s = np.exp(u)
-        return s, mass / edm_c_out(s) ** 2
+        return s, mass, 1.0 / edm_c_out(s) ** 2
     if recipe == "uniform-t":
         edges = np.linspace(0.0, 1.0, 4001)
         t = 0.5 * (edges[1:] + edges[:-1])
-        return process.s_of_t(t), np.diff(edges) * conversion_factor(process, target, t)
+        return process.s_of_t(t), np.diff(edges), conversion_factor(process, target, t)
     path = Path(recipe)
     if not path.is_file():
         raise DifflensError(f"unknown recipe {recipe!r}: use edm, uniform-t or a CSV file with sigma,p[,weight]")
@@ -195,27 +197,30 @@ def recipe_quadrature(recipe: str, process, target: str) -> tuple[np.ndarray, np
         raise DifflensError(f"recipe {recipe}: need numeric columns sigma,p[,weight] ({exc})") from None
     if len(s) == 0 or np.any(s <= 0) or np.any(p < 0) or p.sum() <= 0:
         raise DifflensError(f"recipe {recipe}: need rows with sigma > 0 and p ≥ 0 summing to > 0")
-    return s, p / p.sum() * lam
+    return s, p / p.sum(), lam
 
 
-def weighted_total(sigmas, values, stderrs, quad: tuple[np.ndarray, np.ndarray]) -> dict:
-    """Σ mass·λ·J(s) with J linear in ln s between levels; mass outside the levels is left out."""
-    s, weight = quad
+def weighted_total(sigmas, values, stderrs, quad: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
+    """Σ mass·λ·J(s) with J linear in ln s between levels; mass outside the levels is left out
+    (``coverage`` is the recipe's probability mass inside them)."""
+    s, mass, lam = quad
+    weight = mass * lam
     log_grid = np.log(np.asarray(sigmas))
     inside = (s >= sigmas[0] * (1 - 1e-12)) & (s <= sigmas[-1] * (1 + 1e-12))
     basis = np.stack([np.interp(np.log(s[inside]), log_grid, e) for e in np.eye(len(sigmas))], axis=1)
     coeff = weight[inside] @ basis  # total = coeff · values, linear in the level values
     finite = np.isfinite(stderrs)
-    total_mass = float(np.sum(np.abs(weight)))
     return {
         "value": float(coeff @ np.asarray(values)),
         "stderr": float(np.sqrt(np.sum((coeff[finite] * np.asarray(stderrs)[finite]) ** 2))),
-        "coverage": float(np.sum(np.abs(weight[inside])) / total_mass) if total_mass > 0 else 0.0,
+        "coverage": float(mass[inside].sum() / mass.sum()),
     }
 
 
 def critical_sigma(sigmas, values_x0, plateau: float, fraction: float = 0.01) -> float | None:
     """Smallest s where J*_x0 reaches ``fraction`` of the plateau (log-interpolated between levels)."""
+    if plateau <= 0:
+        return None
     level = fraction * plateau
     for i, v in enumerate(values_x0):
         if v >= level:

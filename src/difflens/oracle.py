@@ -85,8 +85,8 @@ class PosteriorState:
         total = wa + wb
         share_b = torch.where(total > 0, wb / total.clamp_min(1e-300), torch.zeros_like(total))
         delta = other.mean - self.mean
-        mean = self.mean + share_b[:, None] * delta
-        m2 = self.m2 * fa + other.m2 * fb + (delta * delta).sum(1) * wa * share_b
+        mean = torch.addcmul(self.mean, share_b[:, None], delta)
+        m2 = self.m2 * fa + other.m2 * fb + torch.linalg.vector_norm(delta, dim=1) ** 2 * wa * share_b
         argmax = torch.where(other.log_max > self.log_max, other.argmax, self.argmax)
         return PosteriorState(top, total, mean, m2, self.sq_total * fa**2 + other.sq_total * fb**2, argmax)
 
@@ -116,34 +116,40 @@ def chunk_state(
 
     scale (B,) = 1/(s²T); log_weights (C,) are added to the logits; exclude (B, k) lists global
     indices each query must ignore (−1 for none)."""
-    sq_norm = (x.double() ** 2).sum(1)
-    g = queries @ x.T - 0.5 * sq_norm.float()  # (B, C) = x̃·x − ‖x‖²/2, one GEMM
+    sq_norm = torch.linalg.vector_norm(x, dim=1).square_()  # one pass, no (C, D) temporary
+    g = torch.addmm(sq_norm[None, :], queries, x.T, beta=-0.5)  # (B, C) = x̃·x − ‖x‖²/2, one GEMM
     if exclude is not None:
-        g = g.masked_fill((exclude[:, None, :] == index[None, :, None]).any(-1), -math.inf)
-    g_max = g.amax(1, keepdim=True)
+        g.masked_fill_((exclude[:, None, :] == index[None, :, None]).any(-1), -math.inf)
+    g_max, best = g.max(1, keepdim=True)
     finite = torch.isfinite(g_max)
-    g_max = torch.where(finite, g_max, torch.zeros_like(g_max))
-    z = (g - g_max) * scale[:, None].float()
+    g_max.masked_fill_(~finite, 0.0)
+    z = g.sub_(g_max).mul_(scale[:, None].float())  # in place: g is not needed any more
+    z_max = torch.zeros_like(g_max)
     if log_weights is not None:
-        z = z + log_weights.float()[None, :]
-    z_max, best = z.max(1, keepdim=True)
-    z_max = torch.where(torch.isfinite(z_max), z_max, torch.zeros_like(z_max))
-    p = torch.exp(z - z_max)  # best point has p = 1 exactly (0 everywhere for a fully excluded row)
-    p_rest = p.scatter(1, best, 0.0)
-    rest = p_rest @ x  # (B, D) second GEMM, without the dominant point
-    total = p.sum(1, dtype=torch.float64)
-    rest_total = total - p.gather(1, best).double().squeeze(1)
+        z.add_(log_weights.float()[None, :])
+        z_max, best = z.max(1, keepdim=True)
+        z_max.masked_fill_(~torch.isfinite(z_max), 0.0)
+        z.sub_(z_max)
+    # weights below e^-87 become exactly 0: subnormal floats would slow the second GEMM many times over
+    p = torch.threshold_(z, -87.0, -math.inf).exp_()  # best point has p = 1 (0 everywhere for a fully excluded row)
+    p_rest = p.scatter_(1, best, 0.0)  # in place: the dominant point (p = 1) is handled apart, in float64
+    rest_total = p_rest.sum(1).double()  # summed without the 1, so tiny weights keep their precision
+    total = rest_total + finite.squeeze(1).double()
+    sq_total = torch.linalg.vector_norm(p_rest, dim=1).double().square_() + finite.squeeze(1).double()
+    rest = (p_rest @ x).double()  # (B, D) second GEMM
     anchor = x[best.squeeze(1)].double()  # each query's best point in the chunk
-    offset = rest.double() - rest_total[:, None] * anchor  # Σ p_m (x_m − anchor)
+    offset = torch.addcmul(rest, rest_total[:, None], anchor, value=-1.0)  # Σ p_m (x_m − anchor)
     spread = (  # Σ p_m ‖x_m − anchor‖²
-        p_rest.double() @ sq_norm + rest_total * (anchor * anchor).sum(1) - 2.0 * (anchor * rest.double()).sum(1)
+        (p_rest @ sq_norm).double()
+        + rest_total * sq_norm[best.squeeze(1)].double()
+        - 2.0 * torch.linalg.vecdot(anchor, rest)
     ).clamp_min(0.0)
     safe_total = total.clamp_min(1e-300)
-    mean = anchor + offset / safe_total[:, None]
-    m2 = (spread - (offset * offset).sum(1) / safe_total).clamp_min(0.0)
+    mean = anchor.addcdiv_(offset, safe_total[:, None])
+    m2 = (spread - torch.linalg.vector_norm(offset, dim=1) ** 2 / safe_total).clamp_min(0.0)
     log_max = (g_max.squeeze(1).double() * scale + z_max.squeeze(1).double()).masked_fill(~finite.squeeze(1), -math.inf)
     argmax = torch.where(finite.squeeze(1), index[best.squeeze(1)], torch.full_like(best.squeeze(1), -1))
-    return PosteriorState(log_max, total, mean, m2, (p.double() ** 2).sum(1), argmax)
+    return PosteriorState(log_max, total, mean, m2, sq_total, argmax)
 
 
 def default_chunk_rows(dim: int, batch: int, budget_fraction: float = 0.05) -> int:
@@ -196,7 +202,7 @@ def posterior_state(
     query_batch: int = 1024,
 ) -> PosteriorState:
     """Fold (global index, rows) chunks into one state per query; the loop every engine runs."""
-    state = PosteriorState.empty(len(queries), queries.shape[1])
+    state = None
     for index, x in chunks:
         lw = None if log_weights is None else log_weights[index]
         parts = [
@@ -210,8 +216,8 @@ def posterior_state(
             )
             for i in range(0, len(queries), query_batch)
         ]
-        state = state.merge(_concat(parts))
-    return state
+        state = _concat(parts) if state is None else state.merge(_concat(parts))
+    return PosteriorState.empty(len(queries), queries.shape[1]) if state is None else state
 
 
 def _concat(parts: list[PosteriorState]) -> PosteriorState:

@@ -43,19 +43,23 @@ class Process:
         return self.sigma(t) / self.alpha(t)
 
 
-@dataclass(frozen=True)
-class VE(Process):
-    """Variance exploding (NCSN): α = 1, σ(t) geometric from sigma_min (t=0) to sigma_max (t=1)."""
-
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    name = "ve"
+class _UnitAlpha(Process):
+    """Processes that only add noise (α = 1): x_t is already in VE form."""
 
     def alpha(self, t):
         return np.ones_like(np.asarray(t, dtype=np.float64))
 
     def dalpha(self, t):
         return np.zeros_like(np.asarray(t, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class VE(_UnitAlpha):
+    """Variance exploding (NCSN): α = 1, σ(t) geometric from sigma_min (t=0) to sigma_max (t=1)."""
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    name = "ve"
 
     def sigma(self, t):
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** np.asarray(t, dtype=np.float64)
@@ -134,16 +138,10 @@ class VPCosine(_VPBase):
 
 
 @dataclass(frozen=True)
-class EDM(Process):
+class EDM(_UnitAlpha):
     """Karras et al.: α = 1, σ = t."""
 
     name = "edm"
-
-    def alpha(self, t):
-        return np.ones_like(np.asarray(t, dtype=np.float64))
-
-    def dalpha(self, t):
-        return np.zeros_like(np.asarray(t, dtype=np.float64))
 
     def sigma(self, t):
         return np.asarray(t, dtype=np.float64)

@@ -92,6 +92,7 @@ def sde_step(
     return x
 
 
+@torch.no_grad()
 def sample(
     denoiser: Denoiser,
     x_init: torch.Tensor,

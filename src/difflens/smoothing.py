@@ -139,6 +139,7 @@ class UnconditionedMixture:
         return (x.double() + (s * s)[:, None] * self.score(x)).to(x.dtype)
 
 
+@torch.no_grad()
 def expansion_factor(
     denoiser,
     trajectory: samplers.Trajectory,

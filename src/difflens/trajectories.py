@@ -57,6 +57,7 @@ class OverlapLevel:
     overlap_nn_distance: float
 
 
+@torch.no_grad()
 def trajectory_overlap(
     data,
     trajectory: Trajectory,

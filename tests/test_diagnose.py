@@ -1,0 +1,168 @@
+"""Diagnosis against the optimal loss, logs, and the train/diagnose/schedule/scaling commands
+end to end on digits with tiny settings."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from difflens import diagnose as dg
+from difflens.cli import app
+from difflens.data import load
+from difflens.models import OracleDenoiser, Parametrization, load_denoiser
+from difflens.optimal_loss import optimal_loss_curve, recipe_quadrature
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def split():
+    return load("toy:gmm:n=120,dim=4,std=0.15,seed=2").split(0.25, 0)
+
+
+def test_oracle_has_no_excess_and_a_generalization_gap(split):
+    train, held = split
+    sigmas = np.geomspace(0.1, 3.0, 6)
+    units = Parametrization.of("vp", "eps")
+    quad = recipe_quadrature("edm", units.process, "eps")
+    res = dg.diagnose_model(
+        OracleDenoiser(train), train, held, sigmas, units=units, quad=quad, images=None, samples=720, seed=3
+    )
+    for lv in res["levels"]:
+        assert abs(lv["excess"]) < 4 * lv["excess_stderr"] + 1e-12, lv
+        assert math.isclose(lv["optimal"], lv["factor"] * lv["optimal_x0"])
+    small = res["levels"][0]  # the oracle snaps to training points: held-out images are far worse
+    assert small["held_x0"] > 2 * small["train_x0"] + 1e-6
+    curve = optimal_loss_curve(train, sigmas, samples=720, seed=3, process="vp", target="eps")
+    assert math.isclose(res["totals"]["optimal"]["value"], curve.total["edm"]["value"], rel_tol=1e-9)
+    text = dg.verdict(res)
+    assert "held-out" in text.lower() and "σ" in text
+
+
+def test_log_at_the_optimum_has_zero_excess(split, tmp_path):
+    """A log whose losses equal J* (FM flow units, given by t) shows zero excess; t → σ = t/(1 − t)."""
+    train, _ = split
+    units = Parametrization.of("fm", "flow")
+    ts = np.array([0.1, 0.3, 0.5, 0.7])
+    sig = ts / (1 - ts)
+    opt, _, _ = dg.optimal_levels(train, sig, 256, 0)
+    path = tmp_path / "log.csv"
+    with path.open("w") as fh:
+        w = csv.writer(fh)
+        w.writerow(["step", "t", "loss"])
+        for t, j, r in zip(ts, opt, units.factor(sig), strict=True):
+            w.writerow([5, t, j * r * 3])
+            w.writerow([10, t, j * r])
+    rows = dg.read_loss_log(path, units.process)
+    assert np.allclose(sorted({r["sigma"] for r in rows}), sig)
+    res = dg.diagnose_log(rows, train, units, recipe_quadrature("edm", units.process, "flow"), 256, 0)
+    assert np.allclose([lv["excess"] for lv in res["levels"]], 0.0, atol=1e-9)
+    assert res["history"]["steps"] == [5, 10]
+    assert np.allclose(res["history"]["excess"][0], 2 * opt * units.factor(sig))
+
+
+def _run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_cli_train_diagnose_schedule_scaling(tmp_path):
+    run = tmp_path / "run"
+    tiny = ["--steps", 30, "--batch", 32, "--log-every", 10, "--ckpt-every", 15, "--threads", 1]
+    _run("train", "--width", 16, "--depth", 1, *tiny, "--out", run)
+    assert sorted(p.name for p in run.iterdir()) == [
+        "ckpt_0000015.pt",
+        "ckpt_0000030.pt",
+        "metrics.jsonl",
+        "model.safetensors",
+        "train.json",
+    ]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [10, 20, 30] and lines[0]["levels"]
+    a, b = load_denoiser(str(run)), load_denoiser(str(run / "ckpt_0000030.pt"))
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        assert torch.allclose(a.denoiser(x, 0.5), b.denoiser(x, 0.5), atol=1e-6)  # both the EMA weights
+
+    diag = tmp_path / "diag"
+    small = ["--sigmas", "0.05:5:5", "--images", 48, "--samples", 96, "--threads", 1]
+    _run("diagnose", "--model", run, "--checkpoints", run, *small, "--out", diag)
+    res = json.loads((diag / "diagnose.json").read_text())
+    assert len(res["levels"]) == 5 and res["held_images"] == 48 and res["recipe"] == "edm"
+    assert len(res["history"]["steps"]) == 2 and "Over training (steps 15–30)" in res["verdict"]
+    html = (diag / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and res["verdict"][:40] in html
+    _run("diagnose", "--model", run, *small, "--target", "eps", "--process", "vp", "--out", tmp_path / "eps")
+    eps = json.loads((tmp_path / "eps" / "diagnose.json").read_text())
+    assert eps["units"]["target"] == "eps"
+    assert np.allclose([lv["train_x0"] for lv in eps["levels"]], [lv["train_x0"] for lv in res["levels"]])
+    _run("diagnose", "--from-log", run / "metrics.jsonl", "--samples", 64, "--out", tmp_path / "l")
+    logged = json.loads((tmp_path / "l" / "diagnose.json").read_text())
+    assert logged["units"]["target"] == "edm" and len(logged["history"]["steps"]) == 3  # units read from the log
+
+    _run("schedule", "--from-log", run / "metrics.jsonl", "--bins", 8, "--samples", 64, "--out", tmp_path / "s")
+    table = list(csv.DictReader((tmp_path / "s" / "schedule.csv").open()))
+    assert len(table) == 8 and math.isclose(sum(float(r["p"]) for r in table), 1.0, rel_tol=1e-6)
+    assert (tmp_path / "s" / "schedule.png").exists() and (tmp_path / "s" / "recipe.csv").exists()
+
+    rng = np.random.default_rng(0)
+    with (tmp_path / "t.csv").open("w") as fh:
+        fh.write("params,loss,sigma\n")
+        for c in np.geomspace(1e3, 1e6, 6):
+            for s in (0.1, 1.0):
+                fh.write(f"{c},{0.3 * s + c**-0.5 * math.exp(0.01 * rng.standard_normal())},{s}\n")
+    out = _run("scaling", tmp_path / "t.csv", "--data", "digits", "--samples", 64, "--out", tmp_path / "sc")
+    fits = json.loads((tmp_path / "sc" / "scaling.json").read_text())
+    assert [g["sigma"] for g in fits["groups"]] == [0.1, 1.0] and "plain" in fits["groups"][0]["fits"]
+    assert "power-law fits" in out.output
+
+    for w in (4, 8):  # a width family from runs: three runs of growing width, same budget
+        _run("train", "--width", w, "--depth", 1, *tiny, "--out", tmp_path / f"w{w}")
+    (tmp_path / "w16").symlink_to(run)
+    _run(
+        "scaling",
+        "--runs",
+        f"{tmp_path}/w*",
+        "--sigmas",
+        "0.5,2",
+        "--images",
+        32,
+        "--samples",
+        64,
+        "--out",
+        tmp_path / "sr",
+    )
+    fits = json.loads((tmp_path / "sr" / "scaling.json").read_text())
+    assert [g["sigma"] for g in fits["groups"]] == [None, 0.5, 2.0]
+    assert all(g["n"] == 3 and "plain" in g["fits"] for g in fits["groups"])
+    expect = sorted(load_denoiser(str(tmp_path / f"w{w}")).info["parameters"] for w in (4, 8, 16))
+    assert sorted(fits["groups"][0]["x"]) == expect
+
+
+def test_cli_optimal_loss_schedule_unet(tmp_path):
+    run = tmp_path / "u"
+    args = ["--arch", "unet", "--width", 8, "--schedule", "optimal-loss", "--bins", 8, "--steps", 12]
+    _run("train", *args, "--batch", 16, "--log-every", 6, "--ckpt-every", 12, "--threads", 1, "--out", run)
+    info = load_denoiser(str(run)).info
+    assert info["schedule"]["name"] == "optimal-loss" and sum(info["schedule_state"]["counts"]) == 12 * 16
+    _run("diagnose", "-m", run, "--sigmas", "0.1,1", "--images", 16, "--samples", 32, "--out", tmp_path / "d")
+    assert json.loads((tmp_path / "d" / "diagnose.json").read_text())["recipe"] == "optimal-loss"
+
+
+def test_cli_bad_inputs_exit_2(tmp_path):
+    for args in (
+        ["diagnose", "--model", tmp_path / "nothing.pt"],
+        ["diagnose", "--model", "no_module_abc:net"],
+        ["diagnose"],
+        ["train", "--arch", "unet", "--data", "toy:circle", "--steps", 1],
+        ["scaling", tmp_path / "missing.csv"],
+        ["scaling"],
+    ):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2, (args, result.output)
+        assert "error:" in result.output

@@ -1,0 +1,222 @@
+"""Model adapters: preconditioning round trips, target units, the oracle behind every adapter,
+diffusers UNets checked against diffusers' own x0 formula, loading and its errors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from difflens.data import load
+from difflens.errors import DifflensError
+from difflens.models import (
+    DenoiserAsNet,
+    DiscreteVP,
+    NetDenoiser,
+    OracleDenoiser,
+    Parametrization,
+    diffusers_denoiser,
+    load_denoiser,
+)
+from difflens.optimal_loss import optimal_loss_curve
+from difflens.processes import TARGETS, conversion_factor
+
+PROCESSES = ("ve", "vp", "vp-cosine", "edm", "fm")
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load("toy:gmm:n=40,dim=3,std=0.2,seed=1")
+
+
+def _queries(data, sigma, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.arange(n) % data.n
+    x0 = data.take(src.numpy())
+    s = torch.as_tensor(sigma, dtype=torch.float64).expand(n) if np.ndim(sigma) == 0 else torch.as_tensor(sigma)
+    return x0, x0 + s.float()[:, None] * torch.randn(x0.shape, generator=g), s
+
+
+@pytest.mark.parametrize("process", PROCESSES)
+def test_round_trip_every_target(toy, process):
+    """The oracle presented as a raw network of any parametrization, wrapped back, is the oracle."""
+    oracle = OracleDenoiser(toy)
+    s = torch.as_tensor(np.geomspace(0.05, 5.0, 12))
+    _, x, _ = _queries(toy, s, 12)
+    ref = oracle(x, s)
+    for target in TARGETS:
+        p = Parametrization.of(process, target, time_scale=7.0)
+        back = NetDenoiser(DenoiserAsNet(oracle, p), p)(x, s)
+        assert torch.allclose(back, ref, atol=2e-5), (process, target)
+
+
+@pytest.mark.parametrize("process", PROCESSES)
+def test_target_loss_is_factor_times_x0_loss(toy, process):
+    """Per sample: ‖ŷ − y‖² = r(s)·‖x̂0 − x0‖², with r the conversion table of processes.py."""
+    s = torch.as_tensor(np.geomspace(0.02, 20.0, 16))
+    x0, x, _ = _queries(toy, s, 16)
+    g = torch.Generator().manual_seed(3)
+    x0_hat = x0 + 0.1 * torch.randn(x0.shape, generator=g)  # any estimate
+    err_x0 = ((x0_hat.double() - x0.double()) ** 2).sum(1)
+    for target in TARGETS:
+        p = Parametrization.of(process, target)
+        err = ((p.target_of(x0_hat, x, s).double() - p.target_of(x0, x, s).double()) ** 2).sum(1)
+        r = p.factor(s.numpy())
+        assert np.allclose(err.numpy(), r * err_x0.numpy(), rtol=1e-3), (process, target)
+        if target != "edm":
+            assert np.allclose(r, conversion_factor(process, target, p.process.t_of_s(s.numpy())))
+
+
+@pytest.mark.parametrize(
+    ("process", "target"),
+    [("edm", "x0"), ("vp", "eps"), ("vp", "v"), ("fm", "flow"), ("ve", "score"), ("edm", "edm"), ("vp-cosine", "eps")],
+)
+def test_oracle_loss_equals_optimal_loss(toy, process, target):
+    """The oracle's training loss in any target's units = the optimal loss curve, within MC error."""
+    sigmas = np.array([0.08, 0.3, 1.0])
+    m = 1600
+    curve = optimal_loss_curve(toy, sigmas, process=process, target=target, samples=m, seed=5)
+    p = Parametrization.of(process, target)
+    net = DenoiserAsNet(OracleDenoiser(toy), p)
+    for i, s in enumerate(sigmas):
+        x0, x, ss = _queries(toy, float(s), m, seed=11 + i)
+        net_x, net_t = p.inputs(x, ss)
+        per = ((net(net_x, net_t).double() - p.target_of(x0, x, ss).double()) ** 2).mean(1)
+        lv = curve.levels[i]
+        se = math.hypot(float(per.std() / math.sqrt(m)), lv.stderr)
+        assert abs(float(per.mean()) - lv.optimal_loss) < 4 * se + 1e-9 * lv.optimal_loss, (s, target)
+        assert lv.optimal_loss > 0
+
+
+def test_discrete_schedule_inverse():
+    ac = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    proc = DiscreteVP(tuple(ac))
+    k = np.array([0.0, 1.0, 10.0, 500.0, 999.0])
+    s = proc.s_of_t(k)
+    assert np.allclose(s, np.sqrt((1 - ac[k.astype(int)]) / ac[k.astype(int)]))
+    for q in (1e-4, 0.3, 5.0, 300.0):  # beyond both ends too: extrapolated, still exact inverses
+        assert np.isclose(proc.s_of_t(proc.t_of_s(q)), q, rtol=1e-10)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_diffusers_unet_matches_diffusers_x0(prediction, tmp_path):
+    """Adapter x0 = the pred_original_sample of diffusers' own DDPMScheduler.step, at integer steps;
+    saved to disk and loaded by spec, it gives the same answers."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    ).eval()
+    sched = diffusers.DDPMScheduler(prediction_type=prediction, clip_sample=False)
+    den = diffusers_denoiser(unet, sched).denoiser
+    ac = sched.alphas_cumprod.double()
+    steps = [3, 250, 900]
+    g = torch.Generator().manual_seed(1)
+    x_ve = torch.randn(len(steps), 64, generator=g)
+    s = torch.sqrt((1 - ac[steps]) / ac[steps])
+    with torch.no_grad():
+        ours = den(x_ve, s)
+        for i, k in enumerate(steps):
+            x_t = (x_ve[i] * ac[k].sqrt()).float().reshape(1, 1, 8, 8)
+            out = unet(x_t, k).sample
+            ref = sched.step(out, k, x_t).pred_original_sample
+            assert torch.allclose(ours[i], ref.reshape(-1), atol=2e-4), (prediction, k)
+    if prediction != "v_prediction":
+        return  # loading from disk: checked once
+    unet.save_pretrained(tmp_path / "unet")
+    sched.save_pretrained(tmp_path / "scheduler")
+    loaded = load_denoiser(f"diffusers:{tmp_path}")
+    with torch.no_grad():
+        assert torch.allclose(loaded.denoiser(x_ve, s), ours, atol=1e-5)
+        assert torch.allclose(load_denoiser(str(tmp_path)).denoiser(x_ve, s), ours, atol=1e-5)  # found by layout
+    assert loaded.info["param"]["target"] == {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}[prediction]
+
+
+def test_oracle_behind_a_diffusers_parametrization_gives_identical_losses(toy):
+    ac = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    oracle = OracleDenoiser(toy)
+    s = torch.as_tensor([0.1, 0.4, 1.5, 4.0], dtype=torch.float64)
+    x0, x, _ = _queries(toy, s, 4)
+    ref = ((oracle(x, s) - x0) ** 2).mean(1)
+    for target in ("eps", "v", "x0"):
+        p = Parametrization(DiscreteVP(tuple(ac)), target)
+        wrapped = NetDenoiser(DenoiserAsNet(oracle, p), p)
+        assert torch.allclose(((wrapped(x, s) - x0) ** 2).mean(1), ref, atol=1e-6)
+
+
+EDM_NET = """
+import torch
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(0.0))
+    def forward(self, x, sigma):
+        return x / (1 + sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2) + self.a
+def shrink(x, sigma):
+    return x / (1 + sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2)
+def wrong(x, sigma):
+    return x.sum(1)
+NOT_CALLABLE = 3
+"""
+
+
+def test_callables_and_checkpoints(tmp_path, monkeypatch):
+    """file.py:Class with a state dict, file.py:function, and an importable module:attr."""
+    from safetensors.torch import save_file
+
+    file = tmp_path / "mynet.py"
+    file.write_text(EDM_NET)
+    torch.save({"a": torch.tensor(0.5)}, tmp_path / "w.pt")
+    save_file({"a": torch.tensor(0.25)}, str(tmp_path / "w.safetensors"))
+    x, s = torch.ones(2, 4), torch.tensor([1.0, 3.0])
+    expect = x / (1 + s[:, None] ** 2)
+    m = load_denoiser(f"{file}:Net", checkpoint=tmp_path / "w.pt")
+    assert torch.allclose(m.denoiser(x, s), expect + 0.5)
+    m = load_denoiser(f"{file}:Net", checkpoint=tmp_path / "w.safetensors")
+    assert torch.allclose(m.denoiser(x, s), expect + 0.25)
+    assert torch.allclose(load_denoiser(f"{file}:shrink").denoiser(x, s), expect)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    vp = load_denoiser("mynet:shrink", process="vp", target="x0")  # sees x_t = α x̃ and t(s)
+    t = vp.param.process.t_of_s(s.numpy())
+    expect_vp = x / torch.sqrt(1 + s[:, None] ** 2) / (1 + torch.as_tensor(t, dtype=torch.float32)[:, None] ** 2)
+    assert torch.allclose(vp.denoiser(x, s), expect_vp, atol=1e-6)
+
+
+def test_bad_model_specs_give_clear_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    file = tmp_path / "mynet.py"
+    file.write_text(EDM_NET)
+    (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "bare.pt")
+    save_file({"weight": torch.zeros(3)}, str(tmp_path / "bare.safetensors"))
+    torch.save({"b": torch.tensor(1.0)}, tmp_path / "other.pt")
+    cases = {
+        str(tmp_path / "missing.pt"): "no such file",
+        "no_such_module_xyz:net": "cannot import module",
+        f"{file}:Missing": "has no attribute",
+        f"{file}:NOT_CALLABLE": "not a network",
+        f"{tmp_path}/broken.py:net": "importing",
+        str(tmp_path / "bare.pt"): "architecture",
+        str(tmp_path / "bare.safetensors"): "architecture",
+        "notaspec": "not found",
+        "oracle": "needs training data",
+    }
+    for spec, words in cases.items():
+        with pytest.raises(DifflensError, match=words):
+            load_denoiser(spec)
+    with pytest.raises(DifflensError, match="does not fit the network"):
+        load_denoiser(f"{file}:Net", checkpoint=tmp_path / "other.pt")
+    with pytest.raises(DifflensError, match="unknown target"):
+        Parametrization.of("vp", "noise")
+    with pytest.raises(DifflensError, match="same shape"):
+        load_denoiser(f"{file}:wrong").denoiser(torch.ones(2, 3), 1.0)
+    with pytest.raises(DifflensError, match="cannot be called"):
+        load_denoiser("torch.nn:Identity").denoiser(torch.ones(2, 3), 1.0)

@@ -1,0 +1,177 @@
+"""Optimal-loss estimators against closed forms, against each other, and across targets."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from difflens import DifflensError
+from difflens import optimal_loss as ol
+from difflens.data import load
+from difflens.processes import TARGETS, conversion_factor, edm_c_out, get_process
+
+
+def curve(data, sigmas, **kw):
+    return ol.optimal_loss_curve(data, np.asarray(sigmas, dtype=float), **kw)
+
+
+def values(c, key="optimal_loss_x0"):
+    return np.array([getattr(lv, key) for lv in c.levels])
+
+
+def test_single_point_has_zero_optimal_loss():
+    c = curve(np.array([[0.5, -0.2, 1.0]], dtype=np.float32), [0.01, 1.0, 100.0], samples=16)
+    assert np.all(values(c) == 0.0)
+    assert c.critical_sigma is None
+
+
+def two_point_optimal_loss(a: float, b: float, s: float) -> float:
+    """∫ p(x̃) w_a(x̃) w_b(x̃) (a − b)² dx̃ for x0 uniform on {a, b}, x̃ = x0 + s·ε (1-D)."""
+
+    def integrand(x):
+        pa, pb = stats.norm.pdf(x, a, s), stats.norm.pdf(x, b, s)
+        p = 0.5 * (pa + pb)
+        return 0.0 if p == 0 else p * (0.5 * pa / p) * (0.5 * pb / p) * (a - b) ** 2
+
+    lo, hi = min(a, b) - 12 * s, max(a, b) + 12 * s
+    return integrate.quad(integrand, lo, hi, points=[a, b, 0.5 * (a + b)], limit=200)[0]
+
+
+@pytest.mark.parametrize("estimator", ["full", "snis", "dol"])
+def test_two_points_in_1d_match_the_numerical_integral(estimator):
+    data = np.array([[-0.4], [0.9]], dtype=np.float32)
+    sigmas = [0.2, 0.5, 1.0, 3.0]
+    c = curve(data, sigmas, samples=2000, estimator=estimator, subset=2, seed=1)
+    for lv in c.levels:
+        exact = two_point_optimal_loss(-0.4, 0.9, lv.sigma)
+        assert abs(lv.optimal_loss_x0 - exact) < 4 * lv.stderr_x0 + 1e-4, (lv.sigma, lv.optimal_loss_x0, exact)
+
+
+def test_gaussian_data_at_large_noise_is_analytic():
+    v, d = 0.5, 2
+    rng = np.random.default_rng(0)
+    data = (math.sqrt(v) * rng.standard_normal((6000, d))).astype(np.float32)
+    sigmas = [1.0, 2.0, 5.0]
+    c = curve(data, sigmas, samples=1500, seed=3)
+    emp_var = float(data.var(0).mean())  # the finite sample's variance replaces v
+    for lv in c.levels:
+        s2 = lv.sigma**2
+        assert lv.optimal_loss_x0 == pytest.approx(emp_var * s2 / (emp_var + s2), rel=0.03)
+        assert lv.optimal_loss_x0 == pytest.approx(v * s2 / (v + s2), rel=0.05)
+
+
+def test_full_estimator_cross_check_and_plateau():
+    ds = load("toy:gmm:n=300,k=4,dim=3,std=0.2")
+    c = curve(ds, [0.01, 0.3, 1.0, 50.0], samples=600)
+    for lv in c.levels:  # the paired Â − B̂ form has the same expectation as tr Cov
+        assert abs(lv.paired_x0 - lv.optimal_loss_x0) < 5 * lv.stderr_x0 + 5e-3
+    assert values(c)[0] < 1e-6  # memorisation regime
+    assert values(c)[-1] == pytest.approx(ds.stats.variance, rel=0.02)  # plateau = data variance
+    assert np.all(np.diff(values(c)) > 0)
+    assert 0.01 < c.critical_sigma < 1.0
+
+
+@pytest.mark.parametrize("process", ["ve", "vp", "vp-cosine", "edm", "fm"])
+def test_every_target_is_the_x0_loss_times_its_factor(process):
+    data = load("toy:circle:n=12")
+    sig = [0.05, 0.3, 2.0]
+    base = curve(data, sig, process=process, samples=32, seed=7)
+    for target in TARGETS:
+        c = curve(data, sig, process=process, target=target, samples=32, seed=7)
+        ts = np.array([lv.t for lv in c.levels])
+        r = conversion_factor(process, target, ts)
+        assert np.allclose(values(c, "optimal_loss") / r, values(base), rtol=1e-10, atol=0)
+        assert np.allclose(values(c), values(base))  # same draws, same x0 loss
+        assert np.allclose(get_process(process).s_of_t(ts), sig)
+
+
+def test_results_are_deterministic_and_independent_of_chunk_size():
+    data = load("toy:gmm:n=200,dim=4")
+    a = curve(data, [0.1, 0.5, 2.0], samples=64, seed=5, chunk_size=7)
+    b = curve(data, [0.1, 0.5, 2.0], samples=64, seed=5, chunk_size=1000)
+    assert np.allclose(values(a), values(b), rtol=1e-5, atol=1e-8)
+    c = curve(data, [0.1, 0.5, 2.0], samples=64, seed=6)
+    assert not np.allclose(values(a), values(c))
+
+
+def test_dol_is_biased_low_and_cdol_moves_toward_snis_as_c_grows():
+    data = load("toy:gmm:n=400,k=6,dim=4,std=0.3")
+    sig = [0.2, 0.35, 0.6, 1.0]
+    kw = dict(samples=800, seed=11, subset=16)
+    full = values(curve(data, sig, **kw))
+    dol = values(curve(data, sig, estimator="dol", **kw))
+    assert np.all(dol < full)
+    cdol = [values(curve(data, sig, estimator="cdol", C=C, **kw)).mean() for C in (1.0, 10.0, 100.0, 1e6)]
+    assert cdol[0] == pytest.approx(dol.mean(), rel=1e-12)  # C = 1 is DOL
+    assert np.all(np.diff(cdol) > 0)
+    snis = values(curve(data, sig, estimator="snis", **{**kw, "subset": 15})).mean()
+    assert cdol[-1] == pytest.approx(snis, rel=0.1)  # C → ∞ is SNIS on L − 1 points
+
+
+def test_subset_estimators_converge_to_full_as_l_reaches_n():
+    data = load("toy:gmm:n=64,k=3,dim=3,std=0.3")
+    sig = [0.15, 0.4, 1.0]
+    kw = dict(samples=256, seed=2)
+    full = values(curve(data, sig, **kw), "paired_x0")
+    snis_gap = [np.abs(values(curve(data, sig, estimator="snis", subset=L, **kw)) - full).mean() for L in (8, 32, 64)]
+    assert snis_gap[-1] < 1e-6 and snis_gap[0] > snis_gap[-1]
+    # cDOL with C = (N−1)/(L−1), the inverse inclusion probability of the others, is exact at L = N
+    cdol_gap = [
+        np.abs(values(curve(data, sig, estimator="cdol", subset=L, C=63 / (L - 1), **kw)) - full).mean()
+        for L in (8, 32, 64)
+    ]
+    assert cdol_gap[-1] < 1e-6 and cdol_gap[0] > cdol_gap[-1]
+
+
+def test_weighted_total_matches_direct_integration():
+    sig = np.geomspace(1e-3, 1e3, 200)
+    j = 0.3 * sig**2 / (0.3 + sig**2)  # a smooth curve in x0 units
+    quad = ol.recipe_quadrature("edm", get_process("edm"), "x0")
+    tot = ol.weighted_total(sig, j, np.full_like(j, 0.01), quad)
+
+    def integrand(u):
+        s = math.exp(u)
+        return stats.norm.pdf(u, -1.2, 1.2) * 0.3 * s**2 / (0.3 + s**2) / edm_c_out(s) ** 2
+
+    exact = integrate.quad(integrand, -1.2 - 6 * 1.2, -1.2 + 6 * 1.2, limit=200)[0]
+    assert tot["value"] == pytest.approx(exact, rel=2e-3)
+    assert tot["coverage"] == pytest.approx(1.0, abs=1e-5)
+    assert 0 < tot["stderr"] < 0.01 * (quad[1] * quad[2]).sum()
+
+
+def test_recipe_table_and_bad_recipes(tmp_path):
+    table = tmp_path / "recipe.csv"
+    table.write_text("sigma,p,weight\n0.5,1,2\n2.0,3,1\n")
+    quad = ol.recipe_quadrature(str(table), get_process("edm"), "x0")
+    tot = ol.weighted_total(np.array([0.1, 10.0]), np.array([1.0, 1.0]), np.zeros(2), quad)
+    assert tot["value"] == pytest.approx(0.25 * 2 + 0.75 * 1)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sigma,prob\n1,1\n")
+    with pytest.raises(DifflensError, match="sigma,p"):
+        ol.recipe_quadrature(str(bad), get_process("edm"), "x0")
+    with pytest.raises(DifflensError, match="unknown recipe"):
+        ol.recipe_quadrature("ddpm-ish", get_process("edm"), "x0")
+
+
+def test_critical_sigma_interpolates_in_log_space():
+    s = np.array([0.1, 1.0, 10.0])
+    assert ol.critical_sigma(s, [0.0, 0.02, 1.0], plateau=1.0) == pytest.approx(10**-0.5, rel=1e-9)
+    assert ol.critical_sigma(s, [0.0, 0.0, 0.001], plateau=1.0) is None
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(estimator="magic"), "unknown estimator"),
+        (dict(estimator="dol", subset=1), "subset"),
+        (dict(estimator="snis", subset=999), "subset"),
+        (dict(estimator="cdol", C=-1.0), "--C"),
+        (dict(samples=1), "samples"),
+        (dict(reduction="max"), "reduction"),
+        (dict(target="noise"), "unknown target"),
+    ],
+)
+def test_bad_settings(kw, message):
+    with pytest.raises(DifflensError, match=message):
+        curve(np.random.default_rng(0).standard_normal((20, 2)).astype(np.float32), [1.0], **kw)
