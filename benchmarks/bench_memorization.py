@@ -34,4 +34,9 @@ def main(n: int = 20000, dim: int = 64, queries: int = 1024, seed: int = 0) -> N
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="a smaller problem (5000 points, 256 queries)")
+    args = p.parse_args()
+    main(*((5000, 64, 256) if args.quick else ()))
