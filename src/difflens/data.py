@@ -298,7 +298,7 @@ def _load_array(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
             return np.load(path, mmap_mode="r", allow_pickle=False), None
         except (OSError, ValueError) as exc:
             raise DifflensError(f"{spec}: cannot read .npy file ({exc})") from None
-    raise DifflensError(f"data {spec!r}: unsupported file type {path.suffix!r} (use .npy, .npz, .zarr or an image folder)")
+    raise DifflensError(f"data {spec!r}: unsupported file type {path.suffix!r} (use .npy, .npz, .zarr or a folder)")
 
 
 def _scale_for(array: np.ndarray, spec: str, scale: str, image_like: bool) -> tuple[float, float]:
@@ -322,7 +322,8 @@ def _scale_for(array: np.ndarray, spec: str, scale: str, image_like: bool) -> tu
 def load(spec: str = "digits", scale: str = "auto") -> Dataset:
     """Open a data spec (see module doc) as a Dataset and check it once (finite, non-empty)."""
     array, labels = _load_array(spec)
-    image_like = spec in ("digits", "lfw") or (not spec.startswith("toy:") and Path(spec).is_dir() and Path(spec).suffix != ".zarr")
+    folder = not spec.startswith("toy:") and Path(spec).is_dir() and Path(spec).suffix != ".zarr"
+    image_like = spec in ("digits", "lfw") or folder
     ds = Dataset(array, spec, _scale_for(array, spec, scale, image_like), labels=labels)
     ds.stats  # noqa: B018 - validates (NaN/Inf) and hashes in one pass, cached for later use
     return ds

@@ -141,7 +141,9 @@ class _Source:
         for i, path in enumerate(self.files[start:stop]):
             a = _read_image(path)
             if a.shape != self.shape[1:]:
-                raise DifflensError(f"images differ in size: {self.files[0].name} is {self.shape[1:]}, {path.name} {a.shape}")
+                raise DifflensError(
+                    f"images differ in size: {self.files[0].name} is {self.shape[1:]}, {path.name} {a.shape}"
+                )
             out[i] = a
         return out
 
@@ -153,12 +155,12 @@ def convert(
     scale: str = "auto",
     chunk_rows: int | None = None,
     overwrite: bool = False,
-    on_rows: Callable[[int], None] | None = None,
+    on_rows: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Write a data spec as a chunked zarr array at ``dest`` (raw values + their scaling).
 
     The array is written under a temporary name and renamed at the end, so ``dest`` exists only
-    when complete. ``on_rows(k)`` is called after each block of k rows (for progress)."""
+    when complete. ``on_rows(k, n)`` is called after each block of k of the n rows (progress)."""
     import zarr
 
     dest = Path(dest)
@@ -179,7 +181,7 @@ def convert(
         stop = min(start + rows, src.shape[0])
         z[start:stop] = src.block(start, stop)
         if on_rows is not None:
-            on_rows(stop - start)
+            on_rows(stop - start, src.shape[0])
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)

@@ -109,11 +109,15 @@ class DaskEngine:
         shared = self.client.scatter([queries, scale, log_weights, exclude, step, include], broadcast=True, hash=False)
         remote = self._remote_data(data)
         futures = [
-            self.client.submit(_fold_part, remote, span, shared[5], *shared[:4], rows, query_batch, shared[4], pure=False)
+            self.client.submit(
+                _fold_part, remote, span, shared[5], *shared[:4], rows, query_batch, shared[4], pure=False
+            )
             for span in spans
         ]
         while len(futures) > 1:
-            pairs = [self.client.submit(_merge, a, b, pure=False) for a, b in zip(futures[::2], futures[1::2])]
+            pairs = [
+                self.client.submit(_merge, a, b, pure=False) for a, b in zip(futures[::2], futures[1::2], strict=False)
+            ]
             futures = pairs + ([futures[-1]] if len(futures) % 2 else [])
         return futures[0].result()
 
