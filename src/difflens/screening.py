@@ -44,8 +44,8 @@ _PROJ_BUDGET = 256 << 20  # bytes of projected chunks kept between calls (per pr
 class Fast:
     """The screened kernel step: same call signature and results as ``oracle.chunk_state``.
 
-    tol: bound on the posterior mass dropped per query; rank: basis size k; group: queries that
-    share one exact recompute; dense_fraction: above this kept fraction of a chunk, run exact."""
+    tol: bound on the posterior mass dropped per query; rank: basis size k; group: most queries
+    that share one exact recompute; dense_fraction: above this kept fraction of a chunk, run exact."""
 
     tol: float = 1e-16
     rank: int = 64
@@ -77,37 +77,45 @@ class Fast:
         q_norm = qd.norm(dim=1)
         q_perp = _perp_norm(q_norm, qh)
         tau = math.log(len(x) / self.tol)
-        lw = None if log_weights is None else log_weights.double()
-        parts, dense = [], []
-        for lo in range(0, len(queries), self.group):
-            sl = slice(lo, lo + self.group)
-            s = scale[sl]
+        keep = torch.empty(len(queries), len(x), dtype=torch.bool)
+        dropped = torch.empty(len(queries), dtype=torch.float64)
+        best = torch.empty(len(queries), dtype=torch.int64)
+        for lo in range(0, len(queries), 256):  # bounds for 256 queries at a time (float64, B × C)
+            sl = slice(lo, lo + 256)
             g_hat = qh[sl] @ xh.T - 0.5 * x_norm**2
             radius = q_perp[sl, None] * x_perp[None, :] + SLACK * q_norm[sl, None] * x_norm[None, :]
-            upper = (g_hat + radius) * s[:, None]
-            lower = (g_hat - radius) * s[:, None]
-            if lw is not None:
-                upper, lower = upper + lw, lower + lw
+            upper = (g_hat + radius) * scale[sl, None]
+            lower = (g_hat - radius) * scale[sl, None]
+            if log_weights is not None:
+                upper, lower = upper + log_weights.double(), lower + log_weights.double()
             if exclude is not None:
                 banned = (exclude[sl, None, :] == index[None, :, None]).any(-1)
                 upper, lower = upper.masked_fill(banned, -math.inf), lower.masked_fill(banned, -math.inf)
-            floor = lower.amax(1, keepdim=True)
-            keep = upper >= floor - tau
-            cols = keep.any(0).nonzero().squeeze(1)
+            floor, top = lower.max(1, keepdim=True)
+            best[sl] = top.squeeze(1)
+            keep[sl] = upper >= floor - tau
+            dropped[sl] = torch.exp(upper - floor).masked_fill(keep[sl], 0.0).nan_to_num(0.0).sum(1)
+        # queries with the same best point go together; the group shrinks as the kept sets grow
+        kept = float(keep.sum(1).double().mean())
+        size = 2 ** int(math.log2(min(self.group, max(4.0, len(x) / (16.0 * kept + 1.0)))))
+        order = torch.argsort(best, stable=True)
+        parts, dense = [], []
+        for lo in range(0, len(queries), size):
+            rows = order[lo : lo + size]
+            cols = keep[rows].any(0).nonzero().squeeze(1)
             if len(cols) > self.dense_fraction * len(x):
-                dense.append(torch.arange(lo, min(lo + self.group, len(queries))))
+                dense.append(rows)
                 continue
-            dropped = torch.exp(upper - floor).masked_fill(keep, 0.0).nan_to_num(0.0).sum(1)
             part = chunk_state(
-                queries[sl],
-                s,
+                queries[rows],
+                scale[rows],
                 x[cols],
                 index[cols],
                 None if log_weights is None else log_weights[cols],
-                None if exclude is None else exclude[sl],
+                None if exclude is None else exclude[rows],
             )
-            part.dropped = dropped
-            parts.append((torch.arange(lo, min(lo + self.group, len(queries))), part))
+            part.dropped = dropped[rows]
+            parts.append((rows, part))
         if dense:
             rows = torch.cat(dense)
             ex = None if exclude is None else exclude[rows]

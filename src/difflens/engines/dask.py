@@ -37,9 +37,17 @@ def _merge(a: oracle.PosteriorState, b: oracle.PosteriorState) -> oracle.Posteri
     return a.merge(b)
 
 
-def _set_threads(n: int) -> int:
-    torch.set_num_threads(n)
-    return os.getpid()
+def _torch_threads(n: int):
+    """A worker plugin that gives torch ``n`` threads on every worker, restarted ones included."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class TorchThreads(WorkerPlugin):
+        name = "difflens-torch-threads"
+
+        def setup(self, worker) -> None:
+            torch.set_num_threads(n)
+
+    return TorchThreads()
 
 
 class DaskEngine:
@@ -80,7 +88,7 @@ class DaskEngine:
                 host="127.0.0.1",
             )
             self.client = Client(self.cluster)
-            self.client.run(_set_threads, threads)
+            self.client.register_plugin(_torch_threads(threads))
 
     @property
     def n_workers(self) -> int:
