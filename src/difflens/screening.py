@@ -1,89 +1,88 @@
 """``precision="fast"``: the exact posterior, skipping training points whose weight is provably negligible.
 
 At low and mid noise the posterior of a query concentrates on a few training points, yet the exact
-kernel runs two full GEMMs over every chunk. Here a cheap screen bounds every logit first:
+kernel runs two full float32 GEMMs over every chunk. Here a cheap screen bounds every logit first.
+Each row v (query or training point) is quantized to int8 with its own scale, v = a·V + r (|V| ≤
+127, r the exactly computed residual); the int8 GEMM accumulates exactly in int32, and
 
-    g_m = x̃·x_m − ‖x_m‖²/2 = x̂·x̂_m + x̃⊥·x_m⊥ − ‖x_m‖²/2,     |x̃⊥·x_m⊥| ≤ ‖x̃⊥‖·‖x_m⊥‖
+    x̃·x_m − (a·A)·(b_m·X_m) = r·x_m + (a·A)·r_m,   so   |error| ≤ ‖r‖·‖x_m‖ + ‖a·A‖·‖r_m‖
 
-with x̂ = Pᵀx̃ the coordinates in an orthonormal basis P (D × k, k ≪ D, the top principal
-directions of a sample of the data) and ⊥ the rest (Cauchy–Schwarz). So the screen costs a rank-k
-GEMM, and gives for each (query, point) an interval [ℓ⁻, ℓ⁺] that contains the logit
-ℓ = g/(s²T) + log_weight. A point is dropped only if ℓ⁺ < max ℓ⁻ − τ with τ = ln(C/tol) for a
-chunk of C points: its weight is below tol/C times the chunk's best weight, so all dropped points
-together carry less than ``tol`` of the posterior mass (the chunks' best weights sum to at most the
-total). The kept points — the union over a small group of queries — go through the unchanged exact
-``chunk_state``; groups where screening would keep most of the chunk run exact on the whole chunk.
-The bound arithmetic is float64 with a relative slack (1e-9) far above its rounding, so the only
-differences from ``exact`` are float32 rounding of the kept points and the < ``tol`` dropped mass,
-whose bound is reported per query as ``Posterior.dropped_mass``.
+(Cauchy–Schwarz on the residuals). That gives for each (query, point) an interval [ℓ⁻, ℓ⁺] holding
+the logit ℓ = (x̃·x_m − ‖x_m‖²/2)/(s²T) + log_weight. A point is dropped only if ℓ⁺ < max ℓ⁻ − τ
+with τ = ln(C/tol) for a chunk of C points: its weight is below tol/C times the chunk's best, so
+all dropped points together carry less than ``tol`` of the posterior mass (the chunks' best weights
+sum to at most the total). The kept points — the union over a small group of queries with the same
+best point — go through the unchanged exact ``chunk_state``; groups whose union covers most of the
+chunk run exact on the whole chunk. Bound arithmetic is float64 with a relative slack (1e-9) far
+above its rounding, so ``fast`` differs from ``exact`` only by float32 rounding of the kept points
+and the < ``tol`` dropped mass, whose bound is reported per query as ``Posterior.dropped_mass``.
 
-How much is skipped depends on the data, not the answer: for data with low-dimensional structure
-(natural images) ‖x_m⊥‖ is small and almost everything is skipped at low and mid noise; for
-isotropic data little is skipped until the noise is small.
+Why int8 and not bfloat16: on CPUs without AMX (this one), bf16 GEMMs run slower than fp32 while
+int8 (AVX-512 VNNI) runs ~2.4× faster; ``benchmarks/bench_scale.py`` measures all of them.
+What is skipped depends on the data and noise: at large noise every point keeps real weight and
+the screen only costs time (the groups fall back to exact).
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 
 from difflens.errors import DifflensError
 
 PRECISIONS = ("exact", "fast")
 SLACK = 1e-9  # relative; float64 rounding of the bound terms is below D·2⁻⁵³ ≈ 1e-12 for D < 10⁴
-_BASIS_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-_PROJ_CACHE: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
-_PROJ_BUDGET = 256 << 20  # bytes of projected chunks kept between calls (per process)
+_CACHE: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
+_CACHE_BUDGET = 512 << 20  # bytes of quantized chunks kept between calls (per process)
+
+
+def quantize(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows v (n, D) → (int8 V, scale a, ‖v‖, ‖r‖) with v = a·V + r exactly (norms in float64)."""
+    vd = v.double()
+    a = vd.abs().amax(1).clamp_min(1e-300) / 127.0
+    q = torch.round(vd / a[:, None]).clamp_(-127, 127)
+    r = vd - a[:, None] * q
+    return q.to(torch.int8), a, vd.norm(dim=1), r.norm(dim=1) * (1 + SLACK)
 
 
 @dataclass
 class Fast:
     """The screened kernel step: same call signature and results as ``oracle.chunk_state``.
 
-    tol: bound on the posterior mass dropped per query; rank: basis size k; group: most queries
-    that share one exact recompute; dense_fraction: above this kept fraction of a chunk, run exact."""
+    tol: bound on the posterior mass dropped per query; group: most queries that share one exact
+    recompute; dense_fraction: above this kept fraction of a chunk, a group runs exact."""
 
     tol: float = 1e-16
-    rank: int = 64
     group: int = 64
     dense_fraction: float = 0.35
-    basis: torch.Tensor | None = field(default=None, repr=False)  # (D, k) float64, orthonormal columns
-    token: str = ""  # identifies the basis (dataset hash + k) for the projection cache
+    token: str = ""  # identifies the dataset for the cache of quantized chunks
 
     def prepared(self, data) -> Fast:
-        """A copy with the basis for this dataset (computed once per process and dataset)."""
+        """A copy bound to this dataset (its hash keys the cache of quantized chunks)."""
         if not 0 < self.tol < 1:
             raise DifflensError(f"fast precision: tol must be in (0, 1), got {self.tol}")
-        k = max(1, min(self.rank, data.dim // 2 or 1))
-        key = (data.stats.hash, k)
-        if key not in _BASIS_CACHE:
-            _BASIS_CACHE[key] = principal_basis(data, k)
-            while len(_BASIS_CACHE) > 4:
-                _BASIS_CACHE.popitem(last=False)
-        return replace(self, basis=_BASIS_CACHE[key], token=f"{key[0]}:{k}")
+        return replace(self, token=data.stats.hash)
 
     def __call__(self, queries, scale, x, index, log_weights=None, exclude=None):
         from difflens.oracle import PosteriorState, chunk_state
 
-        if self.basis is None:
-            raise DifflensError("fast precision: call prepared(data) before use")
-        xh, x_norm, x_perp = self._project(x, index)
-        qd = queries.double()
-        qh = qd @ self.basis
-        q_norm = qd.norm(dim=1)
-        q_perp = _perp_norm(q_norm, qh)
+        if x.shape[1] * 127**2 >= 2**31:  # int32 accumulation could overflow: no screen
+            return chunk_state(queries, scale, x, index, log_weights, exclude)
+        xq, xa, x_norm, x_res = self._quantized(x, index)
+        qq, qa, q_norm, q_res = quantize(queries)
+        q_deq = (q_norm + q_res) * (1 + SLACK)  # ≥ ‖a·A‖ = ‖q − r‖
         tau = math.log(len(x) / self.tol)
         keep = torch.empty(len(queries), len(x), dtype=torch.bool)
         dropped = torch.empty(len(queries), dtype=torch.float64)
         best = torch.empty(len(queries), dtype=torch.int64)
         for lo in range(0, len(queries), 256):  # bounds for 256 queries at a time (float64, B × C)
             sl = slice(lo, lo + 256)
-            g_hat = qh[sl] @ xh.T - 0.5 * x_norm**2
-            radius = q_perp[sl, None] * x_perp[None, :] + SLACK * q_norm[sl, None] * x_norm[None, :]
+            g_hat = torch._int_mm(qq[sl], xq.T).double() * (qa[sl, None] * xa[None, :]) - 0.5 * x_norm**2
+            radius = q_res[sl, None] * x_norm[None, :] + q_deq[sl, None] * x_res[None, :]
+            radius += SLACK * (q_norm[sl, None] * x_norm[None, :] + x_norm[None, :] ** 2)
             upper = (g_hat + radius) * scale[sl, None]
             lower = (g_hat - radius) * scale[sl, None]
             if log_weights is not None:
@@ -126,51 +125,25 @@ class Fast:
         merged = _cat_states([p for _, p in parts])
         return PosteriorState(*(getattr(merged, f)[torch.argsort(order)] for f in PosteriorState.__dataclass_fields__))
 
-    def _project(self, x: torch.Tensor, index: torch.Tensor):
-        """(coordinates x̂ (C, k), ‖x‖, upper bound of ‖x⊥‖) in float64, cached for contiguous chunks."""
+    def _quantized(self, x: torch.Tensor, index: torch.Tensor):
+        """``quantize(x)``, cached for contiguous chunks of the prepared dataset."""
         contiguous = len(index) > 0 and int(index[-1]) - int(index[0]) + 1 == len(index)
-        key = (self.token, int(index[0]), len(index)) if contiguous else None
-        if key is not None and key in _PROJ_CACHE:
-            _PROJ_CACHE.move_to_end(key)
-            return _PROJ_CACHE[key]
-        xd = x.double()
-        xh = xd @ self.basis
-        x_norm = xd.norm(dim=1)
-        out = (xh, x_norm, _perp_norm(x_norm, xh))
+        key = (self.token, int(index[0]), len(index)) if contiguous and self.token else None
+        if key is not None and key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        out = quantize(x)
         if key is not None:
-            _PROJ_CACHE[key] = out
-            while sum(t[0].numel() * 8 + t[1].numel() * 16 for t in _PROJ_CACHE.values()) > _PROJ_BUDGET:
-                _PROJ_CACHE.popitem(last=False)
+            _CACHE[key] = out
+            while sum(t[0].numel() + 24 * len(t[0]) for t in _CACHE.values()) > _CACHE_BUDGET:
+                _CACHE.popitem(last=False)
         return out
-
-
-def _perp_norm(norm: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """Upper bound of ‖v⊥‖ = √(‖v‖² − ‖Pᵀv‖²), padded by the slack so rounding cannot undercut it."""
-    sq = norm**2
-    return torch.sqrt((sq - (coords**2).sum(1)).clamp_min(0.0) + SLACK * sq)
 
 
 def _cat_states(parts):
     from difflens.oracle import _concat
 
     return _concat(parts)
-
-
-def principal_basis(data, k: int, sample: int = 2048, seed: int = 0) -> torch.Tensor:
-    """(D, k) float64 orthonormal basis of the top principal directions (uncentred) of a data sample.
-
-    Any orthonormal basis keeps the screen exact; a good one makes ‖x⊥‖ small so more is skipped."""
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(data.n, size=min(data.n, sample), replace=False))
-    a = data.take(idx).double()
-    if k >= min(a.shape):
-        basis = torch.linalg.svd(a, full_matrices=False).Vh[:k].T
-    else:
-        torch.manual_seed(seed)
-        _, _, v = torch.svd_lowrank(a, q=min(k + 8, min(a.shape)), niter=2)
-        basis = v[:, :k]
-    q, _ = torch.linalg.qr(basis)
-    return q.contiguous()
 
 
 def resolve(precision, data):
