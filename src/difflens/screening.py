@@ -53,11 +53,13 @@ class Fast:
     """The screened kernel step: same call signature and results as ``oracle.chunk_state``.
 
     tol: bound on the posterior mass dropped per query; group: most queries that share one exact
-    recompute; dense_fraction: above this kept fraction of a chunk, a group runs exact."""
+    recompute; dense_fraction: above this kept fraction of a chunk, a group runs exact; when the
+    recomputes would cost more than 70% of one exact pass, the whole batch runs exact."""
 
     tol: float = 1e-16
     group: int = 64
     dense_fraction: float = 0.35
+    call_cost: int = 16384  # fixed cost of one exact recompute call, in (query, point) pairs
     token: str = ""  # identifies the dataset for the cache of quantized chunks
 
     def prepared(self, data) -> Fast:
@@ -93,18 +95,21 @@ class Fast:
             floor, top = lower.max(1, keepdim=True)
             best[sl] = top.squeeze(1)
             keep[sl] = upper >= floor - tau
-            dropped[sl] = torch.exp(upper - floor).masked_fill(keep[sl], 0.0).nan_to_num(0.0).sum(1)
+            gap = (upper - floor).masked_fill(keep[sl], -math.inf).amax(1).nan_to_num(-math.inf)
+            dropped[sl] = (~keep[sl]).sum(1) * torch.exp(gap)  # count × largest dropped weight
         # queries with the same best point go together; the group shrinks as the kept sets grow
         kept = float(keep.sum(1).double().mean())
         size = 2 ** int(math.log2(min(self.group, max(4.0, len(x) / (16.0 * kept + 1.0)))))
         order = torch.argsort(best, stable=True)
-        parts, dense = [], []
-        for lo in range(0, len(queries), size):
-            rows = order[lo : lo + size]
-            cols = keep[rows].any(0).nonzero().squeeze(1)
-            if len(cols) > self.dense_fraction * len(x):
-                dense.append(rows)
-                continue
+        groups = [order[lo : lo + size] for lo in range(0, len(queries), size)]
+        unions = [keep[rows].any(0).nonzero().squeeze(1) for rows in groups]
+        sparse = {i for i, cols in enumerate(unions) if len(cols) <= self.dense_fraction * len(x)}
+        cost = sum(len(groups[i]) * (len(unions[i]) if i in sparse else len(x)) for i in range(len(groups)))
+        if cost + self.call_cost * len(sparse) > 0.7 * len(queries) * len(x):  # does not pay: one exact pass
+            sparse = set()
+        parts, dense = [], [groups[i] for i in range(len(groups)) if i not in sparse]
+        for i in sorted(sparse):
+            rows, cols = groups[i], unions[i]
             part = chunk_state(
                 queries[rows],
                 scale[rows],
