@@ -40,12 +40,17 @@ _CACHE_BUDGET = 512 << 20  # bytes of quantized chunks kept between calls (per p
 
 
 def quantize(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rows v (n, D) → (int8 V, scale a, ‖v‖, ‖r‖) with v = a·V + r exactly (norms in float64)."""
-    vd = v.double()
-    a = vd.abs().amax(1).clamp_min(1e-300) / 127.0
-    q = torch.round(vd / a[:, None]).clamp_(-127, 127)
-    r = vd - a[:, None] * q
-    return q.to(torch.int8), a, vd.norm(dim=1), r.norm(dim=1) * (1 + SLACK)
+    """Rows v (n, D) → (int8 V, scale a, ‖v‖, bound on ‖r‖) with v = a·V + r exactly.
+
+    Quantization runs in float32; the rounding of r (≤ 2⁻²⁴·(|v_i| + a) per value) is covered by
+    adding 2⁻²²·‖v‖ to its norm, since √D·a ≤ 3‖v‖ for D below the int32 limit (133 000)."""
+    v = v.float()
+    a = v.abs().amax(1).clamp_min(1e-30) / 127.0
+    q = torch.round(v / a[:, None]).clamp_(-127, 127)
+    r = v - a[:, None] * q
+    norm = torch.linalg.vector_norm(v, dim=1, dtype=torch.float64)
+    r_norm = torch.linalg.vector_norm(r, dim=1, dtype=torch.float64) * (1 + SLACK) + 2.0**-22 * norm
+    return q.to(torch.int8), a.double(), norm, r_norm
 
 
 @dataclass
