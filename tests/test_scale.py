@@ -27,15 +27,6 @@ from difflens.processes import sigma_grid
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors on a shared 2-core machine: one torch thread is many times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def gmm(n=3000, dim=256, k=20, std=0.3, seed=0):
     """Synthetic clustered data (the regime where posteriors concentrate)."""
     rng = np.random.default_rng(seed)
@@ -94,6 +85,21 @@ def test_convert_streams_an_image_folder(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(folder / "9.png")
     bad = CliRunner().invoke(app, ["convert", str(folder), str(tmp_path / "j.zarr")])
     assert bad.exit_code == 2 and not (tmp_path / "j.zarr").exists()  # no partial output
+
+
+def test_cli_optimal_loss_on_zarr_with_fast_precision(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(app, ["convert", "digits", str(tmp_path / "d.zarr")]).exit_code == 0
+    args = ["optimal-loss", "--sigmas", "0.05,0.5,5", "-M", "16"]
+    a = runner.invoke(app, [*args, "-d", str(tmp_path / "d.zarr"), "--precision", "fast", "-o", str(tmp_path / "a")])
+    b = runner.invoke(app, [*args, "-d", "digits", "-o", str(tmp_path / "b")])
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    fast, exact = (json.loads((tmp_path / r / "optimal_loss.json").read_text()) for r in "ab")
+    np.testing.assert_allclose(
+        [lv["optimal_loss"] for lv in fast["levels"]], [lv["optimal_loss"] for lv in exact["levels"]], rtol=1e-4
+    )
+    bad = runner.invoke(app, [*args, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1", "-o", str(tmp_path / "c")])
+    assert bad.exit_code == 2 and "not both" in bad.output
 
 
 MEMORY_CAPPED = textwrap.dedent(
