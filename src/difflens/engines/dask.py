@@ -129,9 +129,6 @@ class DaskEngine:
             futures = pairs + ([futures[-1]] if len(futures) % 2 else [])
         return futures[0].result()
 
-    def describe(self) -> dict:
-        return {"engine": "dask", "scheduler": self.client.scheduler.address, "workers": self.n_workers}
-
     def close(self) -> None:
         self.client.close()
         if self.cluster is not None:

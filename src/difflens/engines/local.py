@@ -20,6 +20,3 @@ class LocalEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def describe(self) -> dict:
-        return {"engine": "local"}
