@@ -13,12 +13,13 @@ with τ = ln(C/tol) for a chunk of C points: its weight is below tol/C times the
 all dropped points together carry less than ``tol`` of the posterior mass (the chunks' best weights
 sum to at most the total). The kept points — the union over a small group of queries with the same
 best point — go through the unchanged exact ``chunk_state``; groups whose union covers most of the
-chunk run exact on the whole chunk. Bound arithmetic is float64 with a relative slack (1e-9) far
-above its rounding, so ``fast`` differs from ``exact`` only by float32 rounding of the kept points
-and the < ``tol`` dropped mass, whose bound is reported per query as ``Posterior.dropped_mass``.
+chunk run exact on the whole chunk. The bound arithmetic (float32, norms in float64) is padded by
+a relative slack well above its own rounding, so ``fast`` differs from ``exact`` only by float32
+rounding of the kept points and the < ``tol`` dropped mass, whose bound is reported per query as
+``Posterior.dropped_mass``.
 
 Why int8 and not bfloat16: on CPUs without AMX (this one), bf16 GEMMs run slower than fp32 while
-int8 (AVX-512 VNNI) runs ~2.4× faster; ``benchmarks/bench_scale.py`` measures all of them.
+int8 (AVX-512 VNNI) runs 2.4–2.8× faster; ``benchmarks/bench_scale.py`` measures all of them.
 What is skipped depends on the data and noise: at large noise every point keeps real weight and
 the screen only costs time (the groups fall back to exact).
 """
@@ -34,7 +35,8 @@ import torch
 from difflens.errors import DifflensError
 
 PRECISIONS = ("exact", "fast")
-SLACK = 1e-9  # relative; float64 rounding of the bound terms is below D·2⁻⁵³ ≈ 1e-12 for D < 10⁴
+SLACK = 1e-9  # relative, on float64 norms: their rounding is below D·2⁻⁵³ ≈ 1e-12 for D < 10⁴
+F32 = 1e-6  # relative, on the float32 bound arithmetic: a few roundings of 2⁻²⁴ of |q̃·x̃| + ‖x‖² at most
 _CACHE: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
 _CACHE_BUDGET = 512 << 20  # bytes of quantized chunks kept between calls (per process)
 
@@ -64,7 +66,7 @@ class Fast:
     tol: float = 1e-16
     group: int = 64
     dense_fraction: float = 0.35
-    call_cost: int = 16384  # fixed cost of one exact recompute call, in (query, point) pairs
+    call_cost: int = 65536  # fixed cost of one exact recompute call (call + gather), in (query, point) pairs
     token: str = ""  # identifies the dataset for the cache of quantized chunks
 
     def prepared(self, data) -> Fast:
@@ -80,28 +82,38 @@ class Fast:
             return chunk_state(queries, scale, x, index, log_weights, exclude)
         xq, xa, x_norm, x_res = self._quantized(x, index)
         qq, qa, q_norm, q_res = quantize(queries)
-        q_deq = (q_norm + q_res) * (1 + SLACK)  # ≥ ‖a·A‖ = ‖q − r‖
-        tau = math.log(len(x) / self.tol)
+        # radius of every logit interval as one small GEMM: Σ_k coef_q[b, k]·coef_x[k, m] (see module doc)
+        coef_q = [q_res, q_norm + q_res, F32 * q_norm, torch.full_like(q_norm, F32)]
+        coef_x = [x_norm, x_res, x_norm, x_norm**2]
+        inv_scale = 1.0 / scale  # the screen works in units of x̃·x (logit × s²T)
+        if log_weights is not None:
+            coef_q.append(F32 * inv_scale)
+            coef_x.append(log_weights.double().abs())
+        coef_q = (torch.stack(coef_q, 1) * (1 + F32)).float()
+        coef_x = torch.stack(coef_x, 0).float()
+        half_sq = (0.5 * x_norm**2).float()
+        tau = math.log(len(x) / self.tol) * inv_scale
         keep = torch.empty(len(queries), len(x), dtype=torch.bool)
         dropped = torch.empty(len(queries), dtype=torch.float64)
         best = torch.empty(len(queries), dtype=torch.int64)
-        for lo in range(0, len(queries), 256):  # bounds for 256 queries at a time (float64, B × C)
+        for lo in range(0, len(queries), 256):  # 256 queries at a time (float32, B × C)
             sl = slice(lo, lo + 256)
-            g_hat = torch._int_mm(qq[sl], xq.T).double() * (qa[sl, None] * xa[None, :]) - 0.5 * x_norm**2
-            radius = q_res[sl, None] * x_norm[None, :] + q_deq[sl, None] * x_res[None, :]
-            radius += SLACK * (q_norm[sl, None] * x_norm[None, :] + x_norm[None, :] ** 2)
-            upper = (g_hat + radius) * scale[sl, None]
-            lower = (g_hat - radius) * scale[sl, None]
+            lower = torch._int_mm(qq[sl], xq.T).float().mul_(qa[sl, None].float()).mul_(xa[None, :].float())
+            lower.sub_(half_sq)  # ĝ = q̃·x̃ − ‖x‖²/2
             if log_weights is not None:
-                upper, lower = upper + log_weights.double(), lower + log_weights.double()
+                lower.addr_(inv_scale[sl].float(), log_weights.float())
+            radius = coef_q[sl] @ coef_x
+            upper = lower + radius
+            lower.sub_(radius)
             if exclude is not None:
                 banned = (exclude[sl, None, :] == index[None, :, None]).any(-1)
-                upper, lower = upper.masked_fill(banned, -math.inf), lower.masked_fill(banned, -math.inf)
+                upper.masked_fill_(banned, -math.inf)
+                lower.masked_fill_(banned, -math.inf)
             floor, top = lower.max(1, keepdim=True)
             best[sl] = top.squeeze(1)
-            keep[sl] = upper >= floor - tau
-            gap = (upper - floor).masked_fill(keep[sl], -math.inf).amax(1).nan_to_num(-math.inf)
-            dropped[sl] = (~keep[sl]).sum(1) * torch.exp(gap)  # count × largest dropped weight
+            keep[sl] = upper >= floor - tau[sl, None].float()
+            gap = (upper.masked_fill_(keep[sl], -math.inf).amax(1) - floor.squeeze(1)).double().nan_to_num(-math.inf)
+            dropped[sl] = (~keep[sl]).sum(1) * torch.exp(gap * scale[sl])  # count × largest dropped weight
         # queries with the same best point go together; the group shrinks as the kept sets grow
         kept = float(keep.sum(1).double().mean())
         size = 2 ** int(math.log2(min(self.group, max(4.0, len(x) / (16.0 * kept + 1.0)))))
