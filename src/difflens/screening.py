@@ -13,8 +13,8 @@ with τ = ln(C/tol) for a chunk of C points: its weight is below tol/C times the
 all dropped points together carry less than ``tol`` of the posterior mass (the chunks' best weights
 sum to at most the total). The kept points — the union over a small group of queries with the same
 best point — go through the unchanged exact ``chunk_state``; groups whose union covers most of the
-chunk run exact on the whole chunk. The bound arithmetic (float32, norms in float64) is padded by
-a relative slack well above its own rounding, so ``fast`` differs from ``exact`` only by float32
+chunk run exact on the whole chunk. The bound arithmetic (float32) is padded by a relative slack
+(1e-6) well above its own rounding, so ``fast`` differs from ``exact`` only by float32
 rounding of the kept points and the < ``tol`` dropped mass, whose bound is reported per query as
 ``Posterior.dropped_mass``.
 
@@ -35,8 +35,7 @@ import torch
 from difflens.errors import DifflensError
 
 PRECISIONS = ("exact", "fast")
-SLACK = 1e-9  # relative, on float64 norms: their rounding is below D·2⁻⁵³ ≈ 1e-12 for D < 10⁴
-F32 = 1e-6  # relative, on the float32 bound arithmetic: a few roundings of 2⁻²⁴ of |q̃·x̃| + ‖x‖² at most
+F32 = 1e-6  # relative slack on the float32 bound arithmetic: it rounds by a few 2⁻²⁴ of |q̃·x̃| + ‖x‖² at most
 _CACHE: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
 _CACHE_BUDGET = 512 << 20  # bytes of quantized chunks kept between calls (per process)
 
@@ -44,14 +43,15 @@ _CACHE_BUDGET = 512 << 20  # bytes of quantized chunks kept between calls (per p
 def quantize(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows v (n, D) → (int8 V, scale a, ‖v‖, bound on ‖r‖) with v = a·V + r exactly.
 
-    Quantization runs in float32; the rounding of r (≤ 2⁻²⁴·(|v_i| + a) per value) is covered by
-    adding 2⁻²²·‖v‖ to its norm, since √D·a ≤ 3‖v‖ for D below the int32 limit (133 000)."""
+    Runs in float32; squares are rounded once (relative 2⁻²⁴) and summed in float64, and the
+    rounding of r (≤ 2⁻²⁴·(|v_i| + a) per value) is covered by adding 2⁻²²·‖v‖ to its norm, since
+    √D·a ≤ 3‖v‖ for D below the int32 limit (133 000)."""
     v = v.float()
     a = v.abs().amax(1).clamp_min(1e-30) / 127.0
     q = torch.round(v / a[:, None]).clamp_(-127, 127)
     r = v - a[:, None] * q
-    norm = torch.linalg.vector_norm(v, dim=1, dtype=torch.float64)
-    r_norm = torch.linalg.vector_norm(r, dim=1, dtype=torch.float64) * (1 + SLACK) + 2.0**-22 * norm
+    norm = (v * v).sum(1, dtype=torch.float64).sqrt()
+    r_norm = (r * r).sum(1, dtype=torch.float64).sqrt() * (1 + F32) + 2.0**-22 * norm
     return q.to(torch.int8), a.double(), norm, r_norm
 
 

@@ -43,6 +43,11 @@ def portable(array):
     return array
 
 
+def file_backed(array) -> bool:
+    """True if the array pickles as a file reference (a whole-file memmap or a zarr array)."""
+    return isinstance(array, ZarrRows) or portable(array) is not array
+
+
 def reopen(ref):
     """Inverse of ``portable``."""
     return ref.open() if isinstance(ref, MappedFile) else ref

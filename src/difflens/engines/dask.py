@@ -99,9 +99,9 @@ class DaskEngine:
 
     def _remote_data(self, data):
         """What to pass to tasks for ``data``: itself if it pickles small (file-backed), else a scatter."""
-        from difflens.storage import portable
+        from difflens.storage import file_backed
 
-        if portable(data.array) is not data.array or hasattr(data.array, "stored_scale"):
+        if file_backed(data.array):
             return data
         key = id(data)
         if key not in self._scattered:
