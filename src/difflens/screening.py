@@ -66,7 +66,7 @@ class Fast:
     tol: float = 1e-16
     group: int = 64
     dense_fraction: float = 0.35
-    call_cost: int = 65536  # fixed cost of one exact recompute call (call + gather), in (query, point) pairs
+    call_cost: int = 40  # per-point cost of one recompute call (gather, norms), in queries (measured)
     token: str = ""  # identifies the dataset for the cache of quantized chunks
 
     def prepared(self, data) -> Fast:
@@ -121,8 +121,10 @@ class Fast:
         groups = [order[lo : lo + size] for lo in range(0, len(queries), size)]
         unions = [keep[rows].any(0).nonzero().squeeze(1) for rows in groups]
         sparse = {i for i, cols in enumerate(unions) if len(cols) <= self.dense_fraction * len(x)}
-        cost = sum(len(groups[i]) * (len(unions[i]) if i in sparse else len(x)) for i in range(len(groups)))
-        if cost + self.call_cost * len(sparse) > 0.7 * len(queries) * len(x):  # does not pay: one exact pass
+        # a recompute over U points costs like (group + call_cost) queries over U: gathers and norms are per point
+        cost = sum((len(groups[i]) + self.call_cost) * len(unions[i]) for i in sparse)
+        cost += len(x) * sum(len(groups[i]) for i in range(len(groups)) if i not in sparse)
+        if cost > 0.7 * len(queries) * len(x):  # does not pay: one exact pass
             sparse = set()
         parts, dense = [], [groups[i] for i in range(len(groups)) if i not in sparse]
         for i in sorted(sparse):
