@@ -19,7 +19,7 @@ rounding of the kept points and the < ``tol`` dropped mass, whose bound is repor
 ``Posterior.dropped_mass``.
 
 Why int8 and not bfloat16: on CPUs without AMX (this one), bf16 GEMMs run slower than fp32 while
-int8 (AVX-512 VNNI) runs 2.4–2.8× faster; ``benchmarks/bench_scale.py`` measures all of them.
+int8 (AVX-512 VNNI) runs 2.4–4× faster; ``benchmarks/bench_scale.py`` measures all of them.
 What is skipped depends on the data and noise: at large noise every point keeps real weight and
 the screen only costs time (the groups fall back to exact).
 """
