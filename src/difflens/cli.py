@@ -42,6 +42,12 @@ DATA_HELP = "Data spec: digits (default), lfw, PATH.npy, PATH.npz[:KEY], an imag
 DataOpt = typer.Option("digits", "--data", "-d", help=DATA_HELP)
 ScaleOpt = typer.Option(ScaleName.auto, help="auto: integer/image data → [−1, 1], floats as given.")
 SeedOpt = typer.Option(0, help="Random seed: same seed, same results.")
+PrecisionName = Enum("PrecisionName", {k: k for k in ("exact", "fast")}, type=str)
+WorkersOpt = typer.Option(None, "--workers", help="Run the kernel on a local dask cluster of N worker processes.")
+SchedulerOpt = typer.Option(None, "--scheduler", help="Run the kernel on an existing dask cluster (tcp://host:8786).")
+PrecisionOpt = typer.Option(
+    PrecisionName.exact, help="fast: skip training points of provably negligible weight (same answer, < 1e-16 mass)."
+)
 
 
 def friendly_errors(fn):
@@ -100,10 +106,14 @@ def optimal_loss_cmd(
     chunk_size: int = typer.Option(None, help="Data rows per kernel chunk [default: from free memory]."),
     out: Path = typer.Option(Path("runs/optimal-loss"), "--out", "-o", help="Output directory."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out with the same settings."),
+    workers: int = WorkersOpt,
+    scheduler: str = SchedulerOpt,
+    precision: PrecisionName = PrecisionOpt,
 ):
     """Optimal (lowest achievable) loss at every noise level: writes optimal_loss.{json,csv,png}."""
     from difflens import optimal_loss as ol
     from difflens import processes, report
+    from difflens.engines import open_engine
 
     grid = processes.parse_sigmas(sigmas)
     ds = load_data(data, scale, holdout, seed)
@@ -125,7 +135,7 @@ def optimal_loss_cmd(
         f"[bold]{ds.spec}[/]: N={ds.n}, D={ds.dim}, shape={ds.shape}; {len(grid)} levels × {samples} queries, "
         f"estimator {estimator.value}" + (f" (resuming, {len(done)} levels done)" if done else "")
     )
-    with progress() as bar:
+    with open_engine(workers, scheduler) as engine, progress() as bar:
         task = bar.add_task("noise levels", total=len(grid), completed=len(done))
 
         def on_level(i, level):
@@ -147,6 +157,8 @@ def optimal_loss_cmd(
             chunk_size=chunk_size,
             done=done,
             on_level=on_level,
+            engine=engine,
+            precision=precision.value,
         )
     result = curve.to_dict()
     rows = [{k: v for k, v in lv.items()} for lv in result["levels"]]
@@ -194,9 +206,13 @@ def denoise(
     temperature: float = typer.Option(1.0, help="Softmax temperature T (T > 1 smooths the posterior)."),
     scale: ScaleName = ScaleOpt,
     chunk_size: int = typer.Option(None, help="Data rows per kernel chunk [default: from free memory]."),
+    workers: int = WorkersOpt,
+    scheduler: str = SchedulerOpt,
+    precision: PrecisionName = PrecisionOpt,
 ):
     """The exact empirical optimal denoiser E[x0 | x̃] applied to given noisy queries."""
     from difflens import oracle, report
+    from difflens.engines import open_engine
 
     if not temperature > 0:
         raise DifflensError(f"--temperature must be > 0, got {temperature}")
@@ -207,7 +223,9 @@ def denoise(
     ds = load_data(data, scale)
     if q.ndim == 1 or q.size == 0 or q[0].size != ds.dim:
         raise DifflensError(f"queries {queries} have shape {q.shape}; need (B, ...) with {ds.dim} values per query")
-    result = oracle.denoise(q.reshape(len(q), -1), ds, sigma, temperature, chunk_size=chunk_size)
+    with open_engine(workers, scheduler) as engine:
+        kernel = {"chunk_size": chunk_size, "engine": engine, "precision": precision.value}
+        result = oracle.denoise(q.reshape(len(q), -1), ds, sigma, temperature, **kernel)
     buf = __import__("io").BytesIO()
     np.save(buf, result.numpy().reshape(q.shape))
     report._atomic_write(out, buf.getvalue())
@@ -1041,6 +1059,34 @@ def smooth_sample_cmd(
         f"{label}: memorization ratio {mem.memorization_ratio:.1%}, median NN distance {np.median(mem.d1):.4g}"
     )
     console.print(f"wrote {out}/smooth.json, samples.npy, " + ", ".join(files))
+
+
+# ---- scale commands (issue 3)
+
+
+@app.command("convert")
+@friendly_errors
+def convert_cmd(
+    src: str = typer.Argument(..., help="Data spec to convert: image folder, PATH.npy, PATH.npz[:KEY], digits, ..."),
+    dest: Path = typer.Argument(..., help="Output zarr array, DEST.zarr (then use --data DEST.zarr)."),
+    scale: ScaleName = ScaleOpt,
+    chunk_rows: int = typer.Option(None, help="Samples per zarr chunk [default: ~16 MB chunks]."),
+    overwrite: bool = typer.Option(False, help="Replace DEST if it exists."),
+):
+    """Write data as a chunked zarr array that streams from disk (raw values + their scaling)."""
+    from difflens import storage
+
+    with progress() as bar:
+        task = bar.add_task(f"→ {dest.name}", total=None)
+
+        def on_rows(k: int, total: int) -> None:
+            bar.update(task, total=total, advance=k)
+
+        info = storage.convert(
+            src, dest, scale=scale.value, chunk_rows=chunk_rows, overwrite=overwrite, on_rows=on_rows
+        )
+    shape, rows = tuple(info["shape"]), info["chunk_rows"]
+    console.print(f"wrote {info['dest']}: shape {shape}, dtype {info['dtype']}, {rows} rows per chunk")
 
 
 def main() -> None:
