@@ -42,6 +42,12 @@ DATA_HELP = "Data spec: digits (default), lfw, PATH.npy, PATH.npz[:KEY], an imag
 DataOpt = typer.Option("digits", "--data", "-d", help=DATA_HELP)
 ScaleOpt = typer.Option(ScaleName.auto, help="auto: integer/image data → [−1, 1], floats as given.")
 SeedOpt = typer.Option(0, help="Random seed: same seed, same results.")
+PrecisionName = Enum("PrecisionName", {k: k for k in ("exact", "fast")}, type=str)
+WorkersOpt = typer.Option(None, "--workers", help="Run the kernel on a local dask cluster of N worker processes.")
+SchedulerOpt = typer.Option(None, "--scheduler", help="Run the kernel on an existing dask cluster (tcp://host:8786).")
+PrecisionOpt = typer.Option(
+    PrecisionName.exact, help="fast: skip training points of provably negligible weight (same answer, < 1e-16 mass)."
+)
 
 
 def friendly_errors(fn):
@@ -100,10 +106,14 @@ def optimal_loss_cmd(
     chunk_size: int = typer.Option(None, help="Data rows per kernel chunk [default: from free memory]."),
     out: Path = typer.Option(Path("runs/optimal-loss"), "--out", "-o", help="Output directory."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out with the same settings."),
+    workers: int = WorkersOpt,
+    scheduler: str = SchedulerOpt,
+    precision: PrecisionName = PrecisionOpt,
 ):
     """Optimal (lowest achievable) loss at every noise level: writes optimal_loss.{json,csv,png}."""
     from difflens import optimal_loss as ol
     from difflens import processes, report
+    from difflens.engines import open_engine
 
     grid = processes.parse_sigmas(sigmas)
     ds = load_data(data, scale, holdout, seed)
@@ -125,7 +135,7 @@ def optimal_loss_cmd(
         f"[bold]{ds.spec}[/]: N={ds.n}, D={ds.dim}, shape={ds.shape}; {len(grid)} levels × {samples} queries, "
         f"estimator {estimator.value}" + (f" (resuming, {len(done)} levels done)" if done else "")
     )
-    with progress() as bar:
+    with open_engine(workers, scheduler) as engine, progress() as bar:
         task = bar.add_task("noise levels", total=len(grid), completed=len(done))
 
         def on_level(i, level):
@@ -147,6 +157,8 @@ def optimal_loss_cmd(
             chunk_size=chunk_size,
             done=done,
             on_level=on_level,
+            engine=engine,
+            precision=precision.value,
         )
     result = curve.to_dict()
     rows = [{k: v for k, v in lv.items()} for lv in result["levels"]]
@@ -194,9 +206,13 @@ def denoise(
     temperature: float = typer.Option(1.0, help="Softmax temperature T (T > 1 smooths the posterior)."),
     scale: ScaleName = ScaleOpt,
     chunk_size: int = typer.Option(None, help="Data rows per kernel chunk [default: from free memory]."),
+    workers: int = WorkersOpt,
+    scheduler: str = SchedulerOpt,
+    precision: PrecisionName = PrecisionOpt,
 ):
     """The exact empirical optimal denoiser E[x0 | x̃] applied to given noisy queries."""
     from difflens import oracle, report
+    from difflens.engines import open_engine
 
     if not temperature > 0:
         raise DifflensError(f"--temperature must be > 0, got {temperature}")
@@ -207,7 +223,9 @@ def denoise(
     ds = load_data(data, scale)
     if q.ndim == 1 or q.size == 0 or q[0].size != ds.dim:
         raise DifflensError(f"queries {queries} have shape {q.shape}; need (B, ...) with {ds.dim} values per query")
-    result = oracle.denoise(q.reshape(len(q), -1), ds, sigma, temperature, chunk_size=chunk_size)
+    with open_engine(workers, scheduler) as engine:
+        kernel = {"chunk_size": chunk_size, "engine": engine, "precision": precision.value}
+        result = oracle.denoise(q.reshape(len(q), -1), ds, sigma, temperature, **kernel)
     buf = __import__("io").BytesIO()
     np.save(buf, result.numpy().reshape(q.shape))
     report._atomic_write(out, buf.getvalue())
@@ -611,6 +629,464 @@ def scaling_cmd(
         for k, msg in g["errors"].items():
             console.print(f"[yellow]{k} fit skipped[/] ({'total' if g['sigma'] is None else g['sigma']}): {msg}")
     console.print(f"wrote {out}/scaling.json, scaling.csv, scaling.png")
+
+
+# ---- memorization, generalization gap, toy lab and score smoothing commands (issue 5)
+
+SamplerName = Enum("SamplerName", {k: k for k in ("euler", "heun", "sde", "pc")}, type=str)
+ErrorName = Enum("ErrorName", {k: k for k in ("mse", "l2")}, type=str)
+BackendName = Enum("BackendName", {k: k for k in ("auto", "torch", "faiss")}, type=str)
+SweepName = Enum("SweepName", {k: k for k in ("delta", "density", "guidance")}, type=str)
+ToyDenoiser = Enum("ToyDenoiser", {k: k for k in ("optimal", "blurred", "guided")}, type=str)
+ScoreName = Enum("ScoreName", {k: k for k in ("empirical", "unconditioned")}, type=str)
+ThresholdOpt = typer.Option(1.0 / 3.0, help="A sample is memorized when d1/d2 is below this.")
+
+
+def _float_list(text: str, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DifflensError(f"cannot parse {what} {text!r}: use a comma list like 0.1,0.2") from None
+    if not values:
+        raise DifflensError(f"{what} is empty")
+    return values
+
+
+def _subset(ds, size: int | None, seed: int):
+    """A seeded random subset of ``size`` training samples (all of them if size is None or ≥ N)."""
+    if size is None or size >= ds.n:
+        return ds
+    if size < 2:
+        raise DifflensError(f"--subset must be ≥ 2, got {size}")
+    return ds.subset(np.sort(np.random.default_rng(seed).choice(ds.n, size, replace=False)), f"[{size}]")
+
+
+def _memorization_outputs(samples, ds, mem, out: Path, top: int) -> list[str]:
+    """Write memorization.npz and the NN-distance / most-memorized plots; return the file names."""
+    from difflens import memorization as mm
+    from difflens import report
+
+    report._atomic_write(out / "memorization.npz", mem.npz_bytes())
+    mm.plot_nn_distances(mem, out / "nn_distance.png", title=f"{ds.spec}: {len(mem.d1)} samples")
+    files = ["memorization.npz", "nn_distance.png"]
+    if mm.is_image_shape(ds.shape):
+        mm.plot_memorized(samples, ds, mem, out / "memorized.png", top=top)
+        files.append("memorized.png")
+    return files
+
+
+@app.command("memorization")
+@friendly_errors
+def memorization_cmd(
+    samples: str = typer.Option(
+        ..., help="Generated samples: .npy, .npz[:KEY] or an image folder (same units as --data)."
+    ),
+    data: str = DataOpt,
+    threshold: float = ThresholdOpt,
+    feature: str = typer.Option(None, help="Feature map py:MODULE:NAME, a callable (n, D) tensor → (n, F) tensor."),
+    backend: BackendName = typer.Option(BackendName.auto, help="Candidate search per chunk: torch GEMM or faiss."),
+    top: int = typer.Option(16, help="Most-memorized samples to draw beside their nearest training images."),
+    scale: ScaleName = ScaleOpt,
+    chunk_size: int = typer.Option(None, help="Training rows per chunk [default: from free memory]."),
+    out: Path = typer.Option(Path("runs/memorization"), "--out", "-o", help="Output directory."),
+):
+    """Nearest / second-nearest training samples of generated samples and the memorization ratio (d1/d2 test)."""
+    from difflens import gap as gap_mod
+    from difflens import memorization as mm
+    from difflens import report
+
+    ds = load_data(data, scale)
+    gen = load_data(samples, scale)
+    if gen.dim != ds.dim:
+        raise DifflensError(f"samples have {gen.dim} values each but the training data has {ds.dim}")
+    fmap = gap_mod.load_callable(feature) if feature else None
+    x = gen.rows(0, gen.n)
+    with progress() as bar:
+        task = bar.add_task("training rows", total=ds.n)
+        mem = mm.memorization(
+            x,
+            ds,
+            threshold=threshold,
+            feature=fmap,
+            backend=backend.value,
+            chunk_size=chunk_size,
+            on_chunk=lambda rows: bar.advance(task, rows),
+        )
+    files = _memorization_outputs(x.numpy(), ds, mem, out, top)
+    result = {"dataset": ds.summary(), "samples": gen.summary(), "feature": feature, **mem.summary()}
+    report.write_json(out / "memorization.json", result)
+    Console().print(
+        f"memorized {mem.memorized.sum()} of {len(mem.d1)} samples ({mem.memorization_ratio:.1%}, d1/d2 < "
+        f"{threshold:.3g}); median NN distance {np.median(mem.d1):.4g}; {result['distinct_nearest']} distinct "
+        f"nearest training samples"
+    )
+    console.print(f"wrote {out}/memorization.json, " + ", ".join(files))
+
+
+@app.command("gap")
+@friendly_errors
+def gap_cmd(
+    data: str = typer.Option(None, "--data", "-d", help=DATA_HELP + " [default: the run's data, else digits]"),
+    holdout: float = typer.Option(None, help="Held-out fraction for validation [default: the run's, else 0.2]."),
+    split_seed: int = typer.Option(None, help="Seed of the train/held-out split [default: the run's, else --seed]."),
+    val: str = typer.Option(None, help="Validation data spec instead of a held-out fraction of --data."),
+    denoiser: list[str] = typer.Option(
+        ["oracle"],
+        help="Denoiser(s): oracle[:T=…,sc=…,k=…] (empirical optimal denoiser of the training split, optionally "
+        "smoothed), py:MODULE:NAME (a callable (x, sigma) → x0_hat), or a model as for diagnose --model "
+        "(run folder, .pt/.safetensors, diffusers:DIR, module:attr).",
+    ),
+    checkpoints: str = typer.Option(None, help="Run folder or glob of checkpoints: one curve each, in name order."),
+    trust_pickle: bool = typer.Option(False, help="Allow .pt files holding pickled Python objects."),
+    sigmas: str = typer.Option("0.002:80:24", help="Noise levels: LO:HI:N log grid or a comma list."),
+    draws: int = typer.Option(1, help="Noise draws per image (fixed across levels and denoisers)."),
+    error: ErrorName = typer.Option(ErrorName.mse, help="mse: squared error per dim; l2: unsquared L2 norm."),
+    images: int = typer.Option(256, help="Images per split (seeded subsample; 0 = all)."),
+    scale: ScaleName = ScaleOpt,
+    seed: int = SeedOpt,
+    out: Path = typer.Option(Path("runs/gap"), "--out", "-o", help="Output directory."),
+):
+    """Generalization gap per noise level G(s) = (E_val − E_train)/E_train, for denoisers or checkpoints."""
+    import glob
+
+    from difflens import gap as gap_mod
+    from difflens import processes, report
+    from difflens.models import load_denoiser
+    from difflens.models.load import default_shape
+
+    grid = np.sort(processes.parse_sigmas(sigmas))
+    specs = list(denoiser)
+    if checkpoints:
+        folder = Path(checkpoints)
+        paths = sorted(folder.glob("ckpt_*.pt")) if folder.is_dir() else sorted(map(Path, glob.glob(checkpoints)))
+        if not paths:
+            raise DifflensError(f"--checkpoints {checkpoints}: no checkpoint files found")
+        specs = [s for s in specs if s != "oracle"] + [str(p) for p in paths]
+    loaded = {s: load_denoiser(s, trust_pickle=trust_pickle) for s in specs if not gap_mod.is_closed_form(s)}
+    cfg = next((m.info["config"] for m in loaded.values() if m.info.get("config")), {})
+    full = data_mod.load(data or cfg.get("data", "digits"), scale.value if data else cfg.get("scale", scale.value))
+    if val:
+        train, held = full, load_data(val, scale)
+    else:
+        hold = holdout if holdout is not None else (cfg.get("holdout") or 0.2)
+        train, held = full.split(hold, split_seed if split_seed is not None else cfg.get("split_seed", seed))
+    for m in loaded.values():
+        if getattr(m.denoiser, "shape", 1) is None:
+            m.denoiser.shape = default_shape(full.shape)
+    dens = {
+        (Path(s).name if s in loaded and Path(s).exists() else s): (
+            loaded[s].denoiser if s in loaded else gap_mod.resolve_denoiser(s, train)
+        )
+        for s in specs
+    }
+    with progress() as bar:
+        task = bar.add_task("denoiser × level", total=len(dens) * len(grid))
+        curves = gap_mod.generalization_gap(
+            dens,
+            train,
+            held,
+            grid,
+            draws=draws,
+            error=error.value,
+            seed=seed,
+            max_images=images or None,
+            on_level=lambda *_: bar.advance(task),
+        )
+    rows = [
+        {"denoiser": c.label, "sigma": s, "e_train": a, "e_val": b, "gap": g}
+        for c in curves
+        for s, a, b, g in zip(c.sigmas, c.e_train, c.e_val, c.gap, strict=True)
+    ]
+    report.write_csv(out / "gap.csv", rows)
+    gap_mod.plot_gap(curves, out / "gap.png", title=f"generalization gap on {train.spec} vs {held.spec}")
+    if len(curves) > 1:
+        gap_mod.plot_gap_over_time(curves, out / "gap_over_checkpoints.png")
+    result = {
+        "train": train.summary(),
+        "val": held.summary(),
+        "seed": seed,
+        "images_per_split": images or None,
+        "curves": [c.to_dict() for c in curves],
+    }
+    report.write_json(out / "gap.json", result)
+    for c in curves:
+        d = c.to_dict()
+        Console().print(f"{c.label}: peak G = {d['peak_gap']:.4g} at s = {d['peak_sigma']:.4g}")
+    console.print(f"wrote {out}/gap.json, gap.csv, gap.png")
+
+
+toy_app = typer.Typer(help="2-D toy lab: optimal and error-prone (y_δ) denoisers on a circle, gap sweeps, flows.")
+app.add_typer(toy_app, name="toy")
+
+
+@toy_app.command("gap")
+@friendly_errors
+def toy_gap_cmd(
+    sweep: SweepName = typer.Option(SweepName.delta, help="What to vary: δ, number of points, or guidance w."),
+    values: str = typer.Option("0.02,0.05,0.1,0.2", help="Comma list of values for the swept quantity."),
+    points: int = typer.Option(8, help="Training points on the circle (as many validation points between them)."),
+    delta: float = typer.Option(0.1, help="Model error δ of y_δ (fixed when not swept; D₊ under guidance)."),
+    delta_neg: float = typer.Option(0.3, help="δ of the worse denoiser D₋ under guidance."),
+    random: bool = typer.Option(False, help="Random angles instead of equally spaced points."),
+    draws: int = typer.Option(50, "--draws", "-M", help="Noise draws per point (unsquared L2 error averaged)."),
+    sigmas: str = typer.Option("0.001:10:40", help="Noise levels: LO:HI:N log grid or a comma list."),
+    seed: int = SeedOpt,
+    out: Path = typer.Option(Path("runs/toy-gap"), "--out", "-o", help="Output directory."),
+):
+    """Gap G(s) of the error-prone denoiser y_δ on a circle, swept over δ, density or guidance weight."""
+    from difflens import processes, report, toy
+
+    grid = np.sort(processes.parse_sigmas(sigmas))
+    vals = _float_list(values, "--values")
+    with progress() as bar:
+        task = bar.add_task(f"{sweep.value} sweep", total=len(vals) * len(grid))
+        curves = toy.sweep(
+            sweep.value,
+            vals,
+            grid,
+            points=points,
+            delta=delta,
+            delta_neg=delta_neg,
+            random=random,
+            draws=draws,
+            seed=seed,
+            on_level=lambda *_: bar.advance(task),
+        )
+    from difflens.gap import plot_gap
+
+    plot_gap(curves, out / "toy_gap.png", title=f"toy gap vs {sweep.value} (circle, M={draws})")
+    config = {"sweep": sweep.value, "points": points, "delta": delta, "delta_neg": delta_neg, "random": random}
+    report.write_json(out / "toy_gap.json", {**config, "seed": seed, "curves": [c.to_dict() for c in curves]})
+    for c in curves:
+        d = c.to_dict()
+        Console().print(f"{c.label}: peak G = {d['peak_gap']:.4g} at s = {d['peak_sigma']:.4g}")
+    console.print(f"wrote {out}/toy_gap.json, toy_gap.png")
+
+
+@toy_app.command("flow")
+@friendly_errors
+def toy_flow_cmd(
+    denoiser: ToyDenoiser = typer.Option(ToyDenoiser.blurred, help="optimal y*, blurred y_δ, or guided."),
+    points: int = typer.Option(8, help="Training points on the circle."),
+    data: str = typer.Option(
+        None, help="Another 2-D set instead of the circle (e.g. toy:gmm:n=64), split alternately."
+    ),
+    delta: float = typer.Option(0.1, help="δ of y_δ (D₊ under guidance)."),
+    delta_neg: float = typer.Option(0.3, help="δ of D₋ under guidance."),
+    w: float = typer.Option(1.0, help="Guidance weight."),
+    random: bool = typer.Option(False, help="Random angles instead of equally spaced points."),
+    sampler: SamplerName = typer.Option(SamplerName.heun, help="Sampler: euler/heun ODE, sde or pc."),
+    steps: int = typer.Option(40, help="Sampler steps (EDM ρ=7 grid)."),
+    samples: int = typer.Option(200, help="Number of trajectories."),
+    sigma_min: float = typer.Option(0.002, help="Smallest sampler noise level."),
+    sigma_max: float = typer.Option(10.0, help="Largest sampler noise level."),
+    levels: str = typer.Option("0.03,0.1,0.3,1", help="Noise levels at which to draw the flow field."),
+    seed: int = SeedOpt,
+    out: Path = typer.Option(Path("runs/toy-flow"), "--out", "-o", help="Output directory."),
+):
+    """Flow-field streamlines, sampler trajectories, memorization and trajectory overlap on the 2-D toy."""
+    from difflens import memorization as mm
+    from difflens import report, samplers, toy, trajectories
+
+    if data:
+        ds2 = load_data(data, "none")
+        train, val = toy.alternate_split(ds2.rows(0, ds2.n))
+    else:
+        train, val = toy.circle(points, random=random, seed=seed)
+    den = {
+        "optimal": lambda: toy.Optimal(train),
+        "blurred": lambda: toy.Blurred(train, delta),
+        "guided": lambda: toy.Guided(toy.Blurred(train, delta), toy.Blurred(train, delta_neg), w),
+    }[denoiser.value]()
+    sig = samplers.edm_sigmas(steps, sigma_min, sigma_max)
+    with progress() as bar:
+        task = bar.add_task("sampler steps", total=steps)
+        traj = samplers.sample(
+            den,
+            samplers.initial_noise(samples, 2, sigma_max, seed),
+            sig,
+            method=sampler.value,
+            seed=seed,
+            record=True,
+            on_step=lambda _: bar.advance(task),
+        )
+        task2 = bar.add_task("overlap per level", total=steps)
+        overlap = trajectories.trajectory_overlap(train, traj, seed=seed, on_level=lambda _: bar.advance(task2))
+    mem = mm.memorization(traj.samples, train)
+    states = np.stack([s.numpy() for s in traj.states] + [traj.samples.numpy()])
+    toy.plot_flow(
+        den,
+        train,
+        val,
+        _float_list(levels, "--levels"),
+        out / "flow.png",
+        trajectories=states,
+        title=f"{denoiser.value} denoiser, {len(train)} training points, {sampler.value} sampler",
+    )
+    trajectories.plot_overlap(overlap, out / "overlap.png")
+    buf = __import__("io").BytesIO()
+    np.save(buf, traj.samples.numpy())
+    report._atomic_write(out / "samples.npy", buf.getvalue())
+    result = {
+        "denoiser": denoiser.value,
+        "data": data or "circle",
+        "points": len(train),
+        "delta": delta,
+        "delta_neg": delta_neg,
+        "w": w,
+        "sampler": sampler.value,
+        "steps": steps,
+        "seed": seed,
+        "memorization": mem.summary(),
+        "overlap": [asdict(lv) for lv in overlap],
+    }
+    report.write_json(out / "flow.json", result)
+    Console().print(f"memorization ratio of the {samples} samples: {mem.memorization_ratio:.1%}")
+    console.print(f"wrote {out}/flow.json, flow.png, overlap.png, samples.npy")
+
+
+smooth_app = typer.Typer(help="Closed-form samplers on the empirical, temperature-smoothed or unconditioned score.")
+app.add_typer(smooth_app, name="smooth")
+
+
+@smooth_app.command("sample")
+@friendly_errors
+def smooth_sample_cmd(
+    data: str = DataOpt,
+    subset: int = typer.Option(None, help="Use a seeded random subset of this many training samples."),
+    score: ScoreName = typer.Option(ScoreName.empirical, help="empirical (optionally smoothed) or unconditioned p_MN."),
+    model: str = typer.Option(
+        None,
+        help="Sample a model instead: py:MODULE:NAME (a callable (x, sigma) → x0_hat, VE form) or a model as for "
+        "diagnose --model (run folder, .pt/.safetensors, diffusers:DIR, module:attr).",
+    ),
+    temperature: float = typer.Option(1.0, "--temperature", "-T", help="Softmax temperature T."),
+    collapse_sigma: float = typer.Option(None, help="Collapse level s_c: T(s) = T·max(s_c/s, 1)."),
+    k: int = typer.Option(None, help="Truncate the posterior to each state's K nearest training samples."),
+    train_sigmas: str = typer.Option("0.002:80:40", help="p_MN: the training noise levels σ_i (LO:HI:N or list)."),
+    sampler: SamplerName = typer.Option(SamplerName.heun, help="euler/heun ODE, sde, or pc (predictor–corrector)."),
+    steps: int = typer.Option(32, help="Sampler steps (EDM ρ=7 grid)."),
+    corrector_steps: int = typer.Option(1, help="pc: Langevin corrector steps per level."),
+    snr: float = typer.Option(0.16, help="pc: corrector signal-to-noise ratio."),
+    samples: int = typer.Option(64, help="Number of samples."),
+    sigma_min: float = typer.Option(0.002, help="Smallest sampler noise level."),
+    sigma_max: float = typer.Option(80.0, help="Largest sampler noise level."),
+    threshold: float = ThresholdOpt,
+    overlap: bool = typer.Option(True, help="Measure trajectory overlap with noised training samples."),
+    gamma: bool = typer.Option(True, help="Measure expansion factors γ_ex along the trajectories."),
+    scale: ScaleName = ScaleOpt,
+    seed: int = SeedOpt,
+    out: Path = typer.Option(Path("runs/smooth"), "--out", "-o", help="Output directory."),
+):
+    """Sample with a closed-form score (or a trained model); report memorization, NN distances, γ_ex and
+    trajectory overlap with noised training samples."""
+    from difflens import gap as gap_mod
+    from difflens import memorization as mm
+    from difflens import processes, report, samplers, smoothing, trajectories
+
+    ds = _subset(load_data(data, scale), subset, seed)
+    if model and model.startswith("py:"):
+        den = gap_mod.load_callable(model)
+    elif model:
+        from difflens.models import load_denoiser
+        from difflens.models.load import default_shape
+
+        den = load_denoiser(model, data=ds).denoiser
+        if getattr(den, "shape", 1) is None:
+            den.shape = default_shape(ds.shape)
+    elif score.value == "unconditioned":
+        den = smoothing.UnconditionedMixture(ds, processes.parse_sigmas(train_sigmas))
+    else:
+        den = smoothing.EmpiricalDenoiser(ds, temperature, collapse_sigma, k)
+    label = model or (f"{score.value} score" + (f", T={temperature:g}" if score.value == "empirical" else ""))
+    sig = samplers.edm_sigmas(steps, sigma_min, sigma_max)
+    with progress() as bar:
+        task = bar.add_task("sampler steps", total=steps)
+        traj = samplers.sample(
+            den,
+            samplers.initial_noise(samples, ds.dim, sigma_max, seed),
+            sig,
+            method=sampler.value,
+            seed=seed,
+            corrector_steps=corrector_steps,
+            snr=snr,
+            record=overlap or gamma,
+            on_step=lambda _: bar.advance(task),
+        )
+        levels = []
+        if overlap:
+            task2 = bar.add_task("overlap per level", total=steps)
+            levels = trajectories.trajectory_overlap(ds, traj, seed=seed, on_level=lambda _: bar.advance(task2))
+    mem = mm.memorization(traj.samples, ds, threshold=threshold)
+    x = traj.samples.float().numpy()
+    files = _memorization_outputs(x, ds, mem, out, 16)
+    if mm.is_image_shape(ds.shape):
+        lo, hi = ds.stats.minimum, ds.stats.maximum
+        mm.image_grid(
+            x[:64],
+            ds.shape,
+            out / "samples.png",
+            lo=lo,
+            hi=hi,
+            title=f"{label}, {sampler.value}",
+        )
+        files.append("samples.png")
+    if overlap:
+        trajectories.plot_overlap(levels, out / "overlap.png")
+        files.append("overlap.png")
+    buf = __import__("io").BytesIO()
+    np.save(buf, x.reshape(len(x), *ds.shape))
+    report._atomic_write(out / "samples.npy", buf.getvalue())
+    result = {
+        "dataset": ds.summary(),
+        "model": model,
+        "score": None if model else score.value,
+        "temperature": temperature,
+        "collapse_sigma": collapse_sigma,
+        "k": k,
+        "train_sigmas": train_sigmas if score.value == "unconditioned" else None,
+        "sampler": sampler.value,
+        "steps": steps,
+        "sigma_min": sigma_min,
+        "sigma_max": sigma_max,
+        "seed": seed,
+        "memorization": mem.summary(),
+        "expansion": smoothing.summarize_expansion(smoothing.expansion_factor(den, traj), sig) if gamma else None,
+        "overlap": [asdict(lv) for lv in levels] or None,
+    }
+    report.write_json(out / "smooth.json", result)
+    Console().print(
+        f"{label}: memorization ratio {mem.memorization_ratio:.1%}, median NN distance {np.median(mem.d1):.4g}"
+    )
+    console.print(f"wrote {out}/smooth.json, samples.npy, " + ", ".join(files))
+
+
+# ---- scale commands (issue 3)
+
+
+@app.command("convert")
+@friendly_errors
+def convert_cmd(
+    src: str = typer.Argument(..., help="Data spec to convert: image folder, PATH.npy, PATH.npz[:KEY], digits, ..."),
+    dest: Path = typer.Argument(..., help="Output zarr array, DEST.zarr (then use --data DEST.zarr)."),
+    scale: ScaleName = ScaleOpt,
+    chunk_rows: int = typer.Option(None, help="Samples per zarr chunk [default: ~16 MB chunks]."),
+    overwrite: bool = typer.Option(False, help="Replace DEST if it exists."),
+):
+    """Write data as a chunked zarr array that streams from disk (raw values + their scaling)."""
+    from difflens import storage
+
+    with progress() as bar:
+        task = bar.add_task(f"→ {dest.name}", total=None)
+
+        def on_rows(k: int, total: int) -> None:
+            bar.update(task, total=total, advance=k)
+
+        info = storage.convert(
+            src, dest, scale=scale.value, chunk_rows=chunk_rows, overwrite=overwrite, on_rows=on_rows
+        )
+    shape, rows = tuple(info["shape"]), info["chunk_rows"]
+    console.print(f"wrote {info['dest']}: shape {shape}, dtype {info['dtype']}, {rows} rows per chunk")
 
 
 # ---- distillation commands (issue 6)

@@ -6,6 +6,7 @@ A data spec names where samples come from:
 * ``lfw`` — scikit-image's bundled ``lfw_subset`` (200 faces, 25×25), scaled to [−1, 1]
 * ``PATH.npy`` — memory-mapped, never loaded whole; first axis = samples
 * ``PATH.npz:KEY`` — one named array of an ``.npz`` (the key may be omitted if there is one array)
+* ``PATH.zarr`` — a chunked zarr array (e.g. written by ``difflens convert``), read chunk by chunk
 * ``DIR`` — a folder of PNG/JPEG/BMP images of one size, scaled to [−1, 1]
 * ``toy:NAME[:k=v,...]`` — generated toys: ``circle``, ``gmm``, ``gaussian`` (see ``TOYS``)
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from difflens import storage
 from difflens.errors import DifflensError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
@@ -62,6 +64,12 @@ class Dataset:
             raise DifflensError(f"{self.spec}: the dataset is empty")
         if self.dim == 0:
             raise DifflensError(f"{self.spec}: samples have no values (shape {self.shape})")
+
+    def __getstate__(self) -> dict:  # a memmap/zarr-backed dataset pickles as its path, not its data
+        return {**self.__dict__, "array": storage.portable(self.array)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, array=storage.reopen(state["array"]))
 
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else self.array.shape[0]
@@ -279,6 +287,8 @@ def _load_array(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
     path = Path(path_text + ".npz") if sep else Path(spec)
     if not path.exists():
         raise DifflensError(f"data {spec!r}: no such file or folder (or unknown built-in; try digits, lfw, toy:…)")
+    if path.suffix == ".zarr":
+        return storage.ZarrRows(path), None
     if path.is_dir():
         return _load_images(path, spec), None
     if path.suffix == ".npz":
@@ -288,12 +298,14 @@ def _load_array(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
             return np.load(path, mmap_mode="r", allow_pickle=False), None
         except (OSError, ValueError) as exc:
             raise DifflensError(f"{spec}: cannot read .npy file ({exc})") from None
-    raise DifflensError(f"data {spec!r}: unsupported file type {path.suffix!r} (use .npy, .npz or an image folder)")
+    raise DifflensError(f"data {spec!r}: unsupported file type {path.suffix!r} (use .npy, .npz, .zarr or a folder)")
 
 
 def _scale_for(array: np.ndarray, spec: str, scale: str, image_like: bool) -> tuple[float, float]:
     if scale not in SCALES:
         raise DifflensError(f"unknown --scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if scale == "auto" and getattr(array, "stored_scale", None):
+        return array.stored_scale
     if scale == "auto":
         scale = "uint8" if image_like or array.dtype.kind in "iub" else "none"
     if scale == "none":
@@ -310,7 +322,8 @@ def _scale_for(array: np.ndarray, spec: str, scale: str, image_like: bool) -> tu
 def load(spec: str = "digits", scale: str = "auto") -> Dataset:
     """Open a data spec (see module doc) as a Dataset and check it once (finite, non-empty)."""
     array, labels = _load_array(spec)
-    image_like = spec in ("digits", "lfw") or (not spec.startswith("toy:") and Path(spec).is_dir())
+    folder = not spec.startswith("toy:") and Path(spec).is_dir() and Path(spec).suffix != ".zarr"
+    image_like = spec in ("digits", "lfw") or folder
     ds = Dataset(array, spec, _scale_for(array, spec, scale, image_like), labels=labels)
     ds.stats  # noqa: B018 - validates (NaN/Inf) and hashes in one pass, cached for later use
     return ds

@@ -33,8 +33,8 @@ class Full:
 
     rao_blackwell = True
 
-    def __call__(self, data: Dataset, queries, sources, sigma, rng, chunk_size=None) -> oracle.Posterior:
-        return oracle.posterior(queries, data, sigma, chunk_size=chunk_size)
+    def __call__(self, data: Dataset, queries, sources, sigma, rng, **kernel) -> oracle.Posterior:
+        return oracle.posterior(queries, data, sigma, **kernel)
 
 
 @dataclass
@@ -45,11 +45,11 @@ class SNIS:
     group: int = 32
     rao_blackwell = False
 
-    def __call__(self, data, queries, sources, sigma, rng, chunk_size=None):
+    def __call__(self, data, queries, sources, sigma, rng, **kernel):
         parts = []
         for i in range(0, len(queries), self.group):
             idx = np.sort(rng.choice(data.n, size=min(self.subset, data.n), replace=False))
-            parts.append(oracle.posterior(queries[i : i + self.group], data, sigma, include=idx, chunk_size=chunk_size))
+            parts.append(oracle.posterior(queries[i : i + self.group], data, sigma, include=idx, **kernel))
         return _cat(parts)
 
 
@@ -62,7 +62,7 @@ class CDOL:
     group: int = 32
     rao_blackwell = False
 
-    def __call__(self, data, queries, sources, sigma, rng, chunk_size=None):
+    def __call__(self, data, queries, sources, sigma, rng, **kernel):
         scale = 1.0 / sigma**2
         parts = []
         for i in range(0, len(queries), self.group):
@@ -71,9 +71,7 @@ class CDOL:
             xs = data.take(src)
             logit = ((q.double() * xs.double()).sum(1) - 0.5 * (xs.double() ** 2).sum(1)) * scale
             extra = oracle.PosteriorState.of_points(logit - math.log(self.C), xs, torch.from_numpy(src))
-            post = oracle.posterior(
-                q, data, sigma, include=drawn, exclude=leave_out, extra=extra, chunk_size=chunk_size
-            )
+            post = oracle.posterior(q, data, sigma, include=drawn, exclude=leave_out, extra=extra, **kernel)
             parts.append(post)
         return _cat(parts)
 
@@ -152,13 +150,16 @@ def estimate_level(
     rng: np.random.Generator,
     reduce_dims: int,
     chunk_size: int | None = None,
+    **kernel,
 ) -> tuple[float, float, float, dict]:
-    """(J*_x0, stderr, paired J*_x0, concentration stats) at noise level ``sigma``."""
+    """(J*_x0, stderr, paired J*_x0, concentration stats) at noise level ``sigma``.
+
+    ``kernel`` options (engine, precision) go to ``oracle.posterior``."""
     src = sources_for_level(data.n, samples, rng)
     x0 = data.take(src)
     noise = torch.from_numpy(rng.standard_normal(x0.shape, dtype=np.float32))
     queries = x0 + float(sigma) * noise
-    post = estimator(data, queries, src, float(sigma), rng, chunk_size)
+    post = estimator(data, queries, src, float(sigma), rng, chunk_size=chunk_size, **kernel)
     paired = ((x0.double() ** 2).sum(1) - (post.mean**2).sum(1)) / reduce_dims
     values = post.trace_cov / reduce_dims if estimator.rao_blackwell else paired
     stderr = float(values.std(unbiased=True) / math.sqrt(len(values))) if len(values) > 1 else math.nan
@@ -278,11 +279,14 @@ def optimal_loss_curve(
     chunk_size: int | None = None,
     done: dict[int, Level] | None = None,
     on_level: Callable[[int, Level], None] | None = None,
+    engine=None,
+    precision="exact",
 ) -> Curve:
     """J*(s) on a grid of VE-equivalent noise levels, in ``target`` units of ``process``.
 
     ``done`` maps level positions to results already computed (resume); ``on_level`` is called
-    as each new level finishes, so callers can persist results as they go."""
+    as each new level finishes, so callers can persist results as they go. ``engine`` (where the
+    kernel runs, see ``difflens.engines``) and ``precision`` ("exact" or "fast") go to the kernel."""
     data = as_dataset(data)
     sigmas = sigma_grid() if sigmas is None else np.sort(np.asarray(sigmas, dtype=np.float64))
     if sigmas.size == 0 or np.any(~np.isfinite(sigmas)) or np.any(sigmas <= 0):
@@ -302,7 +306,9 @@ def optimal_loss_curve(
         if done and i in done:
             levels.append(done[i])
             continue
-        j, se, paired, conc = estimate_level(data, s, est, samples, level_rng(seed, i), reduce_dims, chunk_size)
+        j, se, paired, conc = estimate_level(
+            data, s, est, samples, level_rng(seed, i), reduce_dims, chunk_size, engine=engine, precision=precision
+        )
         r = float(factors[i])
         level = Level(float(s), float(ts[i]), j * r, se * r, j, se, paired, samples, **conc)
         levels.append(level)

@@ -7,6 +7,10 @@ data chunk, the weighted mean from a second; per query a running state (max logi
 variance merge — in float64. Memory is O(B·D + B·chunk + chunk·D) whatever N is, and any chunk
 order or partition of the data gives the same answer to rounding (DESIGN §1).
 
+Where the chunks run is an engine's business (``engine=``: in-process by default, or a dask
+cluster, see ``difflens.engines``); ``precision="fast"`` skips points whose weight is provably
+negligible (see ``difflens.screening``). Both use the same chunk_state and merge.
+
 Within a chunk, the mean and M2 are taken relative to each query's best point in the chunk, so the
 trace of the posterior covariance does not cancel catastrophically when one point dominates.
 """
@@ -37,9 +41,10 @@ class Posterior:
     max_weight: torch.Tensor  # (B,) largest posterior weight
     eff_count: torch.Tensor  # (B,) 1 / Σ w²
     argmax: torch.Tensor  # (B,) int64 index of the most probable training point
+    dropped_mass: torch.Tensor | None = None  # (B,) bound on the weight skipped by precision="fast" (0: exact)
 
     def select(self, idx) -> Posterior:
-        return Posterior(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+        return Posterior(*(None if (v := getattr(self, f)) is None else v[idx] for f in self.__dataclass_fields__))
 
 
 @dataclass
@@ -48,7 +53,8 @@ class PosteriorState:
 
     ``log_max`` is the largest logit seen, ``total`` = Σ exp(logit − log_max), ``m2`` =
     Σ exp(logit − log_max)·‖x_m − mean‖², ``sq_total`` = Σ exp(2(logit − log_max)). Rows that saw
-    no point have total = 0 (and log_max = −inf)."""
+    no point have total = 0 (and log_max = −inf). ``dropped`` (fast precision only) bounds
+    Σ exp(logit − log_max) over the points that were skipped."""
 
     log_max: torch.Tensor
     total: torch.Tensor
@@ -56,6 +62,7 @@ class PosteriorState:
     m2: torch.Tensor
     sq_total: torch.Tensor
     argmax: torch.Tensor
+    dropped: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, batch: int, dim: int) -> PosteriorState:
@@ -88,7 +95,10 @@ class PosteriorState:
         mean = torch.addcmul(self.mean, share_b[:, None], delta)
         m2 = self.m2 * fa + other.m2 * fb + torch.linalg.vector_norm(delta, dim=1) ** 2 * wa * share_b
         argmax = torch.where(other.log_max > self.log_max, other.argmax, self.argmax)
-        return PosteriorState(top, total, mean, m2, self.sq_total * fa**2 + other.sq_total * fb**2, argmax)
+        dropped = None
+        if self.dropped is not None or other.dropped is not None:
+            dropped = _or_zero(self.dropped, total) * fa + _or_zero(other.dropped, total) * fb
+        return PosteriorState(top, total, mean, m2, self.sq_total * fa**2 + other.sq_total * fb**2, argmax, dropped)
 
     def finalize(self, query_sq_norm: torch.Tensor, scale: torch.Tensor) -> Posterior:
         """Posterior statistics; ``scale`` = 1/(s²T) per query turns logits into log densities."""
@@ -101,7 +111,12 @@ class PosteriorState:
             max_weight=1.0 / self.total,
             eff_count=self.total**2 / self.sq_total,
             argmax=self.argmax,
+            dropped_mass=torch.zeros_like(self.total) if self.dropped is None else self.dropped / self.total,
         )
+
+
+def _or_zero(value: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if value is None else value
 
 
 def chunk_state(
@@ -200,13 +215,17 @@ def posterior_state(
     log_weights: torch.Tensor | None = None,
     exclude: torch.Tensor | None = None,
     query_batch: int = 1024,
+    step=None,
 ) -> PosteriorState:
-    """Fold (global index, rows) chunks into one state per query; the loop every engine runs."""
+    """Fold (global index, rows) chunks into one state per query; the loop every engine runs.
+
+    ``step`` computes one chunk's partial (default ``chunk_state``; ``screening.Fast`` for fast)."""
+    step = step or chunk_state
     state = None
     for index, x in chunks:
         lw = None if log_weights is None else log_weights[index]
         parts = [
-            chunk_state(
+            step(
                 queries[i : i + query_batch],
                 scale[i : i + query_batch],
                 x,
@@ -223,21 +242,29 @@ def posterior_state(
 def _concat(parts: list[PosteriorState]) -> PosteriorState:
     if len(parts) == 1:
         return parts[0]
-    return PosteriorState(*(torch.cat([getattr(p, f) for p in parts]) for f in PosteriorState.__dataclass_fields__))
+    fields = [f for f in PosteriorState.__dataclass_fields__ if f != "dropped"]
+    out = PosteriorState(*(torch.cat([getattr(p, f) for p in parts]) for f in fields))
+    if any(p.dropped is not None for p in parts):
+        out.dropped = torch.cat([_or_zero(p.dropped, p.total) for p in parts])
+    return out
 
 
 def data_chunks(
-    data: Dataset, rows: int, include: np.ndarray | None = None
+    data: Dataset, rows: int, include: np.ndarray | None = None, span: tuple[int, int] | None = None
 ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """(global index, float32 rows) over the data, or over the rows ``include`` only."""
-    if include is None:
-        for start, x in data.chunks(rows):
-            yield torch.arange(start, start + len(x)), x
-        return
-    include = np.asarray(include, dtype=np.int64)
-    for start in range(0, len(include), rows):
-        idx = include[start : start + rows]
-        yield torch.from_numpy(idx), data.take(idx)
+    """(global index, float32 rows) over the data, or over the rows ``include`` only.
+
+    ``span`` = (lo, hi) restricts to positions lo…hi−1 of that sequence (an engine's partition)."""
+    if include is not None:
+        include = np.asarray(include, dtype=np.int64)
+    lo, hi = span or (0, data.n if include is None else len(include))
+    for start in range(lo, hi, rows):
+        stop = min(start + rows, hi)
+        if include is None:
+            yield torch.arange(start, stop), data.rows(start, stop)
+        else:
+            idx = include[start:stop]
+            yield torch.from_numpy(idx), data.take(idx)
 
 
 def posterior(
@@ -252,6 +279,8 @@ def posterior(
     extra: PosteriorState | None = None,
     chunk_size: int | None = None,
     query_batch: int = 1024,
+    engine=None,
+    precision="exact",
 ) -> Posterior:
     """Posterior over the training set for noisy queries x̃ (VE form) at noise level ``sigma``.
 
@@ -265,7 +294,12 @@ def posterior(
         exclude: (B,) or (B, k) per-query training indices to leave out (−1 = none).
         extra: a partial state to merge in (e.g. a per-query source point with its own weight).
         chunk_size: data rows per chunk; chosen from available memory by default.
+        engine: where the chunks run: None (in-process) or an engine from ``difflens.engines``.
+        precision: "exact", or "fast" (skip points of provably negligible weight; the bound on
+            the skipped mass is ``dropped_mass``), or a ``screening.Fast`` with its own tolerance.
     """
+    from difflens import engines, screening
+
     data = as_dataset(data)
     q = _check_queries(queries, data.dim)
     s = _as_sigma(sigma, len(q))
@@ -279,8 +313,16 @@ def posterior(
     rows = chunk_size or default_chunk_rows(data.dim, min(len(q), query_batch))
     if rows < 1:
         raise DifflensError(f"chunk_size must be ≥ 1, got {rows}")
-    state = posterior_state(
-        q, data_chunks(data, rows, include), scale, lw, _exclude_matrix(exclude, len(q)), query_batch
+    state = engines.resolve(engine).fold(
+        q,
+        data,
+        scale,
+        log_weights=lw,
+        include=include,
+        exclude=_exclude_matrix(exclude, len(q)),
+        rows=rows,
+        query_batch=query_batch,
+        step=screening.resolve(precision, data),
     )
     if extra is not None:
         state = state.merge(extra)

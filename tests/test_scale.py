@@ -1,0 +1,291 @@
+"""Scale: on-disk data (memmap, zarr), the dask engine (incl. a worker killed mid-run), fast precision."""
+
+import json
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from difflens import DifflensError, data, oracle, screening, storage
+from difflens.cli import app
+from difflens.engines import LocalEngine, open_engine
+from difflens.engines.dask import partitions
+from difflens.optimal_loss import optimal_loss_curve
+from difflens.processes import sigma_grid
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def gmm(n=3000, dim=256, k=20, std=0.3, seed=0):
+    """Synthetic clustered data (the regime where posteriors concentrate)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((k, dim))
+    return (centers[rng.integers(0, k, n)] + std * rng.standard_normal((n, dim))).astype(np.float32)
+
+
+def levels(curve):
+    return np.array([lv.optimal_loss_x0 for lv in curve.levels])
+
+
+# ---------------------------------------------------------------- on-disk data
+
+
+def test_memmap_dataset_pickles_as_its_path(tmp_path):
+    x = np.random.default_rng(0).standard_normal((5000, 100)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    train, _ = data.load(str(tmp_path / "x.npy")).split(0.2, seed=1)
+    blob = pickle.dumps(train)
+    assert len(blob) < 50_000 < x.nbytes  # path + indices, not 2 MB of values
+    back = pickle.loads(blob)
+    assert isinstance(back.array, np.memmap)
+    assert torch.equal(back.rows(0, back.n), train.rows(0, train.n))
+    assert back.stats.hash == train.stats.hash
+    mem = data.as_dataset(x)  # in-memory data still pickles its values
+    assert torch.equal(pickle.loads(pickle.dumps(mem)).rows(0, 10), mem.rows(0, 10))
+
+
+def test_convert_to_zarr_roundtrips_values_and_scale(tmp_path):
+    ds = data.load("digits")
+    info = storage.convert("digits", tmp_path / "d.zarr", chunk_rows=500)
+    assert info["chunk_rows"] == 500
+    z = data.load(str(tmp_path / "d.zarr"))
+    assert z.stats.hash == ds.stats.hash  # same values after the stored scaling
+    idx = np.array([1796, 3, 3, 0, 1200])  # unsorted, repeated, across chunks
+    assert torch.equal(z.take(idx), ds.take(idx))
+    back = pickle.loads(pickle.dumps(z))
+    assert len(pickle.dumps(z)) < 5000 and torch.equal(back.rows(490, 510), ds.rows(490, 510))
+    with pytest.raises(DifflensError, match="exists"):
+        storage.convert("digits", tmp_path / "d.zarr")
+    with pytest.raises(DifflensError, match=".zarr"):
+        storage.convert("digits", tmp_path / "d.npy")
+
+
+def test_convert_streams_an_image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    result = CliRunner().invoke(app, ["convert", str(folder), str(tmp_path / "i.zarr"), "--chunk-rows", "3"])
+    assert result.exit_code == 0, result.output
+    z, ref = data.load(str(tmp_path / "i.zarr")), data.load(str(folder))
+    assert z.array.dtype == np.uint8 and z.shape == (6, 5, 3)
+    assert torch.equal(z.rows(0, 7), ref.rows(0, 7))
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(folder / "9.png")
+    bad = CliRunner().invoke(app, ["convert", str(folder), str(tmp_path / "j.zarr")])
+    assert bad.exit_code == 2 and not (tmp_path / "j.zarr").exists()  # no partial output
+
+
+def test_cli_optimal_loss_on_zarr_with_fast_precision(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(app, ["convert", "digits", str(tmp_path / "d.zarr")]).exit_code == 0
+    args = ["optimal-loss", "--sigmas", "0.05,0.5,5", "-M", "16"]
+    a = runner.invoke(app, [*args, "-d", str(tmp_path / "d.zarr"), "--precision", "fast", "-o", str(tmp_path / "a")])
+    b = runner.invoke(app, [*args, "-d", "digits", "-o", str(tmp_path / "b")])
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    fast, exact = (json.loads((tmp_path / r / "optimal_loss.json").read_text()) for r in "ab")
+    np.testing.assert_allclose(
+        [lv["optimal_loss"] for lv in fast["levels"]], [lv["optimal_loss"] for lv in exact["levels"]], rtol=1e-4
+    )
+    bad = runner.invoke(app, [*args, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1", "-o", str(tmp_path / "c")])
+    assert bad.exit_code == 2 and "not both" in bad.output
+
+
+MEMORY_CAPPED = textwrap.dedent(
+    """
+    import json, resource, sys
+    import numpy as np
+    from difflens import data, optimal_loss
+    path, cap_mb = sys.argv[1], int(sys.argv[2])
+    data._SCAN_BYTES = 1 << 20  # the one-pass stats also stream in small blocks
+    kw = dict(sigmas=[0.3, 3.0], samples=16, seed=0, chunk_size=512)
+    optimal_loss.optimal_loss_curve(np.ones((1024, 1024), np.float32), **kw)  # warm up: thread pools, BLAS buffers
+    used = int(next(line for line in open("/proc/self/status") if line.startswith("VmData")).split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_DATA, (used + (cap_mb << 20), resource.RLIM_INFINITY))
+    curve = optimal_loss.optimal_loss_curve(data.load(path), **kw)
+    try:
+        np.load(path)  # control: the whole file does not fit under the cap
+        control = "fits"
+    except MemoryError:
+        control = "MemoryError"
+    print(json.dumps({"levels": [lv.optimal_loss_x0 for lv in curve.levels], "control": control}))
+    """
+)
+
+
+def test_full_estimator_streams_a_file_larger_than_the_memory_cap(tmp_path):
+    n, dim, cap_mb = 32768, 1024, 48  # a 128 MB file under a 48 MB cap on new allocations (streaming needs ~30)
+    path = tmp_path / "big.npy"
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
+    rng = np.random.default_rng(0)
+    for i in range(0, n, 8192):
+        out[i : i + 8192] = rng.standard_normal((8192, dim), dtype=np.float32)
+    out.flush()
+    del out
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    run = subprocess.run(
+        [sys.executable, "-c", MEMORY_CAPPED, str(path), str(cap_mb)], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    capped = json.loads(run.stdout.strip().splitlines()[-1])
+    assert capped["control"] == "MemoryError"
+    in_memory = optimal_loss_curve(np.load(path), sigmas=[0.3, 3.0], samples=16, seed=0, chunk_size=512)
+    np.testing.assert_allclose(capped["levels"], levels(in_memory), rtol=1e-12)
+    assert capped["levels"][1] > 0
+
+
+# ---------------------------------------------------------------- fast precision
+
+
+def test_screen_interval_contains_every_exact_logit():
+    x = torch.from_numpy(gmm(n=600, dim=96))
+    q = x[:40] + 0.7 * torch.randn(40, 96)
+    q[0] = 0.0  # an all-zero row quantizes exactly
+    xq, xa, x_norm, x_res = screening.quantize(x)
+    qq, qa, q_norm, q_res = screening.quantize(q)
+    assert xq.dtype == torch.int8 and torch.allclose(xq.double() * xa[:, None], x.double(), atol=float(xa.max()))
+    g_hat = torch._int_mm(qq, xq.T).double() * qa[:, None] * xa[None]
+    radius = q_res[:, None] * x_norm[None] + (q_norm + q_res)[:, None] * x_res[None]
+    g = q.double() @ x.double().T
+    assert ((g - g_hat).abs() <= radius + 1e-9 * q_norm[:, None] * x_norm[None]).all()
+    spread = g.amax(1, keepdim=True) - g
+    assert radius.median() < 0.05 * spread.median()  # and the interval is narrow enough to be useful
+
+
+@pytest.mark.parametrize("name", ["digits", "gmm"])
+def test_fast_matches_exact_across_the_noise_grid(name):
+    ds = data.load("digits") if name == "digits" else data.as_dataset(gmm())
+    kw = dict(sigmas=sigma_grid(), samples=24, seed=3, chunk_size=700)
+    screened = screening.Fast(call_cost=0)  # recompute sparsely wherever the screen allows (no cost cut-off)
+    exact, fast = levels(optimal_loss_curve(ds, **kw)), levels(optimal_loss_curve(ds, precision=screened, **kw))
+    np.testing.assert_allclose(fast, exact, rtol=1e-4, atol=1e-12 * ds.stats.variance)
+    assert exact[0] < 1e-6 * exact[-1] and exact[-1] > 0.5 * ds.stats.variance  # the grid spans both regimes
+
+
+def test_fast_skips_points_and_reports_the_bound(monkeypatch):
+    work = []  # (queries, points) of every exact chunk_state call
+    exact_step = oracle.chunk_state
+    monkeypatch.setattr(
+        oracle, "chunk_state", lambda q, s, x, *a: work.append(len(q) * len(x)) or exact_step(q, s, x, *a)
+    )
+    x = torch.from_numpy(gmm(n=4000, dim=128))
+    q = x[:64] + 0.2 * torch.randn(64, 128)
+    lw = torch.randn(len(x)).double()
+    exclude = torch.arange(64)[:, None]  # leave each query's source out
+    kw = dict(log_weights=lw, exclude=exclude, chunk_size=1000)
+    exact = oracle.posterior(q, x, 0.2, **kw)
+    assert sum(work) == 64 * 4000
+    work.clear()
+    fast = oracle.posterior(q, x, 0.2, precision=screening.Fast(tol=1e-10, call_cost=0), **kw)
+    logits = -((q.double()[:, None] - x.double()[None]) ** 2).sum(-1) / (2 * 0.2**2) + lw  # float64 brute force
+    logits[torch.arange(64), torch.arange(64)] = -math.inf
+    w = torch.softmax(logits, 1)
+    mean = w @ x.double()
+    ref = {"mean": mean, "trace_cov": (w * ((x.double()[None] - mean[:, None]) ** 2).sum(-1)).sum(1)}
+    ref["max_weight"] = w.max(1).values
+    for f, r in ref.items():  # fast is as close to the float64 truth as the (float32) exact kernel
+        assert (getattr(fast, f) - r).abs().max() <= 2 * (getattr(exact, f) - r).abs().max() + 1e-12
+    assert torch.equal(fast.argmax, exact.argmax)
+    assert (exact.dropped_mass == 0).all()
+    assert (fast.dropped_mass < 1e-10).all()  # within the requested tolerance
+    assert 0 < sum(work) < 0.25 * 64 * 4000  # fast computed < 1/4 of the (query, point) pairs exactly
+    with pytest.raises(DifflensError, match="precision"):
+        oracle.posterior(q, x, 0.2, precision="fastest")
+
+
+# ---------------------------------------------------------------- engines
+
+
+def test_partitions_cover_the_rows_on_chunk_boundaries():
+    for n, rows, parts in [(10, 3, 2), (1000, 64, 7), (5, 10, 4), (64, 64, 1)]:
+        spans = partitions(n, rows, parts)
+        assert spans[0][0] == 0 and spans[-1][1] == n and len(spans) <= max(parts, 1)
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+        assert all(lo % rows == 0 for lo, _ in spans)
+
+
+def test_open_engine_options():
+    assert isinstance(open_engine(), LocalEngine)
+    with pytest.raises(DifflensError, match="not both"):
+        open_engine(workers=2, scheduler="tcp://127.0.0.1:1")
+    with pytest.raises(DifflensError, match="≥ 1"):
+        open_engine(workers=0)
+
+
+class DieOnce:
+    """A kernel step that kills its worker process the first time it runs anywhere."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __call__(self, *args):
+        if not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return oracle.chunk_state(*args)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    engine = open_engine(workers=2, tasks_per_worker=3, min_rows=1)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def on_disk(tmp_path_factory):
+    path = tmp_path_factory.mktemp("scale") / "x.npy"
+    np.save(path, gmm(n=6000, dim=64, seed=1))
+    return data.load(str(path))
+
+
+def test_dask_engine_equals_in_process(cluster, on_disk):
+    assert cluster.n_workers == 2
+    q = on_disk.take(np.arange(0, 6000, 50)) + 0.5 * torch.randn(120, 64)
+    kw = dict(chunk_size=500, log_weights=np.linspace(-1, 1, on_disk.n), exclude=np.arange(0, 6000, 50))
+    local = oracle.posterior(q, on_disk, 0.5, **kw)
+    remote = oracle.posterior(q, on_disk, 0.5, engine=cluster, **kw)
+    for f in ("mean", "trace_cov", "log_norm", "max_weight", "eff_count"):
+        torch.testing.assert_close(getattr(remote, f), getattr(local, f), rtol=1e-12, atol=1e-12)
+    assert torch.equal(remote.argmax, local.argmax)
+    mem = data.as_dataset(on_disk.rows(0, on_disk.n))  # in-memory data is scattered instead
+    sub = np.arange(1, 6000, 3)
+    torch.testing.assert_close(
+        oracle.posterior(q, mem, 2.0, include=sub, engine=cluster, chunk_size=256, precision="fast").mean,
+        oracle.posterior(q, mem, 2.0, include=sub, chunk_size=256).mean,
+    )
+
+
+def test_dask_engine_survives_a_worker_killed_mid_run(cluster, on_disk, tmp_path):
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    q = on_disk.take(np.arange(7, 6000, 40)) + 1.0 * torch.randn(150, 64)
+    pids = set(cluster.worker_pids().values())
+    chunks = oracle.data_chunks(on_disk, 400)
+    expected = oracle.posterior_state(q, chunks, torch.ones(150, dtype=torch.float64))
+    state = cluster.fold(
+        q,
+        on_disk,
+        torch.ones(150, dtype=torch.float64),
+        log_weights=None,
+        include=None,
+        exclude=None,
+        rows=400,
+        query_batch=1024,
+        step=DieOnce(str(tmp_path / "died")),
+    )
+    assert (tmp_path / "died").exists()  # a worker really died during the run
+    assert set(cluster.worker_pids().values()) != pids
+    torch.testing.assert_close(state.mean, expected.mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state.total * torch.exp(state.log_max - expected.log_max), expected.total)
+    assert math.isclose(float(state.m2.sum()), float(expected.m2.sum()), rel_tol=1e-10)

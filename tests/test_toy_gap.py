@@ -1,0 +1,87 @@
+"""Per-level generalization gap and the 2-D toy lab."""
+
+import numpy as np
+import pytest
+import torch
+
+from difflens import gap, toy
+from difflens.errors import DifflensError
+from difflens.smoothing import EmpiricalDenoiser
+
+
+def test_blurred_denoiser_equals_numerical_posterior_of_blurred_data():
+    train = torch.tensor([[1.0, 0.0], [-0.5, 0.8], [-0.3, -0.9]])
+    delta, s = 0.35, 0.5
+    g = np.linspace(-4, 4, 801)
+    gx, gy = np.meshgrid(g, g)
+    pts = np.stack([gx.ravel(), gy.ravel()], 1)
+    prior = sum(np.exp(-((pts - m) ** 2).sum(1) / (2 * delta**2)) for m in train.numpy().astype(np.float64))
+    queries = np.array([[0.2, 0.1], [1.3, -0.4], [-0.8, 0.9]])
+    got = toy.Blurred(train, delta)(torch.from_numpy(queries), s).numpy()
+    for q, y in zip(queries, got, strict=True):
+        w = prior * np.exp(-((pts - q) ** 2).sum(1) / (2 * s**2))
+        np.testing.assert_allclose(y, (w[:, None] * pts).sum(0) / w.sum(), atol=1e-5)
+    np.testing.assert_allclose(
+        toy.Blurred(train, 0.0)(torch.from_numpy(queries), s), toy.Optimal(train)(torch.from_numpy(queries), s)
+    )
+
+
+def test_toy_gap_vanishes_far_from_delta_and_peaks_near_it():
+    (curve,) = toy.sweep("delta", [0.1], [1e-4, 0.1, 1e3], points=8, draws=50)
+    small, mid, large = curve.gap
+    assert abs(small) < 0.01 and abs(large) < 0.01
+    assert mid > 0.1
+    assert curve.peak_sigma == 0.1 and curve.error == "l2"
+
+
+def test_toy_sweeps_follow_the_paper_trends():
+    sig = np.geomspace(0.01, 1.0, 9)
+    peak = lambda c: max(c.gap)  # noqa: E731
+    by_delta = toy.sweep("delta", [0.05, 0.3], sig, points=8, draws=10)
+    assert peak(by_delta[0]) > peak(by_delta[1])  # more model error, smaller gap
+    by_density = toy.sweep("density", [6, 24], sig, delta=0.05, draws=10)
+    assert peak(by_density[0]) > peak(by_density[1])  # denser data, smaller gap
+    by_w = toy.sweep("guidance", [0.0, 2.0], sig, delta=0.05, delta_neg=0.15, draws=10)
+    assert peak(by_w[1]) > peak(by_w[0])  # guidance enlarges it
+    with pytest.raises(DifflensError):
+        toy.sweep("density", [2.5], sig)
+
+
+def test_gap_noise_is_fixed_and_oracle_gap_is_exact():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 5)).astype(np.float32)
+    a = gap.fixed_noise(10, 5, 2, seed=3, stream=1)
+    assert torch.equal(a, gap.fixed_noise(10, 5, 2, seed=3, stream=1))
+    assert not torch.equal(a, gap.fixed_noise(10, 5, 2, seed=3, stream=0))
+    sig = [0.01, 1.0, 100.0]
+    den = EmpiricalDenoiser(x[:20])
+    curves = gap.generalization_gap({"c1": den, "c2": den}, x[:20], x[20:], sig, seed=1)
+    assert curves[0].e_train == curves[1].e_train and curves[0].e_val == curves[1].e_val  # same noise
+    assert curves[0].e_train[0] < 1e-6 and curves[0].e_val[0] > 0.1  # the oracle memorizes at small s
+    assert curves[0].gap[0] > 1e4 and abs(curves[0].gap[2]) < 0.2
+    unpaired = gap.generalization_gap(den, x[:20], x[20:], sig, seed=1, paired=False)[0]
+    assert unpaired.e_train == curves[0].e_train and unpaired.e_val != curves[0].e_val
+    # E_train at one level by hand: per-dim squared error of D(y + s·n) with the fixed noise
+    n = gap.fixed_noise(20, 5, 1, seed=1, stream=0)[0]
+    y = torch.from_numpy(x[:20])
+    manual = ((den(y + n, 1.0) - y) ** 2).mean().item()
+    assert curves[0].e_train[1] == pytest.approx(manual, rel=1e-5)
+    d = curves[0].to_dict()
+    assert d["peak_sigma"] == 0.01 and len(d["gap"]) == 3
+
+
+def test_resolve_denoiser_specs(tmp_path, monkeypatch):
+    x = np.zeros((4, 2), np.float32)
+    den = gap.resolve_denoiser("oracle:T=2,sc=0.5,k=3", x)
+    assert (den.temperature, den.collapse_sigma, den.k) == (2, 0.5, 3)
+    (tmp_path / "my_models.py").write_text(
+        "def make():\n    return lambda x, s: 0 * x\n\ndef half(x, s):\n    return x / 2\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    q = torch.ones(3, 2)
+    assert torch.equal(gap.resolve_denoiser("py:my_models:make", x)(q, 1.0), torch.zeros(3, 2))
+    assert torch.equal(gap.resolve_denoiser("py:my_models:half", x)(q, 1.0), q / 2)
+    with pytest.raises(DifflensError):
+        gap.resolve_denoiser("oracle:X=1", x)
+    with pytest.raises(DifflensError):
+        gap.resolve_denoiser("py:no_such_module_xyz:f", x)
