@@ -1,0 +1,132 @@
+"""Small conditional denoisers: D(x; σ, c, k) with a condition c and a task id k as inputs.
+
+The networks predict EDM's F; ``Denoiser`` wraps one in EDM preconditioning (Karras et al. 2022):
+D = c_skip·x + c_out·F(c_in·x, c_noise, c, k) with c_skip = σ_d²/(σ²+σ_d²), c_out = σ·σ_d/√(σ²+σ_d²),
+c_in = 1/√(σ²+σ_d²), c_noise = ln(σ)/4. Every denoiser in this package (trained or analytic) has the
+call signature ``denoiser(x, sigma, cond, task) -> E[x0 | x, c, k]`` with x in VE form x0 + σ·ε.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from difflens.errors import DifflensError
+
+
+class FourierEmbedding(nn.Module):
+    """Fixed random Fourier features of a scalar (the noise level)."""
+
+    def __init__(self, size: int = 32, scale: float = 4.0, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("freqs", torch.randn(size // 2, generator=g) * scale)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        arg = 2 * math.pi * t[:, None] * self.freqs[None, :]
+        return torch.cat([arg.cos(), arg.sin()], dim=1)
+
+
+class CondMLP(nn.Module):
+    """MLP on [x, c, embed(c_noise), embed(task)] for flat vectors (x: (B, dim), c: (B, cond_dim))."""
+
+    def __init__(self, dim: int, cond_dim: int, num_tasks: int = 1, width: int = 128, depth: int = 3, emb: int = 32):
+        super().__init__()
+        if min(dim, width, depth, num_tasks) < 1 or cond_dim < 0:
+            raise DifflensError(f"CondMLP needs positive sizes, got dim={dim} width={width} depth={depth}")
+        self.noise_emb = FourierEmbedding(emb)
+        self.task_emb = nn.Embedding(num_tasks, emb)
+        layers: list[nn.Module] = []
+        size = dim + cond_dim + 2 * emb
+        for _ in range(depth):
+            layers += [nn.Linear(size, width), nn.SiLU()]
+            size = width
+        layers.append(nn.Linear(size, dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x, c_noise, cond, task):
+        h = torch.cat([x, cond.reshape(len(x), -1), self.noise_emb(c_noise), self.task_emb(task)], dim=1)
+        return self.net(h)
+
+
+class CondConv(nn.Module):
+    """Small conv net for images: x and the condition image as channels, noise/task by FiLM per block.
+
+    x: (B, C, H, W); cond: (B, Cc, H, W) (e.g. a degraded version of the image)."""
+
+    def __init__(self, channels: int, cond_channels: int, num_tasks: int = 1, width: int = 32, depth: int = 3):
+        super().__init__()
+        if min(channels, width, depth, num_tasks) < 1:
+            raise DifflensError(f"CondConv needs positive sizes, got channels={channels} width={width} depth={depth}")
+        emb = 32
+        self.noise_emb = FourierEmbedding(emb)
+        self.task_emb = nn.Embedding(num_tasks, emb)
+        self.inp = nn.Conv2d(channels + cond_channels, width, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(depth))
+        self.films = nn.ModuleList(nn.Linear(2 * emb, 2 * width) for _ in range(depth))
+        self.out = nn.Conv2d(width, channels, 3, padding=1)
+
+    def forward(self, x, c_noise, cond, task):
+        e = torch.cat([self.noise_emb(c_noise), self.task_emb(task)], dim=1)
+        h = self.inp(torch.cat([x, cond], dim=1))
+        for conv, film in zip(self.blocks, self.films, strict=True):
+            scale, shift = film(e)[:, :, None, None].chunk(2, dim=1)
+            h = h + conv(nn.functional.silu(h * (1 + scale) + shift))
+        return self.out(nn.functional.silu(h))
+
+
+class Denoiser(nn.Module):
+    """EDM-preconditioned wrapper: ``denoiser(x, sigma, cond, task)`` → estimate of E[x0 | x, c, k].
+
+    ``x_shape`` is the shape of one sample; the wrapper reshapes flat inputs for image networks."""
+
+    def __init__(self, net: nn.Module, x_shape: tuple[int, ...], sigma_data: float = 0.5):
+        super().__init__()
+        if not sigma_data > 0:
+            raise DifflensError(f"sigma_data must be > 0, got {sigma_data}")
+        self.net = net
+        self.x_shape = tuple(x_shape)
+        self.sigma_data = float(sigma_data)
+
+    def forward(self, x, sigma, cond, task):
+        b = len(x)
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(b)
+        task = torch.as_tensor(task, dtype=torch.long, device=x.device).reshape(-1).expand(b)
+        s = sigma.reshape(b, *([1] * len(self.x_shape)))
+        xs = x.reshape(b, *self.x_shape)
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (s**2 + sd2)
+        c_out = s * self.sigma_data / (s**2 + sd2).sqrt()
+        c_in = 1 / (s**2 + sd2).sqrt()
+        f = self.net(c_in * xs, sigma.log() / 4, cond, task)
+        return (c_skip * xs + c_out * f).reshape(x.shape)
+
+
+def make_denoiser(
+    x_shape: tuple[int, ...],
+    cond_shape: tuple[int, ...],
+    *,
+    num_tasks: int = 1,
+    arch: str = "mlp",
+    width: int = 128,
+    depth: int = 3,
+    sigma_data: float = 0.5,
+    seed: int = 0,
+) -> Denoiser:
+    """A fresh conditional denoiser: ``arch`` 'mlp' (flat vectors) or 'conv' (x_shape and cond_shape (C, H, W))."""
+    torch.manual_seed(seed)
+    if arch == "mlp":
+        net = CondMLP(math.prod(x_shape), math.prod(cond_shape), num_tasks, width, depth)
+    elif arch == "conv":
+        if len(x_shape) != 3 or len(cond_shape) != 3 or x_shape[1:] != cond_shape[1:]:
+            raise DifflensError(f"arch conv needs (C, H, W) images of equal size, got {x_shape} and {cond_shape}")
+        net = CondConv(x_shape[0], cond_shape[0], num_tasks, width, depth)
+    else:
+        raise DifflensError(f"unknown arch {arch!r}; choose mlp or conv")
+    return Denoiser(net, x_shape, sigma_data)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

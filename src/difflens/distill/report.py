@@ -1,0 +1,107 @@
+"""Plots and summary tables of the distillation experiments (PNG via ``difflens.report.save_figure``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from difflens.report import save_figure
+
+COLORS = {"specialist": "C0", "baseline": "C3", "distilled": "C2", "distilled+relabel": "C4", "oracle": "k"}
+
+
+def summary_rows(result: dict, metrics: tuple[str, ...]) -> list[dict]:
+    """One flat row per (run, task): the run's settings and the task's metrics (same columns for all rows)."""
+    rows = []
+    for run in result["runs"]:
+        for k, t in enumerate(run["tasks"]):
+            row = {key: run.get(key) for key in ("method", "n", "unlabeled", "width", "params")}
+            row["task"] = k
+            row["pairs"] = run["pairs"][k] if "pairs" in run else run.get("n")
+            rows.append({**row, **{m: t.get(m) for m in metrics}})
+    return rows
+
+
+def _variant(run: dict) -> str:
+    parts = [run["method"]]
+    if run.get("unlabeled") is not None:
+        parts.append(f"N={run['unlabeled']}")
+    if run.get("width") is not None and run["method"] != "specialist":
+        parts.append(f"w={run['width']}")
+    return " ".join(parts)
+
+
+def plot_vs_pairs(
+    result: dict,
+    metrics: dict[str, str],
+    path: Path,
+    *,
+    xlabel: str = "paired samples per task n",
+    log_y: tuple[str, ...] = (),
+    floors: dict[str, list[float]] | None = None,
+) -> None:
+    """Per-task metric vs n, one line per method variant; runs without n (oracle, expert) as lines across."""
+    runs = result["runs"]
+    k = len(runs[0]["tasks"])
+    fig, axes = plt.subplots(
+        len(metrics), k, figsize=(3.6 * k, 3.0 * len(metrics)), squeeze=False, layout="constrained"
+    )
+    variants = list(dict.fromkeys(_variant(r) for r in runs))
+    names = result.get("task_names") or [f"task {i}" for i in range(k)]
+    for row, (metric, label) in enumerate(metrics.items()):
+        for task in range(k):
+            ax = axes[row][task]
+            for i, var in enumerate(variants):
+                sel = [r for r in runs if _variant(r) == var]
+                color = COLORS.get(sel[0]["method"], f"C{5 + i % 5}")
+                earlier = [v for v in variants[:i] if v.split()[0] == sel[0]["method"]]
+                style = ("-", "--", "-.", ":")[len(earlier) % 4]
+                if sel[0].get("n") is None:
+                    ax.axhline(sel[0]["tasks"][task][metric], color=color, ls=":", lw=1.2, label=var)
+                    continue
+                sel.sort(key=lambda r: r["n"])
+                ax.plot(
+                    [r["n"] for r in sel],
+                    [r["tasks"][task][metric] for r in sel],
+                    style,
+                    marker="o",
+                    ms=3,
+                    color=color,
+                    label=var,
+                )
+            if floors and metric in floors:
+                ax.axhline(floors[metric][task], color="gray", ls="-.", lw=1, label="finite-sample floor")
+            ax.set_xscale("log", base=2)
+            if metric in log_y:
+                ax.set_yscale("log")
+            ax.set_title(f"task {task}: {names[task]}" if result.get("task_names") else names[task], fontsize=9)
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.set_ylabel(label, fontsize=8)
+            ax.grid(alpha=0.3, which="both")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"difflens distill {result['experiment']}: per-task metrics vs n", fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_pareto(pareto: dict, path: Path, label: str) -> None:
+    """Per-task metric at each weight vector of a Pareto sweep."""
+    pts = pareto["points"]
+    k = len(pts[0]["weights"])
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(pts)), 3.5))
+    xs = range(len(pts))
+    for task in range(k):
+        ax.plot(xs, [p["metrics"][task] for p in pts], "o-", ms=4, label=f"task {task}")
+    ax.set_xticks(
+        list(xs),
+        ["(" + ", ".join(f"{w:.2f}" for w in p["weights"]) + ")" for p in pts],
+        rotation=40,
+        fontsize=7,
+        ha="right",
+    )
+    ax.set_xlabel(f"task weights λ ({pareto['kind']} scalarization)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Pareto sweep at n={pareto['n']}", fontsize=10)
+    save_figure(fig, path)
