@@ -1,6 +1,6 @@
-"""Conditional samplers for any ``denoiser(x, sigma, cond, task)``: EDM's Heun ODE sampler with
-optional stochastic churn (Karras et al. 2022, Alg. 2), on the σ grid σ_i = (σ_max^{1/ρ} + i/(N−1)·
-(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ followed by σ = 0."""
+"""Conditional sampling for any ``denoiser(x, sigma, cond, task)``: the condition is bound into an
+unconditional ``(x, sigma) -> x0_hat`` denoiser and difflens.samplers' EDM Heun step runs it, with
+optional stochastic churn (Karras et al. 2022, Alg. 2)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,7 @@ import math
 
 import torch
 
-from difflens.errors import DifflensError
-
-
-def edm_sigmas(steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
-    """Decreasing noise levels σ_0 = σ_max … σ_{N−1} = σ_min, then 0 (length steps + 1, float64)."""
-    if steps < 1 or not 0 < sigma_min < sigma_max:
-        raise DifflensError(f"sampler needs steps ≥ 1 and 0 < sigma_min < sigma_max, got {steps}, {sigma_min}")
-    i = torch.arange(steps, dtype=torch.float64) / max(steps - 1, 1)
-    s = (sigma_max ** (1 / rho) + i * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([s, s.new_zeros(1)])
+from difflens.samplers import edm_sigmas, ode_step
 
 
 @torch.no_grad()
@@ -44,9 +35,8 @@ def sample(
     x = torch.randn((b, *x_shape), generator=generator, dtype=torch.float64) * sig[0]
     gamma = min(churn / steps, math.sqrt(2) - 1) if churn > 0 else 0.0
 
-    def d(x, s):
-        out = denoiser(x.float(), torch.full((b,), float(s)), cond, task)
-        return (x - out.double()) / s
+    def bound(x, s):
+        return denoiser(x.float(), torch.full((b,), float(s)), cond, task)
 
     for i in range(steps):
         s_cur, s_next = float(sig[i]), float(sig[i + 1])
@@ -54,9 +44,5 @@ def sample(
             s_hat = s_cur * (1 + gamma)
             x = x + math.sqrt(s_hat**2 - s_cur**2) * torch.randn(x.shape, generator=generator, dtype=torch.float64)
             s_cur = s_hat
-        k1 = d(x, s_cur)
-        x_next = x + (s_next - s_cur) * k1
-        if s_next > 0:
-            x_next = x + (s_next - s_cur) * 0.5 * (k1 + d(x_next, s_next))
-        x = x_next
+        x = ode_step(bound, x, s_cur, s_next, "heun")
     return x.float()
