@@ -143,7 +143,7 @@ def main() -> None:
         gflops_vs_mm(50_000, 256, 3072, 3)
         full_curve(50_000, 3072, 64, 256)
         naive_ratio(1_000, 64, 3072)
-        memory_vs_n([10_000, 50_000], 256, 3072)
+        memory_vs_n([50_000, 100_000], 256, 3072)
 
 
 if __name__ == "__main__":
