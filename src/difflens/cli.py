@@ -292,6 +292,13 @@ def train_cmd(
     seed: int = SeedOpt,
     log_every: int = typer.Option(100, help="Steps between metrics.jsonl lines."),
     ckpt_every: int = typer.Option(500, help="Steps between checkpoints."),
+    noise_unconditioned: bool = typer.Option(
+        False, help="The network gets a constant time input (blind to σ; the preconditioning still uses σ)."
+    ),
+    smooth_below: float = typer.Option(
+        None, help="Regress samples with σ < S_C on the smoothed empirical denoiser E_T(σ)[x0|x̃] instead of x0."
+    ),
+    smooth_temperature: float = typer.Option(1.0, help="With --smooth-below: T in T(σ) = T·max(S_C/σ, 1)."),
     threads: int = typer.Option(0, help="Torch CPU threads (0 = torch's default)."),
     out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Output directory."),
 ):
@@ -326,6 +333,9 @@ def train_cmd(
         seed=seed,
         log_every=log_every,
         ckpt_every=ckpt_every,
+        noise_unconditioned=noise_unconditioned,
+        smooth_temperature=smooth_temperature,
+        smooth_below=smooth_below,
     )
     with progress() as bar:
         task = bar.add_task("training", total=steps)

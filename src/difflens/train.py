@@ -5,6 +5,12 @@ uniform t of a process, or the optimal-loss schedule), form x̃ = x0 + s·ε, an
 on its target through ``Parametrization`` (EDM preconditioning is the ``edm`` target). Keeps an EMA
 copy, writes ``metrics.jsonl`` (per-level train loss in target units) as it goes, periodic
 ``ckpt_*.pt`` checkpoints and, at the end, ``model.safetensors`` + ``train.json``.
+
+Two variants against memorization (Zhou, Zhang & Wright; DESIGN §5): ``noise_unconditioned`` gives
+the network a constant time input (``Parametrization(noise_conditioned=False)``: the preconditioning
+around it still uses s, the network cannot see it), and ``smooth_below = s_c`` regresses samples
+with s < s_c on the temperature-smoothed empirical denoiser E_T(s)[x0 | x̃], T(s) = T·max(s_c/s, 1)
+(``smoothing.EmpiricalDenoiser``, the kernel), instead of their own x0.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from difflens.models.load import CHECKPOINT_FORMAT, checkpoint_meta
 from difflens.models.nets import build_net, count_params, image_shape
 from difflens.models.precond import Parametrization
 from difflens.report import write_json
+from difflens.smoothing import EmpiricalDenoiser
 
 LOG_BINS = (0.002, 80.0, 32)  # per-level train loss: 32 equal bins in ln s over [0.002, 80]
 
@@ -63,6 +70,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 100
     ckpt_every: int = 500
+    noise_unconditioned: bool = False
+    smooth_temperature: float = 1.0
+    smooth_below: float | None = None
 
 
 def split_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
@@ -113,6 +123,35 @@ def _check(cfg: TrainConfig) -> None:
         raise DifflensError(f"need lr > 0 and 0 ≤ ema < 1, got lr={cfg.lr}, ema={cfg.ema}")
     if cfg.log_every < 1 or cfg.ckpt_every < 1:
         raise DifflensError("log_every and ckpt_every must be ≥ 1")
+    if cfg.noise_unconditioned and cfg.time_scale != 1.0:
+        raise DifflensError("--time-scale has no effect on a noise-unconditioned network (its time input is 0)")
+    if not (math.isfinite(cfg.smooth_temperature) and cfg.smooth_temperature > 0):
+        raise DifflensError(f"--smooth-temperature must be finite and > 0, got {cfg.smooth_temperature}")
+    if cfg.smooth_below is not None and not (math.isfinite(cfg.smooth_below) and cfg.smooth_below > 0):
+        raise DifflensError(f"--smooth-below must be a finite noise level > 0, got {cfg.smooth_below}")
+    if cfg.smooth_temperature != 1.0 and cfg.smooth_below is None:
+        raise DifflensError("--smooth-temperature needs --smooth-below S_C (targets are smoothed below S_C)")
+
+
+class SmoothedTargets:
+    """Regression x0 for training samples: E_T(s)[x0 | x̃] from the kernel where s < s_c, x0 itself above.
+
+    T(s) = T·max(s_c/s, 1) as in ``smoothing.EmpiricalDenoiser`` (so T = 1 is continuous at s_c, where
+    the exact empirical denoiser is what x0 regresses to on average); the posterior is over the
+    training split."""
+
+    def __init__(self, data: Dataset, temperature: float, below: float):
+        self.below = float(below)
+        self.denoiser = EmpiricalDenoiser(data, temperature, below)
+
+    def __call__(self, x0: torch.Tensor, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        low = s < self.below
+        if not low.any():
+            return x0
+        out = x0.clone()
+        xl = x[low]
+        out[low] = self.denoiser(xl.reshape(len(xl), -1), s[low]).reshape(xl.shape).to(x0.dtype)
+        return out
 
 
 class LevelBins:
@@ -162,12 +201,13 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     train_ds, held = split_data(cfg)
-    param = Parametrization.of(cfg.process, cfg.target, cfg.time_scale)
+    param = Parametrization.of(cfg.process, cfg.target, cfg.time_scale, not cfg.noise_unconditioned)
     arch, shape = make_arch(cfg, train_ds)
     torch.manual_seed(cfg.seed)
     net = build_net(arch)
     ema = copy.deepcopy(net).requires_grad_(False)
     schedule = make_schedule(cfg, param, train_ds)
+    smoother = SmoothedTargets(train_ds, cfg.smooth_temperature, cfg.smooth_below) if cfg.smooth_below else None
     x_all = train_ds.rows(0, train_ds.n).reshape(train_ds.n, *shape)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -191,7 +231,7 @@ def train(
         noise = torch.randn(x0.shape, generator=gen)
         x = x0 + s.float().reshape(-1, *([1] * (x0.ndim - 1))) * noise
         net_x, net_t = param.inputs(x, s)
-        y = param.target_of(x0, x, s)
+        y = param.target_of(smoother(x0, x, s) if smoother else x0, x, s)
         per = ((net(net_x, net_t) - y) ** 2).reshape(cfg.batch, -1).mean(1)
         loss = (schedule.weight(s).float() * per).mean()
         if not torch.isfinite(loss):

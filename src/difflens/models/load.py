@@ -159,7 +159,8 @@ def load_checkpoint(
         state = ckpt["ema_state_dict"] if ema else ckpt["state_dict"]
     net = build_net(meta["arch"])
     net.load_state_dict(state)
-    saved = Parametrization.of(meta["param"]["process"], meta["param"]["target"], meta["param"]["time_scale"])
+    p = meta["param"]
+    saved = Parametrization.of(p["process"], p["target"], p["time_scale"], p.get("noise_conditioned", True))
     info = {"spec": str(path), "kind": "difflens", **meta}
     return LoadedModel(NetDenoiser(net, saved, meta.get("shape")), info)
 

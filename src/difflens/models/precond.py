@@ -62,12 +62,16 @@ class Parametrization:
     """How a network sees noise: forward process, prediction target and time input scale.
 
     ``time_scale`` multiplies the time input (e.g. 1000 for a net trained with t ∈ [0, 1000]).
-    For the ``edm`` target the time input is c_noise = ln(s)/4 and the input is c_in·x̃."""
+    For the ``edm`` target the time input is c_noise = ln(s)/4 and the input is c_in·x̃.
+    ``noise_conditioned=False`` makes the network blind to s: its time input is the constant 0,
+    while the scalings around it (c_in, c_skip, c_out, or α for other targets) still use s, as in
+    noise-unconditioned EDM networks (Sun et al. 2025): s only enters outside the network."""
 
     process: Process = field(default_factory=EDM)
     target: str = "x0"
     time_scale: float = 1.0
     sigma_data: float = SIGMA_DATA
+    noise_conditioned: bool = True
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -76,12 +80,23 @@ class Parametrization:
             raise DifflensError(f"time scale must be > 0, got {self.time_scale}")
 
     @classmethod
-    def of(cls, process: str | Process = "edm", target: str = "x0", time_scale: float = 1.0) -> Parametrization:
+    def of(
+        cls,
+        process: str | Process = "edm",
+        target: str = "x0",
+        time_scale: float = 1.0,
+        noise_conditioned: bool = True,
+    ) -> Parametrization:
         proc = get_process(process) if isinstance(process, str) else process
-        return cls(proc, target, float(time_scale))
+        return cls(proc, target, float(time_scale), noise_conditioned=bool(noise_conditioned))
 
     def describe(self) -> dict:
-        return {"process": self.process.name, "target": self.target, "time_scale": self.time_scale}
+        return {
+            "process": self.process.name,
+            "target": self.target,
+            "time_scale": self.time_scale,
+            "noise_conditioned": self.noise_conditioned,
+        }
 
     # ---- coefficients, as (B, 1, …) float64 tensors broadcastable against x
 
@@ -110,18 +125,21 @@ class Parametrization:
     # ---- VE form → network input
 
     def inputs(self, x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(network input, time input) for VE-form x̃ (B, …) at levels s (B,)."""
+        """(network input, time input) for VE-form x̃ (B, …) at levels s (B,); the time input is all
+        zeros for a noise-unconditioned network."""
         s_np, t = self._proc(s)
         if self.target == "edm":
-            c_in = self._edm(s_np)[2]
-            return (x * self._coef(c_in, x).to(x.dtype)), torch.as_tensor(
-                np.log(s_np) / 4.0 * self.time_scale, dtype=x.dtype
-            )
-        alpha = self.process.alpha(t)
-        return x * self._coef(alpha, x).to(x.dtype), torch.as_tensor(t * self.time_scale, dtype=x.dtype)
+            scale, time = self._edm(s_np)[2], np.log(s_np) / 4.0 * self.time_scale
+        else:
+            scale, time = self.process.alpha(t), t * self.time_scale
+        if not self.noise_conditioned:
+            time = np.zeros_like(s_np)
+        return x * self._coef(scale, x).to(x.dtype), torch.as_tensor(time, dtype=x.dtype)
 
     def sigma_of_time(self, t_in: torch.Tensor) -> torch.Tensor:
         """The VE level s a time input stands for (inverse of ``inputs``' time)."""
+        if not self.noise_conditioned:
+            raise DifflensError("a noise-unconditioned network's time input carries no noise level")
         t = t_in.detach().double().cpu().numpy() / self.time_scale
         s = np.exp(4.0 * t) if self.target == "edm" else self.process.s_of_t(t)
         return torch.as_tensor(s, dtype=torch.float64)
