@@ -222,3 +222,21 @@ def test_bad_queries_raise_clear_errors():
         oracle.posterior(q, x, 1.0)
     with pytest.raises(DifflensError, match="excluded"):
         oracle.posterior(torch.randn(1, 2), x[:1], 1.0, exclude=[0])
+
+
+def test_row_norms_are_cached_per_dataset_without_changing_results():
+    from difflens.data import as_dataset
+
+    g = torch.Generator().manual_seed(6)
+    x, q = torch.randn(300, 7, generator=g), torch.randn(9, 7, generator=g)
+    ds = as_dataset(x)
+    first = oracle.posterior(q, ds, 0.4, chunk_size=64)
+    cache = ds.__dict__["_sq_norms"]
+    assert np.allclose(cache, (x.double() ** 2).sum(1).numpy(), rtol=1e-5)
+    again = oracle.posterior(q, ds, 0.4, chunk_size=64)
+    subset = oracle.posterior(q, ds, 0.4, include=np.arange(0, 300, 3), chunk_size=16)
+    assert torch.equal(first.mean, again.mean) and torch.equal(first.trace_cov, again.trace_cov)
+    assert_matches(first, brute_force(q, x, 0.4))
+    mask = torch.zeros(9, 300, dtype=torch.bool)
+    mask[:, ::3] = True
+    assert_matches(subset, brute_force(q, x, 0.4, mask=mask))

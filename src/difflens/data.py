@@ -66,7 +66,8 @@ class Dataset:
             raise DifflensError(f"{self.spec}: samples have no values (shape {self.shape})")
 
     def __getstate__(self) -> dict:  # a memmap/zarr-backed dataset pickles as its path, not its data
-        return {**self.__dict__, "array": storage.portable(self.array)}
+        state = {k: v for k, v in self.__dict__.items() if k != "_sq_norms"}
+        return {**state, "array": storage.portable(self.array)}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, array=storage.reopen(state["array"]))
@@ -115,6 +116,19 @@ class Dataset:
         """(start, float32 block) over the whole dataset, ``rows`` samples at a time."""
         for start in range(0, len(self), rows):
             yield start, self.rows(start, min(start + rows, len(self)))
+
+    def sq_norms(self, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """‖x‖² of the rows at positions ``index`` (``x`` = those rows), remembered across calls so the
+        kernel computes them once per dataset rather than once per noise level."""
+        from difflens.oracle import row_sq_norms
+
+        cache = self.__dict__.setdefault("_sq_norms", np.full(len(self), np.nan, dtype=np.float32))
+        idx = index.numpy()
+        known = cache[idx]
+        if np.isnan(known).any():
+            known = row_sq_norms(x).numpy()
+            cache[idx] = known
+        return torch.from_numpy(known)
 
     def scan_rows(self) -> int:
         return max(1, _SCAN_BYTES // max(1, 4 * self.dim))

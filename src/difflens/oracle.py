@@ -126,12 +126,14 @@ def chunk_state(
     index: torch.Tensor,
     log_weights: torch.Tensor | None = None,
     exclude: torch.Tensor | None = None,
+    sq_norm: torch.Tensor | None = None,
 ) -> PosteriorState:
     """Partial posterior of queries (B, D) over one data chunk x (C, D) with global row ``index``.
 
     scale (B,) = 1/(s²T); log_weights (C,) are added to the logits; exclude (B, k) lists global
-    indices each query must ignore (−1 for none)."""
-    sq_norm = torch.linalg.vector_norm(x, dim=1).square_()  # one pass, no (C, D) temporary
+    indices each query must ignore (−1 for none); sq_norm (C,) = ‖x‖², computed when not given."""
+    if sq_norm is None:
+        sq_norm = row_sq_norms(x)
     g = torch.addmm(sq_norm[None, :], queries, x.T, beta=-0.5)  # (B, C) = x̃·x − ‖x‖²/2, one GEMM
     if exclude is not None:
         g.masked_fill_((exclude[:, None, :] == index[None, :, None]).any(-1), -math.inf)
@@ -165,6 +167,11 @@ def chunk_state(
     log_max = (g_max.squeeze(1).double() * scale + z_max.squeeze(1).double()).masked_fill(~finite.squeeze(1), -math.inf)
     argmax = torch.where(finite.squeeze(1), index[best.squeeze(1)], torch.full_like(best.squeeze(1), -1))
     return PosteriorState(log_max, total, mean, m2, sq_total, argmax)
+
+
+def row_sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """‖x_m‖² per row in float32, one pass with no (C, D) temporary."""
+    return torch.linalg.vector_norm(x, dim=1).square_()
 
 
 def default_chunk_rows(dim: int, batch: int, budget_fraction: float = 0.05) -> int:
@@ -216,14 +223,17 @@ def posterior_state(
     exclude: torch.Tensor | None = None,
     query_batch: int = 1024,
     step=None,
+    norms=None,
 ) -> PosteriorState:
     """Fold (global index, rows) chunks into one state per query; the loop every engine runs.
 
-    ``step`` computes one chunk's partial (default ``chunk_state``; ``screening.Fast`` for fast)."""
+    ``step`` computes one chunk's partial (default ``chunk_state``; ``screening.Fast`` for fast);
+    ``norms(index, x)`` gives the rows' ‖x‖² (e.g. ``Dataset.sq_norms``, cached across calls)."""
     step = step or chunk_state
     state = None
     for index, x in chunks:
         lw = None if log_weights is None else log_weights[index]
+        sq_norm = None if norms is None else norms(index, x)
         parts = [
             step(
                 queries[i : i + query_batch],
@@ -232,6 +242,7 @@ def posterior_state(
                 index,
                 lw,
                 None if exclude is None else exclude[i : i + query_batch],
+                sq_norm,
             )
             for i in range(0, len(queries), query_batch)
         ]

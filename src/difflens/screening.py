@@ -75,11 +75,11 @@ class Fast:
             raise DifflensError(f"fast precision: tol must be in (0, 1), got {self.tol}")
         return replace(self, token=data.stats.hash)
 
-    def __call__(self, queries, scale, x, index, log_weights=None, exclude=None):
+    def __call__(self, queries, scale, x, index, log_weights=None, exclude=None, sq_norm=None):
         from difflens.oracle import PosteriorState, chunk_state
 
         if x.shape[1] * 127**2 >= 2**31:  # int32 accumulation could overflow: no screen
-            return chunk_state(queries, scale, x, index, log_weights, exclude)
+            return chunk_state(queries, scale, x, index, log_weights, exclude, sq_norm)
         xq, xa, x_norm, x_res = self._quantized(x, index)
         qq, qa, q_norm, q_res = quantize(queries)
         # radius of every logit interval as one small GEMM: Σ_k coef_q[b, k]·coef_x[k, m] (see module doc)
@@ -136,13 +136,14 @@ class Fast:
                 index[cols],
                 None if log_weights is None else log_weights[cols],
                 None if exclude is None else exclude[rows],
+                None if sq_norm is None else sq_norm[cols],
             )
             part.dropped = dropped[rows]
             parts.append((rows, part))
         if dense:
             rows = torch.cat(dense)
             ex = None if exclude is None else exclude[rows]
-            part = chunk_state(queries[rows], scale[rows], x, index, log_weights, ex)
+            part = chunk_state(queries[rows], scale[rows], x, index, log_weights, ex, sq_norm)
             part.dropped = torch.zeros(len(rows), dtype=torch.float64)
             parts.append((rows, part))
         order = torch.cat([r for r, _ in parts])

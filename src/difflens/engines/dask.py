@@ -30,7 +30,9 @@ def partitions(n: int, rows: int, parts: int) -> list[tuple[int, int]]:
 
 def _fold_part(data, span, include, queries, scale, log_weights, exclude, rows, query_batch, step):
     chunks = oracle.data_chunks(data, rows, include, span)
-    return oracle.posterior_state(queries, chunks, scale, log_weights, exclude, query_batch, step=step)
+    return oracle.posterior_state(
+        queries, chunks, scale, log_weights, exclude, query_batch, step=step, norms=data.sq_norms
+    )
 
 
 def _merge(a: oracle.PosteriorState, b: oracle.PosteriorState) -> oracle.PosteriorState:
@@ -112,7 +114,9 @@ class DaskEngine:
         n = data.n if include is None else len(include)
         if n < self.min_rows:
             chunks = oracle.data_chunks(data, rows, include)
-            return oracle.posterior_state(queries, chunks, scale, log_weights, exclude, query_batch, step=step)
+            return oracle.posterior_state(
+                queries, chunks, scale, log_weights, exclude, query_batch, step=step, norms=data.sq_norms
+            )
         spans = partitions(n, rows, self.n_workers * self.tasks_per_worker)
         shared = self.client.scatter([queries, scale, log_weights, exclude, step, include], broadcast=True, hash=False)
         remote = self._remote_data(data)

@@ -10,7 +10,9 @@ class LocalEngine:
 
     def fold(self, queries, data, scale, *, log_weights, include, exclude, rows, query_batch, step):
         chunks = oracle.data_chunks(data, rows, include)
-        return oracle.posterior_state(queries, chunks, scale, log_weights, exclude, query_batch, step=step)
+        return oracle.posterior_state(
+            queries, chunks, scale, log_weights, exclude, query_batch, step=step, norms=data.sq_norms
+        )
 
     def close(self) -> None:
         """Nothing to release."""
