@@ -38,6 +38,17 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
     return float(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * root))
 
 
+def sample_metrics(x: np.ndarray, mem, pca, held_feat: np.ndarray, clf) -> dict:
+    """Memorization, novelty and quality figures of one set of samples (shared with training_variants)."""
+    return {
+        "memorization_ratio": mem.memorization_ratio,
+        "median_nn_distance": float(np.median(mem.d1)),
+        "distinct_nearest": int(len(np.unique(mem.index))),
+        "frechet_pca16": frechet(pca.transform(x), held_feat),
+        "classifier_confidence": float(clf.predict_proba(x).max(1).mean()),
+    }
+
+
 def variants(temperatures, collapse_levels) -> list[dict]:
     out = [{"name": f"T={t:g}", "kind": "temperature", "T": t} for t in temperatures]
     out += [{"name": f"s_c={c:g}", "kind": "collapse", "sc": c} for c in collapse_levels]
@@ -73,11 +84,7 @@ def run(args) -> dict:
             row = {
                 "variant": v["name"],
                 **{k: v[k] for k in ("T", "sc") if k in v},
-                "memorization_ratio": mem.memorization_ratio,
-                "median_nn_distance": float(np.median(mem.d1)),
-                "distinct_nearest": int(len(np.unique(mem.index))),
-                "frechet_pca16": frechet(pca.transform(x), held_feat),
-                "classifier_confidence": float(clf.predict_proba(x).max(1).mean()),
+                **sample_metrics(x, mem, pca, held_feat, clf),
                 "log10_gamma_ex_end_to_end": gamma[-1]["median_log10_cumulative"],
                 "max_gamma_ex_step": max(g["max"] for g in gamma),
             }

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
-from smoothing_tradeoff import frechet, plot_grid
+from smoothing_tradeoff import frechet, plot_grid, sample_metrics
 
 from difflens import data, report, samplers
 from difflens.memorization import memorization
@@ -87,11 +87,7 @@ def run(args) -> dict:
                 {
                     "seed": seed,
                     "train_seconds": summary["seconds"],
-                    "memorization_ratio": mem.memorization_ratio,
-                    "median_nn_distance": float(np.median(mem.d1)),
-                    "distinct_nearest": int(len(np.unique(mem.index))),
-                    "frechet_pca16": frechet(pca.transform(x), held_feat),
-                    "classifier_confidence": float(clf.predict_proba(x).max(1).mean()),
+                    **sample_metrics(x, mem, pca, held_feat, clf),
                 }
             )
             if seed == 0:
