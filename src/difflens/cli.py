@@ -1134,6 +1134,18 @@ def _run_distill(name: str, cfg, runner, threads: int, seed: int) -> dict:
         return runner(cfg, progress=lambda n: bar.advance(task, n))
 
 
+def _report_distill(out: Path, name: str, result: dict, metrics: dict[str, str], **plot_kw) -> None:
+    """NAME.csv and NAME.png, then NAME.json last (its presence means the run completed), and the table."""
+    from difflens import report
+    from difflens.distill import report as drep
+
+    report.write_csv(out / f"{name}.csv", drep.summary_rows(result, tuple(metrics)))
+    drep.plot_vs_pairs(result, metrics, out / f"{name}.png", **plot_kw)
+    report.write_json(out / f"{name}.json", result)
+    _print_runs(result, metrics)
+    console.print(f"wrote {out}/{name}.json, .csv, .png")
+
+
 def _print_runs(result: dict, metrics: dict[str, str]) -> None:
     table = Table(title=f"distill {result['experiment']}: per-task metrics (task 0 / 1 / …)")
     for col in ("method", "n", "N", "width", "params", *metrics.values()):
@@ -1172,7 +1184,6 @@ def distill_toy_cmd(
     out: Path = typer.Option(Path("runs/distill-toy"), "--out", "-o", help="Output directory."),
 ):
     """Gaussian conditional tasks with analytic scores: exact excess DSM risk, W2 and KL per task vs n."""
-    from difflens import report
     from difflens.distill import report as drep
     from difflens.distill.toy import ToyConfig, run_toy
 
@@ -1194,14 +1205,10 @@ def distill_toy_cmd(
     )
     result = _run_distill("toy", cfg, run_toy, threads, seed)
     metrics = {"excess_risk": "excess DSM risk", "w2": "W2 to truth", "kl": "KL to truth"}
-    report.write_csv(out / "toy.csv", drep.summary_rows(result, tuple(metrics)))
-    floors = {m: [f[m] for f in result["floor"]] for m in ("w2", "kl")}
-    drep.plot_vs_pairs(result, metrics, out / "toy.png", log_y=tuple(metrics), floors=floors)
     if result["pareto"]:
         drep.plot_pareto(result["pareto"], out / "toy_pareto.png", "excess DSM risk")
-    report.write_json(out / "toy.json", result)
-    _print_runs(result, metrics)
-    console.print(f"wrote {out}/toy.json, .csv, .png")
+    floors = {m: [f[m] for f in result["floor"]] for m in ("w2", "kl")}
+    _report_distill(out, "toy", result, metrics, log_y=tuple(metrics), floors=floors)
 
 
 @distill_app.command("restore")
@@ -1223,8 +1230,6 @@ def distill_restore_cmd(
     out: Path = typer.Option(Path("runs/distill-restore"), "--out", "-o", help="Output directory."),
 ):
     """Digits restoration, one task per degradation: PSNR/SSIM of specialists, baseline and distilled generalist."""
-    from difflens import report
-    from difflens.distill import report as drep
     from difflens.distill.restore import RestoreConfig, run_restore
 
     kinds = tuple(v.strip() for v in degradations.split(",") if v.strip())
@@ -1243,12 +1248,7 @@ def distill_restore_cmd(
         seed=seed,
     )
     result = _run_distill("restore", cfg, run_restore, threads, seed)
-    metrics = {"psnr": "PSNR (dB)", "ssim": "SSIM"}
-    report.write_csv(out / "restore.csv", drep.summary_rows(result, tuple(metrics)))
-    drep.plot_vs_pairs(result, metrics, out / "restore.png")
-    report.write_json(out / "restore.json", result)
-    _print_runs(result, metrics)
-    console.print(f"wrote {out}/restore.json, .csv, .png (tasks: {', '.join(kinds)})")
+    _report_distill(out, "restore", result, {"psnr": "PSNR (dB)", "ssim": "SSIM"})
 
 
 @distill_app.command("policy")
@@ -1270,8 +1270,6 @@ def distill_policy_cmd(
     out: Path = typer.Option(Path("runs/distill-policy"), "--out", "-o", help="Output directory."),
 ):
     """Diffusion policies on 2-D point-mass reaching tasks: success rate and return vs demonstrations."""
-    from difflens import report
-    from difflens.distill import report as drep
     from difflens.distill.policy import PolicyConfig, run_policy
 
     cfg = PolicyConfig(
@@ -1290,11 +1288,7 @@ def distill_policy_cmd(
     )
     result = _run_distill("policy", cfg, run_policy, threads, seed)
     metrics = {"success": "success rate", "return": "mean return"}
-    report.write_csv(out / "policy.csv", drep.summary_rows(result, tuple(metrics)))
-    drep.plot_vs_pairs(result, metrics, out / "policy.png", xlabel="demonstrations per task")
-    report.write_json(out / "policy.json", result)
-    _print_runs(result, metrics)
-    console.print(f"wrote {out}/policy.json, .csv, .png")
+    _report_distill(out, "policy", result, metrics, xlabel="demonstrations per task")
 
 
 def main() -> None:
