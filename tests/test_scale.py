@@ -267,6 +267,9 @@ def test_dask_engine_equals_in_process(cluster, on_disk):
     )
 
 
+# A chaos test: it SIGKILLs a worker and depends on the cluster's restart timing, which on a loaded
+# 2-core machine failed once in about ten full-suite runs. Retried (with a fresh marker) before it counts.
+@pytest.mark.flaky(reruns=2)
 def test_dask_engine_survives_a_worker_killed_mid_run(cluster, on_disk, tmp_path):
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     q = on_disk.take(np.arange(7, 6000, 40)) + 1.0 * torch.randn(150, 64)
