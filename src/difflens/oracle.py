@@ -137,35 +137,69 @@ def chunk_state(
     g = torch.addmm(sq_norm[None, :], queries, x.T, beta=-0.5)  # (B, C) = x̃·x − ‖x‖²/2, one GEMM
     if exclude is not None:
         g.masked_fill_((exclude[:, None, :] == index[None, :, None]).any(-1), -math.inf)
+    return _weighed(g, scale, x, index, log_weights, sq_norm)
+
+
+def gathered_state(
+    queries: torch.Tensor,
+    scale: torch.Tensor,
+    x: torch.Tensor,
+    index: torch.Tensor,
+    cols: torch.Tensor,
+    sq_norm: torch.Tensor,
+    log_weights: torch.Tensor | None = None,
+    buffer: torch.Tensor | None = None,
+) -> PosteriorState:
+    """``chunk_state`` where each query sees only its own rows of the chunk: cols (B, K), −1 = none.
+
+    For queries whose posterior sits on a few points (``precision="fast"``): the rows are gathered
+    per query, so the work is B·K·D instead of B·C·D. ``buffer`` (≥ B·K·D floats, reused across
+    calls) saves the page faults of a fresh allocation, which would cost more than the gather."""
+    valid = cols >= 0
+    cols = cols.clamp_min(0)
+    flat = cols.reshape(-1)
+    out = None if buffer is None else buffer[: flat.numel() * x.shape[1]].view(-1, x.shape[1])
+    xg = torch.index_select(x, 0, flat, out=out).view(*cols.shape, x.shape[1])  # (B, K, D)
+    sq = sq_norm[cols]
+    g = torch.baddbmm(sq[:, :, None], xg, queries[:, :, None], beta=-0.5).squeeze(2).masked_fill_(~valid, -math.inf)
+    return _weighed(g, scale, xg, index[cols], None if log_weights is None else log_weights[cols], sq)
+
+
+def _weighed(g, scale, x, index, log_weights, sq_norm) -> PosteriorState:
+    """The state from logits g (B, C) = x̃·x − ‖x‖²/2 (−inf: excluded) over rows x: shared (C, D)
+    or per query (B, C, D), with index, log_weights and sq_norm shaped (C,) or (B, C) alike."""
+    shared = x.ndim == 2
     g_max, best = g.max(1, keepdim=True)
     finite = torch.isfinite(g_max)
     g_max.masked_fill_(~finite, 0.0)
     z = g.sub_(g_max).mul_(scale[:, None].float())  # in place: g is not needed any more
     z_max = torch.zeros_like(g_max)
     if log_weights is not None:
-        z.add_(log_weights.float()[None, :])
+        z.add_(log_weights.float())
         z_max, best = z.max(1, keepdim=True)
         z_max.masked_fill_(~torch.isfinite(z_max), 0.0)
         z.sub_(z_max)
     # weights below e^-87 become exactly 0: subnormal floats would slow the second GEMM many times over
     p = torch.threshold_(z, -87.0, -math.inf).exp_()  # best point has p = 1 (0 everywhere for a fully excluded row)
     p_rest = p.scatter_(1, best, 0.0)  # in place: the dominant point (p = 1) is handled apart, in float64
+    best = best.squeeze(1)
     rest_total = p_rest.sum(1).double()  # summed without the 1, so tiny weights keep their precision
     total = rest_total + finite.squeeze(1).double()
     sq_total = torch.linalg.vector_norm(p_rest, dim=1).double().square_() + finite.squeeze(1).double()
-    rest = (p_rest @ x).double()  # (B, D) second GEMM
-    anchor = x[best.squeeze(1)].double()  # each query's best point in the chunk
+    rest = (p_rest @ x if shared else torch.bmm(p_rest[:, None], x).squeeze(1)).double()  # (B, D) second GEMM
+    pick = best if shared else (torch.arange(len(best)), best)  # each query's best point in the chunk
+    anchor = x[pick].double()
     offset = torch.addcmul(rest, rest_total[:, None], anchor, value=-1.0)  # Σ p_m (x_m − anchor)
     spread = (  # Σ p_m ‖x_m − anchor‖²
-        (p_rest @ sq_norm).double()
-        + rest_total * sq_norm[best.squeeze(1)].double()
+        (p_rest @ sq_norm if shared else torch.linalg.vecdot(p_rest, sq_norm)).double()
+        + rest_total * sq_norm[pick].double()
         - 2.0 * torch.linalg.vecdot(anchor, rest)
     ).clamp_min(0.0)
     safe_total = total.clamp_min(1e-300)
     mean = anchor.addcdiv_(offset, safe_total[:, None])
     m2 = (spread - torch.linalg.vector_norm(offset, dim=1) ** 2 / safe_total).clamp_min(0.0)
     log_max = (g_max.squeeze(1).double() * scale + z_max.squeeze(1).double()).masked_fill(~finite.squeeze(1), -math.inf)
-    argmax = torch.where(finite.squeeze(1), index[best.squeeze(1)], torch.full_like(best.squeeze(1), -1))
+    argmax = torch.where(finite.squeeze(1), index[pick], torch.full_like(best, -1))
     return PosteriorState(log_max, total, mean, m2, sq_total, argmax)
 
 

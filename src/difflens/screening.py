@@ -1,27 +1,30 @@
 """``precision="fast"``: the exact posterior, skipping training points whose weight is provably negligible.
 
 At low and mid noise the posterior of a query concentrates on a few training points, yet the exact
-kernel runs two full float32 GEMMs over every chunk. Here a cheap screen bounds every logit first.
+kernel runs two full float32 GEMMs over every chunk. Here one int8 GEMM screens every point first.
 Each row v (query or training point) is quantized to int8 with its own scale, v = a·V + r (|V| ≤
-127, r the exactly computed residual); the int8 GEMM accumulates exactly in int32, and
+127, ‖r‖ bounded exactly); the int8 GEMM accumulates exactly in int32, so the distance between the
+quantized rows, d̂ = ‖a·A − b·X‖, is known, and by the triangle inequality the true distance is
 
-    x̃·x_m − (a·A)·(b_m·X_m) = r·x_m + (a·A)·r_m,   so   |error| ≤ ‖r‖·‖x_m‖ + ‖a·A‖·‖r_m‖
+    d ≥ d̂ − ‖r_query‖ − ‖r_point‖.
 
-(Cauchy–Schwarz on the residuals). That gives for each (query, point) an interval [ℓ⁻, ℓ⁺] holding
-the logit ℓ = (x̃·x_m − ‖x_m‖²/2)/(s²T) + log_weight. A point is dropped only if ℓ⁺ < max ℓ⁻ − τ
-with τ = ln(C/tol) for a chunk of C points: its weight is below tol/C times the chunk's best, so
-all dropped points together carry less than ``tol`` of the posterior mass (the chunks' best weights
-sum to at most the total). The kept points — the union over a small group of queries with the same
-best point — go through the unchanged exact ``chunk_state``; groups whose union covers most of the
-chunk run exact on the whole chunk. The bound arithmetic (float32) is padded by a relative slack
-(1e-6) well above its own rounding, so ``fast`` differs from ``exact`` only by float32
-rounding of the kept points and the < ``tol`` dropped mass, whose bound is reported per query as
-``Posterior.dropped_mass``.
+A distance bound is far tighter than a bound on the dot product (its slack scales with d, not with
+‖x‖). The screen takes each query's most probable point by the int8 logits, computes its distance
+d* exactly and drops every point with d > R, R² = d*² + 2s²T(τ + Δlog_weight): its weight is below
+e^−τ of that point's. With τ = ln(C/tol) for a chunk of C points the dropped points together carry
+less than ``tol`` of the posterior mass, reported per query as ``Posterior.dropped_mass``. The test
+runs as one float32 pass over the int8 GEMM's output, padded by a relative slack (1e-6) well above
+that pass's own rounding.
+
+The kept points are then computed exactly: queries that keep few points gather them (work ∝ kept
+points, not C), the others run the exact kernel together over the union of their kept points — the
+split that costs least by a per-pair cost model. So ``fast`` differs from ``exact`` only by float32
+rounding of the kept points and the < ``tol`` dropped mass. What is skipped depends on the data and
+noise: at large noise every point keeps real weight, and the first tile of queries tells the screen
+to step aside (exact, plus a quarter of a screen).
 
 Why int8 and not bfloat16: on CPUs without AMX (this one), bf16 GEMMs run slower than fp32 while
 int8 (AVX-512 VNNI) runs 2.4–4× faster; ``benchmarks/bench_scale.py`` measures all of them.
-What is skipped depends on the data and noise: at large noise every point keeps real weight and
-the screen only costs time (the groups fall back to exact).
 """
 
 from __future__ import annotations
@@ -35,38 +38,46 @@ import torch
 from difflens.errors import DifflensError
 
 PRECISIONS = ("exact", "fast")
-F32 = 1e-6  # relative slack on the float32 bound arithmetic: it rounds by a few 2⁻²⁴ of |q̃·x̃| + ‖x‖² at most
+SLACK = 1e-6  # relative slack on the float32 screen pass: it rounds by a few 2⁻²⁴ of its terms' magnitudes at most
+TILE = 256  # queries screened at a time (a TILE × C float32 buffer)
+PROBE = 32  # fewest queries in the first tile, which decides whether screening pays
+BLOCK = 64  # columns per block of the screen's scans (chunks are padded to whole blocks)
+GATHER_BYTES = 64 << 20  # rows gathered per call to ``gathered_state``
 _CACHE: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
 _CACHE_BUDGET = 512 << 20  # bytes of quantized chunks kept between calls (per process)
 
 
 def quantize(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rows v (n, D) → (int8 V, scale a, ‖v‖, bound on ‖r‖) with v = a·V + r exactly.
+    """Rows v (n, D) → (int8 V, scale a, ‖a·V‖², bound on ‖v − a·V‖), all but V float64.
 
-    Runs in float32; squares are rounded once (relative 2⁻²⁴) and summed in float64, and the
-    rounding of r (≤ 2⁻²⁴·(|v_i| + a) per value) is covered by adding 2⁻²²·‖v‖ to its norm, since
-    √D·a ≤ 3‖v‖ for D below the int32 limit (133 000)."""
+    Runs in float32: w = v/a and a·(w − V) are each rounded by 2⁻²⁴ relative, so the residual
+    is off by at most 2⁻²³·(‖v‖ + ‖r‖) ≤ 2⁻²¹·√D·127a, added to its norm; the float32 sum of
+    squares of w − V is off by at most D·2⁻²⁴ relative, covered by 1e-3 for D below 2¹⁴. ‖V‖² is
+    summed exactly: 1 024 squares of integers ≤ 127 add up to less than 2²⁴."""
     v = v.float()
-    a = v.abs().amax(1).clamp_min(1e-30) / 127.0
-    q = torch.round(v / a[:, None]).clamp_(-127, 127)
-    r = v - a[:, None] * q
-    norm = (v * v).sum(1, dtype=torch.float64).sqrt()
-    r_norm = (r * r).sum(1, dtype=torch.float64).sqrt() * (1 + F32) + 2.0**-22 * norm
-    return q.to(torch.int8), a.double(), norm, r_norm
+    a = (v.abs().amax(1) / 127.0).clamp_min(2.0**-60)  # floor: 1/a stays finite
+    w = v * (1.0 / a)[:, None]
+    q = torch.round(w)
+    res = torch.linalg.vector_norm(w.sub_(q), dim=1).double() * (1 + 1e-3 * math.ceil(v.shape[1] / 2**14))
+    sq = sum(torch.linalg.vecdot(q[:, i : i + 1024], q[:, i : i + 1024]).double() for i in range(0, v.shape[1], 1024))
+    a = a.double()
+    return q.to(torch.int8), a, sq * a * a, a * (res + 2.0**-21 * math.sqrt(v.shape[1]) * 127.0)
 
 
 @dataclass
 class Fast:
     """The screened kernel step: same call signature and results as ``oracle.chunk_state``.
 
-    tol: bound on the posterior mass dropped per query; group: most queries that share one exact
-    recompute; dense_fraction: above this kept fraction of a chunk, a group runs exact; when the
-    recomputes would cost more than 70% of one exact pass, the whole batch runs exact."""
+    tol: bound on the posterior mass dropped per query; gather_cost, group_cost, call_cost: the
+    cost model of ``plan`` (measured on a 2-core AVX-512 machine; they steer speed, never results);
+    dense_fraction: when the first tile of queries keeps more than this fraction of the chunk, the
+    whole batch runs exact."""
 
     tol: float = 1e-16
-    group: int = 64
-    dense_fraction: float = 0.35
-    call_cost: int = 40  # per-point cost of one recompute call (gather, norms), in queries (measured)
+    gather_cost: float = 50.0
+    group_cost: float = 40.0
+    call_cost: float = 20000.0
+    dense_fraction: float = 0.5
     token: str = ""  # identifies the dataset for the cache of quantized chunks
 
     def prepared(self, data) -> Fast:
@@ -76,79 +87,146 @@ class Fast:
         return replace(self, token=data.stats.hash)
 
     def __call__(self, queries, scale, x, index, log_weights=None, exclude=None, sq_norm=None):
-        from difflens.oracle import PosteriorState, chunk_state
+        from difflens.oracle import chunk_state, row_sq_norms
 
-        if x.shape[1] * 127**2 >= 2**31:  # int32 accumulation could overflow: no screen
+        # no screen where int32 accumulation could overflow, or for one column (torch 2.13's _int_mm is wrong there)
+        if not 2 <= x.shape[1] < 2**31 / 127**2:
             return chunk_state(queries, scale, x, index, log_weights, exclude, sq_norm)
-        xq, xa, x_norm, x_res = self._quantized(x, index)
-        qq, qa, q_norm, q_res = quantize(queries)
-        # radius of every logit interval as one small GEMM: Σ_k coef_q[b, k]·coef_x[k, m] (see module doc)
-        coef_q = [q_res, q_norm + q_res, F32 * q_norm, torch.full_like(q_norm, F32)]
-        coef_x = [x_norm, x_res, x_norm, x_norm**2]
-        inv_scale = 1.0 / scale  # the screen works in units of x̃·x (logit × s²T)
-        if log_weights is not None:
-            coef_q.append(F32 * inv_scale)
-            coef_x.append(log_weights.double().abs())
-        coef_q = (torch.stack(coef_q, 1) * (1 + F32)).float()
-        coef_x = torch.stack(coef_x, 0).float()
-        half_sq = (0.5 * x_norm**2).float()
-        tau = math.log(len(x) / self.tol) * inv_scale
-        keep = torch.empty(len(queries), len(x), dtype=torch.bool)
-        dropped = torch.empty(len(queries), dtype=torch.float64)
-        best = torch.empty(len(queries), dtype=torch.int64)
-        for lo in range(0, len(queries), 256):  # 256 queries at a time (float32, B × C)
-            sl = slice(lo, lo + 256)
-            lower = torch._int_mm(qq[sl], xq.T).float().mul_(qa[sl, None].float()).mul_(xa[None, :].float())
-            lower.sub_(half_sq)  # ĝ = q̃·x̃ − ‖x‖²/2
-            if log_weights is not None:
-                lower.addr_(inv_scale[sl].float(), log_weights.float())
-            radius = coef_q[sl] @ coef_x
-            upper = lower + radius
-            lower.sub_(radius)
+        pairs = self.screen(queries, scale, x, index, log_weights, exclude)
+        if pairs is None:
+            return chunk_state(queries, scale, x, index, log_weights, exclude, sq_norm)
+        sq_norm = row_sq_norms(x) if sq_norm is None else sq_norm
+        return self.recompute(*pairs, queries, scale, x, index, log_weights, exclude, sq_norm)
+
+    def screen(self, queries, scale, x, index, log_weights=None, exclude=None):
+        """(query, point) index pairs each query must keep, row-major; None when a first probe of
+        the queries keeps more than ``dense_fraction`` of the chunk."""
+        xq, xa, x_sq, x_res, _ = self._quantized(x, index)  # padded to whole blocks with zero rows
+        qq, qa, q_sq, q_res = quantize(queries)
+        tau = math.log(len(x) / self.tol)
+        inv_a = 1.0 / qa
+        lw = None if log_weights is None else torch.cat([log_weights.double(), x_sq.new_zeros(len(xq) - len(x))])
+        xa32 = xa.float()
+        out, lo = [], 0
+        while lo < len(queries):
+            sl = slice(lo, lo + (TILE if lo else min(TILE, max(PROBE, len(queries) // 8))))
+            ia, s = inv_a[sl], scale[sl]
+            # int8 logit / (a·s): t = b·G − ‖b·X‖²/(2a) (+ log_weight/(a·s)); its argmax is the probable best point
+            t = torch.mul(torch._int_mm(qq[sl], xq.T), xa32)
+            u, v = [-0.5 * ia], [x_sq]
+            if lw is not None:
+                u, v = [*u, ia / s], [*v, lw]
+            t.addmm_(torch.stack(u, 1).float(), torch.stack(v).float())
+            t[:, len(x) :] = -math.inf
             if exclude is not None:
-                banned = (exclude[sl, None, :] == index[None, :, None]).any(-1)
-                upper.masked_fill_(banned, -math.inf)
-                lower.masked_fill_(banned, -math.inf)
-            floor, top = lower.max(1, keepdim=True)
-            best[sl] = top.squeeze(1)
-            keep[sl] = upper >= floor - tau[sl, None].float()
-            gap = (upper.masked_fill_(keep[sl], -math.inf).amax(1) - floor.squeeze(1)).double().nan_to_num(-math.inf)
-            dropped[sl] = (~keep[sl]).sum(1) * torch.exp(gap * scale[sl])  # count × largest dropped weight
-        # queries with the same best point go together; the group shrinks as the kept sets grow
-        kept = float(keep.sum(1).double().mean())
-        size = 2 ** int(math.log2(min(self.group, max(4.0, len(x) / (16.0 * kept + 1.0)))))
-        order = torch.argsort(best, stable=True)
-        groups = [order[lo : lo + size] for lo in range(0, len(queries), size)]
-        unions = [keep[rows].any(0).nonzero().squeeze(1) for rows in groups]
-        sparse = {i for i, cols in enumerate(unions) if len(cols) <= self.dense_fraction * len(x)}
-        # a recompute over U points costs like (group + call_cost) queries over U: gathers and norms are per point
-        cost = sum((len(groups[i]) + self.call_cost) * len(unions[i]) for i in sparse)
-        cost += len(x) * sum(len(groups[i]) for i in range(len(groups)) if i not in sparse)
-        if cost > 0.7 * len(queries) * len(x):  # does not pay: one exact pass
-            sparse = set()
-        parts, dense = [], [groups[i] for i in range(len(groups)) if i not in sparse]
-        for i in sorted(sparse):
-            rows, cols = groups[i], unions[i]
+                t[:, : len(x)].masked_fill_((exclude[sl, None, :] == index[None, :, None]).any(-1), -math.inf)
+            blocks = t.view(len(t), -1, BLOCK)
+            top = blocks.amax(2).argmax(1)
+            best = top * BLOCK + blocks[torch.arange(len(t)), top].argmax(1)
+            d2 = (queries[sl].double() - x[best.clamp_max(len(x) - 1)].double()).square_().sum(1)
+            spread = 0.0 if lw is None else (lw[: len(x)].max() - lw[best])  # log_weight_m ≤ max: R covers every m
+            w = ((d2 + 2.0 * (tau + spread) / s).sqrt() + q_res[sl]) * (1 + 1e-9)  # R + ‖r_query‖
+            c = 0.5 * ia * (q_sq[sl] - w * w)
+            # keep ⟺ d̂ ≤ w + ‖r_point‖ ⟺ b·G + (w/a)·‖r_point‖ − (‖b·X‖² − ‖r_point‖²)/(2a) ≥ c,
+            # written as t + U·V; the last three rows of U·V are the float32 slack
+            u = [w * ia, 0.5 * ia, SLACK * ia * q_sq[sl].sqrt(), SLACK * w * ia, 0.5 * SLACK * ia]
+            v = [x_res, x_res.square(), x_sq.sqrt(), x_res, x_sq + x_res.square()]
+            if lw is not None:
+                u, v = [*u, -ia / s, 2 * SLACK * ia / s], [*v, lw, lw.abs()]
+            t.addmm_(torch.stack(u, 1).float(), torch.stack(v).float())
+            rows, cols = _at_least(blocks, (c - SLACK * c.abs()).float())
+            if lo == 0 and len(queries) > len(t) and len(rows) > self.dense_fraction * len(t) * len(x):
+                return None
+            out.append((rows + lo, cols))
+            lo += len(t)
+        return torch.cat([r for r, _ in out]), torch.cat([c for _, c in out])
+
+    def recompute(self, rows, cols, queries, scale, x, index, log_weights, exclude, sq_norm):
+        """The exact state over each query's kept points (see ``plan``)."""
+        from difflens.oracle import PosteriorState, chunk_state, gathered_state
+
+        size = len(x)
+        counts = torch.bincount(rows, minlength=len(queries))
+        gathered, groups = self.plan(rows, cols, counts, queries @ self._quantized(x, index)[4], size)
+        floor = self.tol / size  # weight bound of one dropped point, relative to the best
+        parts = []
+        if len(gathered):
+            width = _pow2(counts[gathered])
+            start = torch.cumsum(counts, 0) - counts
+            slot = torch.full((len(queries),), -1, dtype=torch.int64)
+            for k in torch.unique(width).tolist():
+                bucket = gathered[width == k]
+                slot[bucket] = torch.arange(len(bucket))
+                sel = slot[rows] >= 0
+                kept = torch.full((len(bucket), k), -1, dtype=torch.int64)
+                kept[slot[rows[sel]], torch.arange(len(rows))[sel] - start[rows[sel]]] = cols[sel]
+                slot[bucket] = -1
+                step = max(1, GATHER_BYTES // (4 * k * x.shape[1]))
+                buffer = _buffer(min(len(bucket), step) * k * x.shape[1])
+                for sub, sub_kept in zip(bucket.split(step), kept.split(step), strict=True):
+                    part = gathered_state(queries[sub], scale[sub], x, index, sub_kept, sq_norm, log_weights, buffer)
+                    part.dropped = (size - counts[sub]).double() * floor
+                    parts.append((sub, part))
+        for members, used in groups:
+            every = len(used) == size
             part = chunk_state(
-                queries[rows],
-                scale[rows],
-                x[cols],
-                index[cols],
-                None if log_weights is None else log_weights[cols],
-                None if exclude is None else exclude[rows],
-                None if sq_norm is None else sq_norm[cols],
+                queries[members],
+                scale[members],
+                x if every else x[used],
+                index if every else index[used],
+                None if log_weights is None or every else log_weights[used],
+                None if exclude is None else exclude[members],
+                sq_norm if every else sq_norm[used],
             )
-            part.dropped = dropped[rows]
-            parts.append((rows, part))
-        if dense:
-            rows = torch.cat(dense)
-            ex = None if exclude is None else exclude[rows]
-            part = chunk_state(queries[rows], scale[rows], x, index, log_weights, ex, sq_norm)
-            part.dropped = torch.zeros(len(rows), dtype=torch.float64)
-            parts.append((rows, part))
-        order = torch.cat([r for r, _ in parts])
-        merged = _cat_states([p for _, p in parts])
-        return PosteriorState(*(getattr(merged, f)[torch.argsort(order)] for f in PosteriorState.__dataclass_fields__))
+            part.dropped = torch.full((len(members),), (size - len(used)) * floor, dtype=torch.float64)
+            parts.append((members, part))
+        first = parts[0][1]
+        out = PosteriorState(*(v.new_empty(len(queries), *v.shape[1:]) for v in vars(first).values()))
+        for members, part in parts:  # every query is in exactly one part
+            for name, value in vars(part).items():
+                getattr(out, name)[members] = value
+        return out
+
+    def plan(self, rows, cols, counts, signature, size: int):
+        """Who computes how: (queries that gather their own kept points, [(group, union of its kept points)]).
+
+        Queries sorted by ``signature`` (their projection on the chunk's main direction, so that
+        neighbours keep overlapping points) are cut into groups of g; a query gathers when that costs
+        less than its share of its group's exact pass over the union, in units of one (query, point)
+        pair of the exact kernel: gather_cost per gathered pair, group_cost per point of a group's
+        union (its gather and float64 merge), call_cost per group. The cheapest g wins."""
+        n = len(counts)
+        order = torch.argsort(signature)
+        position = torch.empty_like(order).scatter_(0, order, torch.arange(n))
+        alone = self.gather_cost * _pow2(counts).double()
+        best = (float(alone.sum()), None, None)
+        for g in (16, 32, 64, 128, 256):
+            group = position // g
+            union = torch.zeros(int(group.max()) + 1, size, dtype=torch.bool)
+            union[group[rows], cols] = True
+            union = union.sum(1).double()
+            members = torch.bincount(group).double()
+            shared = (union * (1.0 + self.group_cost / members))[group]
+            together = alone >= shared
+            cost = float(torch.where(together, shared, alone).sum()) + self.call_cost * len(union)
+            if cost < best[0]:
+                best = (cost, group, together)
+        _, group, together = best
+        if group is None:
+            return torch.arange(n), []
+        gathered = (~together).nonzero().squeeze(1)
+        sel = together[rows]
+        union = torch.zeros(int(group.max()) + 1, size, dtype=torch.bool)
+        union[group[rows[sel]], cols[sel]] = True
+        joined = together.nonzero().squeeze(1)
+        joined = joined[torch.argsort(group[joined], stable=True)]
+        sizes = torch.bincount(group[joined], minlength=len(union))
+        groups = [
+            (members, union[i].nonzero().squeeze(1))
+            for i, members in enumerate(joined.split(sizes.tolist()))
+            if len(members)
+        ]
+        return gathered, groups
 
     def _quantized(self, x: torch.Tensor, index: torch.Tensor):
         """``quantize(x)``, cached for contiguous chunks of the prepared dataset."""
@@ -157,18 +235,51 @@ class Fast:
         if key is not None and key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-        out = quantize(x)
+        xq, xa, x_sq, x_res = quantize(x)
+        pad = -len(x) % BLOCK
+        rest = (torch.cat([t, t.new_zeros(pad)]) for t in (xa, x_sq, x_res))
+        out = (torch.cat([xq, xq.new_zeros(pad, xq.shape[1])]), *rest, _main_direction(x))
         if key is not None:
             _CACHE[key] = out
-            while sum(t[0].numel() + 24 * len(t[0]) for t in _CACHE.values()) > _CACHE_BUDGET:
+            while sum(t[0].numel() + 24 * len(t[0]) + 4 * t[4].numel() for t in _CACHE.values()) > _CACHE_BUDGET:
                 _CACHE.popitem(last=False)
         return out
 
 
-def _cat_states(parts):
-    from difflens.oracle import _concat
+def _main_direction(x: torch.Tensor, steps: int = 8) -> torch.Tensor:
+    """The chunk's first principal direction (power iteration): queries close along it keep
+    overlapping points, so sorting by it makes groups whose kept points overlap."""
+    centre = x.mean(0)
+    v = x[torch.linspace(0, len(x) - 1, 2).long()].diff(dim=0).squeeze(0) + 1e-3
+    for _ in range(steps):
+        v = (x @ v - centre @ v) @ x
+        v = v / torch.linalg.vector_norm(v).clamp_min(1e-30)
+    return v
 
-    return _concat(parts)
+
+_BUFFER = torch.empty(0)
+
+
+def _buffer(floats: int) -> torch.Tensor:
+    """A float32 workspace of at least ``floats`` values, kept between calls (first-touch page faults
+    of a fresh allocation cost more than the gather that fills it)."""
+    global _BUFFER
+    if _BUFFER.numel() < floats:
+        _BUFFER = torch.empty(floats)
+    return _BUFFER
+
+
+def _pow2(counts: torch.Tensor) -> torch.Tensor:
+    """The smallest power of two ≥ each count (1 for 0)."""
+    return torch.pow(2, torch.ceil(torch.log2(counts.clamp_min(1).double()))).long()
+
+
+def _at_least(blocks: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of every entry ≥ its row's threshold in t viewed as (n, C/BLOCK, BLOCK):
+    whole blocks are tested by their maximum first, so the scan is one vectorized pass."""
+    qi, bi = (blocks.amax(2) >= threshold[:, None]).nonzero(as_tuple=True)
+    hit, offset = (blocks[qi, bi] >= threshold[qi, None]).nonzero(as_tuple=True)
+    return qi[hit], bi[hit] * BLOCK + offset
 
 
 def resolve(precision, data):
