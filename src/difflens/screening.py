@@ -70,14 +70,14 @@ class Fast:
 
     tol: bound on the posterior mass dropped per query; gather_cost, group_cost, call_cost: the
     cost model of ``plan`` (measured on a 2-core AVX-512 machine; they steer speed, never results);
-    dense_fraction: when the first tile of queries keeps more than this fraction of the chunk, the
-    whole batch runs exact."""
+    dense_fraction: when the queries (or a first probe of them) keep more than this fraction of the
+    chunk, the whole batch runs exact."""
 
     tol: float = 1e-16
     gather_cost: float = 50.0
     group_cost: float = 40.0
     call_cost: float = 20000.0
-    dense_fraction: float = 0.5
+    dense_fraction: float = 0.3
     token: str = ""  # identifies the dataset for the cache of quantized chunks
 
     def prepared(self, data) -> Fast:
@@ -93,7 +93,7 @@ class Fast:
         if not 2 <= x.shape[1] < 2**31 / 127**2:
             return chunk_state(queries, scale, x, index, log_weights, exclude, sq_norm)
         pairs = self.screen(queries, scale, x, index, log_weights, exclude)
-        if pairs is None:
+        if pairs is None or len(pairs[0]) > self.dense_fraction * len(queries) * len(x):
             return chunk_state(queries, scale, x, index, log_weights, exclude, sq_norm)
         sq_norm = row_sq_norms(x) if sq_norm is None else sq_norm
         return self.recompute(*pairs, queries, scale, x, index, log_weights, exclude, sq_norm)
@@ -102,17 +102,16 @@ class Fast:
         """(query, point) index pairs each query must keep, row-major; None when a first probe of
         the queries keeps more than ``dense_fraction`` of the chunk."""
         xq, xa, x_sq, x_res, _ = self._quantized(x, index)  # padded to whole blocks with zero rows
-        qq, qa, q_sq, q_res = quantize(queries)
         tau = math.log(len(x) / self.tol)
-        inv_a = 1.0 / qa
         lw = None if log_weights is None else torch.cat([log_weights.double(), x_sq.new_zeros(len(xq) - len(x))])
         xa32 = xa.float()
         out, lo = [], 0
         while lo < len(queries):
-            sl = slice(lo, lo + (TILE if lo else min(TILE, max(PROBE, len(queries) // 8))))
-            ia, s = inv_a[sl], scale[sl]
+            sl = slice(lo, lo + (TILE if lo else min(TILE, max(PROBE, len(queries) // 32))))
+            qq, qa, q_sq, q_res = quantize(queries[sl])
+            ia, s = 1.0 / qa, scale[sl]
             # int8 logit / (a·s): t = b·G − ‖b·X‖²/(2a) (+ log_weight/(a·s)); its argmax is the probable best point
-            t = torch.mul(torch._int_mm(qq[sl], xq.T), xa32)
+            t = torch.mul(torch._int_mm(qq, xq.T), xa32)
             u, v = [-0.5 * ia], [x_sq]
             if lw is not None:
                 u, v = [*u, ia / s], [*v, lw]
@@ -125,11 +124,11 @@ class Fast:
             best = top * BLOCK + blocks[torch.arange(len(t)), top].argmax(1)
             d2 = (queries[sl].double() - x[best.clamp_max(len(x) - 1)].double()).square_().sum(1)
             spread = 0.0 if lw is None else (lw[: len(x)].max() - lw[best])  # log_weight_m ≤ max: R covers every m
-            w = ((d2 + 2.0 * (tau + spread) / s).sqrt() + q_res[sl]) * (1 + 1e-9)  # R + ‖r_query‖
-            c = 0.5 * ia * (q_sq[sl] - w * w)
+            w = ((d2 + 2.0 * (tau + spread) / s).sqrt() + q_res) * (1 + 1e-9)  # R + ‖r_query‖
+            c = 0.5 * ia * (q_sq - w * w)
             # keep ⟺ d̂ ≤ w + ‖r_point‖ ⟺ b·G + (w/a)·‖r_point‖ − (‖b·X‖² − ‖r_point‖²)/(2a) ≥ c,
             # written as t + U·V; the last three rows of U·V are the float32 slack
-            u = [w * ia, 0.5 * ia, SLACK * ia * q_sq[sl].sqrt(), SLACK * w * ia, 0.5 * SLACK * ia]
+            u = [w * ia, 0.5 * ia, SLACK * ia * q_sq.sqrt(), SLACK * w * ia, 0.5 * SLACK * ia]
             v = [x_res, x_res.square(), x_sq.sqrt(), x_res, x_sq + x_res.square()]
             if lw is not None:
                 u, v = [*u, -ia / s, 2 * SLACK * ia / s], [*v, lw, lw.abs()]
@@ -168,17 +167,23 @@ class Fast:
                     part.dropped = (size - counts[sub]).double() * floor
                     parts.append((sub, part))
         for members, used in groups:
-            every = len(used) == size
-            part = chunk_state(
-                queries[members],
-                scale[members],
-                x if every else x[used],
-                index if every else index[used],
-                None if log_weights is None or every else log_weights[used],
-                None if exclude is None else exclude[members],
-                sq_norm if every else sq_norm[used],
-            )
-            part.dropped = torch.full((len(members),), (size - len(used)) * floor, dtype=torch.float64)
+            if used is None:  # the whole chunk
+                part = chunk_state(
+                    queries[members], scale[members], x, index, log_weights, _rows(exclude, members), sq_norm
+                )
+            else:
+                rows_used = _buffer(len(used) * x.shape[1])[: len(used) * x.shape[1]].view(len(used), -1)
+                part = chunk_state(
+                    queries[members],
+                    scale[members],
+                    torch.index_select(x, 0, used, out=rows_used),
+                    index[used],
+                    None if log_weights is None else log_weights[used],
+                    _rows(exclude, members),
+                    sq_norm[used],
+                )
+            dropped = 0 if used is None else (size - len(used)) * floor
+            part.dropped = torch.full((len(members),), dropped, dtype=torch.float64)
             parts.append((members, part))
         first = parts[0][1]
         out = PosteriorState(*(v.new_empty(len(queries), *v.shape[1:]) for v in vars(first).values()))
@@ -188,45 +193,46 @@ class Fast:
         return out
 
     def plan(self, rows, cols, counts, signature, size: int):
-        """Who computes how: (queries that gather their own kept points, [(group, union of its kept points)]).
+        """Who computes how: (queries that gather their own kept points, [(group, its points or None)]).
 
         Queries sorted by ``signature`` (their projection on the chunk's main direction, so that
-        neighbours keep overlapping points) are cut into groups of g; a query gathers when that costs
-        less than its share of its group's exact pass over the union, in units of one (query, point)
-        pair of the exact kernel: gather_cost per gathered pair, group_cost per point of a group's
-        union (its gather and float64 merge), call_cost per group. The cheapest g wins."""
+        neighbours keep overlapping points) are cut into groups of g; a group runs the exact kernel
+        over the union of its kept points (gathered, when at most half the chunk) or over the whole
+        chunk (None), and a query gathers its own points instead when that costs less than its share.
+        Costs are in (query, point) pairs of the exact kernel: gather_cost per gathered pair,
+        group_cost per gathered point of a union, call_cost per group. The cheapest g wins."""
         n = len(counts)
         order = torch.argsort(signature)
         position = torch.empty_like(order).scatter_(0, order, torch.arange(n))
         alone = self.gather_cost * _pow2(counts).double()
-        best = (float(alone.sum()), None, None)
-        for g in (16, 32, 64, 128, 256):
+        best = (float(alone.sum()), None, None, None)
+        for g in sorted({16, 32, 64, 128, 256, n}):
             group = position // g
             union = torch.zeros(int(group.max()) + 1, size, dtype=torch.bool)
             union[group[rows], cols] = True
             union = union.sum(1).double()
             members = torch.bincount(group).double()
-            shared = (union * (1.0 + self.group_cost / members))[group]
-            together = alone >= shared
-            cost = float(torch.where(together, shared, alone).sum()) + self.call_cost * len(union)
+            whole = (union > size / 2) | (members * size <= (members + self.group_cost) * union)
+            share = torch.where(whole, float(size), union * (1.0 + self.group_cost / members))[group]
+            together = alone >= share
+            cost = float(torch.where(together, share, alone).sum()) + self.call_cost * len(union)
             if cost < best[0]:
-                best = (cost, group, together)
-        _, group, together = best
+                best = (cost, group, together, whole)
+        _, group, together, whole = best
         if group is None:
             return torch.arange(n), []
-        gathered = (~together).nonzero().squeeze(1)
         sel = together[rows]
-        union = torch.zeros(int(group.max()) + 1, size, dtype=torch.bool)
+        union = torch.zeros(len(whole), size, dtype=torch.bool)
         union[group[rows[sel]], cols[sel]] = True
         joined = together.nonzero().squeeze(1)
         joined = joined[torch.argsort(group[joined], stable=True)]
-        sizes = torch.bincount(group[joined], minlength=len(union))
+        sizes = torch.bincount(group[joined], minlength=len(union)).tolist()
         groups = [
-            (members, union[i].nonzero().squeeze(1))
-            for i, members in enumerate(joined.split(sizes.tolist()))
+            (members, None if whole[i] else union[i].nonzero().squeeze(1))
+            for i, members in enumerate(joined.split(sizes))
             if len(members)
         ]
-        return gathered, groups
+        return (~together).nonzero().squeeze(1), groups
 
     def _quantized(self, x: torch.Tensor, index: torch.Tensor):
         """``quantize(x)``, cached for contiguous chunks of the prepared dataset."""
@@ -267,6 +273,10 @@ def _buffer(floats: int) -> torch.Tensor:
     if _BUFFER.numel() < floats:
         _BUFFER = torch.empty(floats)
     return _BUFFER
+
+
+def _rows(t: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    return None if t is None else t[rows]
 
 
 def _pow2(counts: torch.Tensor) -> torch.Tensor:
