@@ -253,12 +253,14 @@ def test_fast_skips_points_and_reports_the_bound(monkeypatch):
 # ---------------------------------------------------------------- engines
 
 
-def test_partitions_cover_the_rows_on_chunk_boundaries():
-    for n, rows, parts in [(10, 3, 2), (1000, 64, 7), (5, 10, 4), (64, 64, 1)]:
+def test_partitions_cover_the_rows_on_chunk_boundaries_evenly():
+    for n, rows, parts in [(10, 3, 2), (1000, 64, 7), (5, 10, 4), (64, 64, 1), (50000, 8192, 2), (50000, 8192, 4)]:
         spans = partitions(n, rows, parts)
         assert spans[0][0] == 0 and spans[-1][1] == n and len(spans) <= max(parts, 1)
         assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
         assert all(lo % rows == 0 for lo, _ in spans)
+        if n >= parts * rows:  # each part within one chunk of the even share
+            assert all(abs((hi - lo) - n / parts) <= rows for lo, hi in spans)
 
 
 def test_open_engine_options():

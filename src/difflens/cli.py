@@ -46,7 +46,9 @@ PrecisionName = Enum("PrecisionName", {k: k for k in ("exact", "fast")}, type=st
 WorkersOpt = typer.Option(None, "--workers", help="Run the kernel on a local dask cluster of N worker processes.")
 SchedulerOpt = typer.Option(None, "--scheduler", help="Run the kernel on an existing dask cluster (tcp://host:8786).")
 PrecisionOpt = typer.Option(
-    PrecisionName.exact, help="fast: skip training points of provably negligible weight (same answer, < 1e-16 mass)."
+    PrecisionName.exact,
+    help="fast: an int8 screen skips training points of provably negligible weight (same answer, < 1e-16 of "
+    "the mass skipped); 3-4x faster at low noise, where the posterior sits on a few points, no faster at high noise.",
 )
 
 

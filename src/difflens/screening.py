@@ -241,7 +241,7 @@ class Fast:
         if key is not None and key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-        xq, xa, x_sq, x_res = quantize(x)
+        xq, xa, x_sq, x_res = (torch.cat(f) for f in zip(*(quantize(rows) for rows in x.split(4096)), strict=True))
         pad = -len(x) % BLOCK
         rest = (torch.cat([t, t.new_zeros(pad)]) for t in (xa, x_sq, x_res))
         out = (torch.cat([xq, xq.new_zeros(pad, xq.shape[1])]), *rest, _main_direction(x))
@@ -252,13 +252,14 @@ class Fast:
         return out
 
 
-def _main_direction(x: torch.Tensor, steps: int = 8) -> torch.Tensor:
-    """The chunk's first principal direction (power iteration): queries close along it keep
-    overlapping points, so sorting by it makes groups whose kept points overlap."""
-    centre = x.mean(0)
-    v = x[torch.linspace(0, len(x) - 1, 2).long()].diff(dim=0).squeeze(0) + 1e-3
+def _main_direction(x: torch.Tensor, steps: int = 6, sample: int = 2048) -> torch.Tensor:
+    """The chunk's first principal direction (power iteration on a sample of its rows): queries
+    close along it keep overlapping points, so sorting by it makes groups whose kept points overlap."""
+    x = x[torch.linspace(0, len(x) - 1, min(len(x), sample)).long()]
+    x = x - x.mean(0)
+    v = x[-1] - x[0] + 1e-3
     for _ in range(steps):
-        v = (x @ v - centre @ v) @ x
+        v = (x @ v) @ x
         v = v / torch.linalg.vector_norm(v).clamp_min(1e-30)
     return v
 

@@ -22,10 +22,12 @@ from difflens.errors import DifflensError
 
 
 def partitions(n: int, rows: int, parts: int) -> list[tuple[int, int]]:
-    """About ``parts`` (lo, hi) ranges covering 0…n, with boundaries on multiples of ``rows``."""
-    chunks = -(-n // rows)
-    per = max(1, -(-chunks // max(1, parts)))
-    return [(c * rows, min((c + per) * rows, n)) for c in range(0, chunks, per)]
+    """About ``parts`` (lo, hi) ranges covering 0…n, as equal in rows as boundaries on multiples of
+    ``rows`` allow (a worker's time is its rows; the slowest sets the pace)."""
+    parts = max(1, parts)
+    inner = {round(n / rows * k / parts) * rows for k in range(1, parts)}
+    cuts = sorted({0, n} | {c for c in inner if 0 < c < n})
+    return list(zip(cuts, cuts[1:], strict=False))
 
 
 def _fold_part(data, span, include, queries, scale, log_weights, exclude, rows, query_batch, step):
@@ -64,7 +66,7 @@ class DaskEngine:
         scheduler: str | None = None,
         *,
         threads_per_worker: int | None = None,
-        tasks_per_worker: int = 2,
+        tasks_per_worker: int = 1,
         min_rows: int = 4096,
         memory_limit: str | int = "auto",
     ):
