@@ -100,6 +100,14 @@ def test_cli_optimal_loss_on_zarr_with_fast_precision(tmp_path):
     np.testing.assert_allclose(
         [lv["optimal_loss"] for lv in fast["levels"]], [lv["optimal_loss"] for lv in exact["levels"]], rtol=1e-4
     )
+    assert all(0 <= lv["max_dropped_mass"] < 1e-16 for lv in fast["levels"])  # the bound, reported per level
+    assert all(lv["max_dropped_mass"] == 0 for lv in exact["levels"])
+    loose = [*args, "--precision", "fast", "--fast-tol", "1e-3", "-o", str(tmp_path / "d")]
+    assert runner.invoke(app, loose).exit_code == 0
+    loose = json.loads((tmp_path / "d" / "optimal_loss.json").read_text())["levels"]
+    assert max(lv["max_dropped_mass"] for lv in loose) < 1e-3
+    bad = runner.invoke(app, [*args, "--precision", "fast", "--fast-tol", "2", "-o", str(tmp_path / "e")])
+    assert bad.exit_code == 2 and "tol must be in (0, 1)" in bad.output
     bad = runner.invoke(app, [*args, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1", "-o", str(tmp_path / "c")])
     assert bad.exit_code == 2 and "not both" in bad.output
 

@@ -51,6 +51,15 @@ PrecisionOpt = typer.Option(
     "the mass skipped); 3-4x faster at low noise, where the posterior sits on a few points, no faster at high noise.",
 )
 
+FastTolOpt = typer.Option(1e-16, "--fast-tol", help="With --precision fast: most posterior mass skipped per query.")
+
+
+def kernel_precision(precision: PrecisionName, fast_tol: float):
+    """What ``oracle.posterior`` takes as ``precision``."""
+    from difflens import screening
+
+    return screening.Fast(tol=fast_tol) if precision is PrecisionName.fast else precision.value
+
 
 def friendly_errors(fn):
     """Bad input ends the command with one clear line on stderr and exit code 2."""
@@ -111,6 +120,7 @@ def optimal_loss_cmd(
     workers: int = WorkersOpt,
     scheduler: str = SchedulerOpt,
     precision: PrecisionName = PrecisionOpt,
+    fast_tol: float = FastTolOpt,
 ):
     """Optimal (lowest achievable) loss at every noise level: writes optimal_loss.{json,csv,png}."""
     from difflens import optimal_loss as ol
@@ -160,7 +170,7 @@ def optimal_loss_cmd(
             done=done,
             on_level=on_level,
             engine=engine,
-            precision=precision.value,
+            precision=kernel_precision(precision, fast_tol),
         )
     result = curve.to_dict()
     rows = [{k: v for k, v in lv.items()} for lv in result["levels"]]
@@ -211,6 +221,7 @@ def denoise(
     workers: int = WorkersOpt,
     scheduler: str = SchedulerOpt,
     precision: PrecisionName = PrecisionOpt,
+    fast_tol: float = FastTolOpt,
 ):
     """The exact empirical optimal denoiser E[x0 | x̃] applied to given noisy queries."""
     from difflens import oracle, report
@@ -226,7 +237,7 @@ def denoise(
     if q.ndim == 1 or q.size == 0 or q[0].size != ds.dim:
         raise DifflensError(f"queries {queries} have shape {q.shape}; need (B, ...) with {ds.dim} values per query")
     with open_engine(workers, scheduler) as engine:
-        kernel = {"chunk_size": chunk_size, "engine": engine, "precision": precision.value}
+        kernel = {"chunk_size": chunk_size, "engine": engine, "precision": kernel_precision(precision, fast_tol)}
         result = oracle.denoise(q.reshape(len(q), -1), ds, sigma, temperature, **kernel)
     buf = __import__("io").BytesIO()
     np.save(buf, result.numpy().reshape(q.shape))

@@ -129,6 +129,7 @@ class Level:
     samples: int
     mean_max_weight: float
     mean_eff_count: float
+    max_dropped_mass: float = 0.0  # precision="fast": bound on the posterior mass skipped for any query
 
 
 def sources_for_level(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
@@ -163,7 +164,11 @@ def estimate_level(
     paired = ((x0.double() ** 2).sum(1) - (post.mean**2).sum(1)) / reduce_dims
     values = post.trace_cov / reduce_dims if estimator.rao_blackwell else paired
     stderr = float(values.std(unbiased=True) / math.sqrt(len(values))) if len(values) > 1 else math.nan
-    conc = {"mean_max_weight": float(post.max_weight.mean()), "mean_eff_count": float(post.eff_count.mean())}
+    conc = {
+        "mean_max_weight": float(post.max_weight.mean()),
+        "mean_eff_count": float(post.eff_count.mean()),
+        "max_dropped_mass": float(post.dropped_mass.max()),
+    }
     return float(values.mean()), stderr, float(paired.mean()), conc
 
 
