@@ -192,12 +192,41 @@ def test_screen_keeps_every_point_within_tau_of_the_best(seed, sigma, offset, di
     scale = torch.full((20,), 1.0 / sigma**2, dtype=torch.float64)
     lw = torch.randn(300, generator=gen).double() * 3 if weighted else None
     step = screening.Fast(tol=1e-6)
-    rows, cols = step.screen(q, scale, x, torch.arange(300), lw)
+    rows, cols, _ = step.screen(q, scale, x, torch.arange(300), lw)
     kept = torch.zeros(20, 300, dtype=torch.bool)
     kept[rows, cols] = True
     logits = -(torch.cdist(q.double(), x.double()) ** 2) * scale[:, None] / 2 + (0 if lw is None else lw)
     tau = math.log(300 / 1e-6)
     assert kept[logits >= logits.amax(1, keepdim=True) - tau].all()  # float64 truth: nothing heavy is dropped
+
+
+def test_fast_hint_skips_far_chunks_and_leaves_the_answer_alone(monkeypatch):
+    work = []  # (query, point) pairs computed exactly
+    gathered_step, exact_step = oracle.gathered_state, oracle.chunk_state
+    monkeypatch.setattr(
+        oracle, "gathered_state", lambda q, s, x, i, c, *a: work.append(c.numel()) or gathered_step(q, s, x, i, c, *a)
+    )
+    monkeypatch.setattr(
+        oracle, "chunk_state", lambda q, s, x, *a: work.append(len(q) * len(x)) or exact_step(q, s, x, *a)
+    )
+    x = torch.from_numpy(gmm(n=6000, dim=48, seed=2))
+    src = torch.arange(0, 6000, 50)
+    q = x[src] + 0.2 * torch.randn(len(src), 48)
+    kw = dict(chunk_size=1000, precision=screening.Fast(tol=1e-12, gather_cost=1.0, dense_fraction=1.0))
+    exact = oracle.posterior(q, x, 0.2, chunk_size=1000)
+    runs = {}
+    for name, extra in [("plain", {}), ("hinted", {"hint": src}), ("excluded", {"hint": src, "exclude": src})]:
+        work.clear()
+        runs[name] = (oracle.posterior(q, x, 0.2, **kw, **extra), sum(work))
+    for name in ("plain", "hinted"):
+        post, _ = runs[name]
+        torch.testing.assert_close(post.mean, exact.mean, rtol=0, atol=1e-5)
+        assert torch.equal(post.argmax, exact.argmax) and (post.dropped_mass < 1e-12).all()
+    assert runs["hinted"][1] < 0.5 * runs["plain"][1]  # the source's logit prunes the chunks without it
+    left_out = oracle.posterior(q, x, 0.2, chunk_size=1000, exclude=src)  # an excluded hint is no floor
+    torch.testing.assert_close(runs["excluded"][0].mean, left_out.mean, rtol=0, atol=1e-5)
+    with pytest.raises(DifflensError, match="hint"):
+        oracle.posterior(q, x, 0.2, hint=src + 6000)
 
 
 def test_fast_on_one_column_is_exact():  # torch._int_mm is wrong for one column: no screen there
@@ -256,6 +285,11 @@ def test_fast_skips_points_and_reports_the_bound(monkeypatch):
     assert 0 < sum(work) < 0.05 * 64 * 4000  # fast computed < 1/20 of the (query, point) pairs exactly
     with pytest.raises(DifflensError, match="precision"):
         oracle.posterior(q, x, 0.2, precision="fastest")
+    lw[::2] = -math.inf  # points of weight 0: fast runs exact there
+    exact, fast = (oracle.posterior(q, x, 0.2, precision=p, **kw) for p in ("exact", "fast"))
+    assert torch.equal(fast.mean, exact.mean) and (exact.argmax % 2 == 1).all()
+    with pytest.raises(DifflensError, match="NaN or \\+inf"):
+        oracle.posterior(q, x, 0.2, log_weights=torch.full((len(x),), math.nan))
 
 
 # ---------------------------------------------------------------- engines

@@ -34,7 +34,7 @@ class Full:
     rao_blackwell = True
 
     def __call__(self, data: Dataset, queries, sources, sigma, rng, **kernel) -> oracle.Posterior:
-        return oracle.posterior(queries, data, sigma, **kernel)
+        return oracle.posterior(queries, data, sigma, hint=sources, **kernel)
 
 
 @dataclass
@@ -49,7 +49,8 @@ class SNIS:
         parts = []
         for i in range(0, len(queries), self.group):
             idx = np.sort(rng.choice(data.n, size=min(self.subset, data.n), replace=False))
-            parts.append(oracle.posterior(queries[i : i + self.group], data, sigma, include=idx, **kernel))
+            q, src = queries[i : i + self.group], sources[i : i + self.group]
+            parts.append(oracle.posterior(q, data, sigma, include=idx, hint=src, **kernel))
         return _cat(parts)
 
 

@@ -53,8 +53,9 @@ class PosteriorState:
 
     ``log_max`` is the largest logit seen, ``total`` = Σ exp(logit − log_max), ``m2`` =
     Σ exp(logit − log_max)·‖x_m − mean‖², ``sq_total`` = Σ exp(2(logit − log_max)). Rows that saw
-    no point have total = 0 (and log_max = −inf). ``dropped`` (fast precision only) bounds
-    Σ exp(logit − log_max) over the points that were skipped."""
+    no point have total = 0 (and log_max = −inf). Fast precision only: ``log_dropped`` bounds
+    log Σ exp(logit) over the points that were skipped, ``log_floor`` is an exact (float64) lower
+    bound on the largest logit; their difference bounds the skipped share of the posterior."""
 
     log_max: torch.Tensor
     total: torch.Tensor
@@ -62,7 +63,8 @@ class PosteriorState:
     m2: torch.Tensor
     sq_total: torch.Tensor
     argmax: torch.Tensor
-    dropped: torch.Tensor | None = None
+    log_dropped: torch.Tensor | None = None
+    log_floor: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, batch: int, dim: int) -> PosteriorState:
@@ -95,10 +97,14 @@ class PosteriorState:
         mean = torch.addcmul(self.mean, share_b[:, None], delta)
         m2 = self.m2 * fa + other.m2 * fb + torch.linalg.vector_norm(delta, dim=1) ** 2 * wa * share_b
         argmax = torch.where(other.log_max > self.log_max, other.argmax, self.argmax)
-        dropped = None
-        if self.dropped is not None or other.dropped is not None:
-            dropped = _or_zero(self.dropped, total) * fa + _or_zero(other.dropped, total) * fb
-        return PosteriorState(top, total, mean, m2, self.sq_total * fa**2 + other.sq_total * fb**2, argmax, dropped)
+        skipped = [None, None]
+        if self.log_dropped is not None or other.log_dropped is not None:
+            skipped = [
+                torch.logaddexp(_or_none(self.log_dropped, total), _or_none(other.log_dropped, total)),
+                torch.maximum(_or_none(self.log_floor, total), _or_none(other.log_floor, total)),
+            ]
+        sq_total = self.sq_total * fa**2 + other.sq_total * fb**2
+        return PosteriorState(top, total, mean, m2, sq_total, argmax, *skipped)
 
     def finalize(self, query_sq_norm: torch.Tensor, scale: torch.Tensor) -> Posterior:
         """Posterior statistics; ``scale`` = 1/(s²T) per query turns logits into log densities."""
@@ -111,12 +117,14 @@ class PosteriorState:
             max_weight=1.0 / self.total,
             eff_count=self.total**2 / self.sq_total,
             argmax=self.argmax,
-            dropped_mass=torch.zeros_like(self.total) if self.dropped is None else self.dropped / self.total,
+            dropped_mass=torch.zeros_like(self.total)
+            if self.log_dropped is None
+            else torch.exp(self.log_dropped - self.log_floor).nan_to_num(0.0),
         )
 
 
-def _or_zero(value: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(like) if value is None else value
+def _or_none(log_value: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(like, -math.inf) if log_value is None else log_value
 
 
 def chunk_state(
@@ -258,12 +266,15 @@ def posterior_state(
     query_batch: int = 1024,
     step=None,
     norms=None,
+    floor: torch.Tensor | None = None,
 ) -> PosteriorState:
     """Fold (global index, rows) chunks into one state per query; the loop every engine runs.
 
     ``step`` computes one chunk's partial (default ``chunk_state``; ``screening.Fast`` for fast);
-    ``norms(index, x)`` gives the rows' ‖x‖² (e.g. ``Dataset.sq_norms``, cached across calls)."""
+    ``norms(index, x)`` gives the rows' ‖x‖² (e.g. ``Dataset.sq_norms``, cached across calls);
+    ``floor`` (B,) lower bounds on each query's largest logit go to steps that use them (fast)."""
     step = step or chunk_state
+    floor = floor if getattr(step, "uses_floor", False) else None
     state = None
     for index, x in chunks:
         lw = None if log_weights is None else log_weights[index]
@@ -277,6 +288,7 @@ def posterior_state(
                 lw,
                 None if exclude is None else exclude[i : i + query_batch],
                 sq_norm,
+                **({} if floor is None else {"floor": floor[i : i + query_batch]}),
             )
             for i in range(0, len(queries), query_batch)
         ]
@@ -287,10 +299,12 @@ def posterior_state(
 def _concat(parts: list[PosteriorState]) -> PosteriorState:
     if len(parts) == 1:
         return parts[0]
-    fields = [f for f in PosteriorState.__dataclass_fields__ if f != "dropped"]
+    skipped = ("log_dropped", "log_floor")
+    fields = [f for f in PosteriorState.__dataclass_fields__ if f not in skipped]
     out = PosteriorState(*(torch.cat([getattr(p, f) for p in parts]) for f in fields))
-    if any(p.dropped is not None for p in parts):
-        out.dropped = torch.cat([_or_zero(p.dropped, p.total) for p in parts])
+    if any(p.log_dropped is not None for p in parts):
+        for f in skipped:
+            setattr(out, f, torch.cat([_or_none(getattr(p, f), p.total) for p in parts]))
     return out
 
 
@@ -326,6 +340,7 @@ def posterior(
     query_batch: int = 1024,
     engine=None,
     precision="exact",
+    hint=None,
 ) -> Posterior:
     """Posterior over the training set for noisy queries x̃ (VE form) at noise level ``sigma``.
 
@@ -342,6 +357,9 @@ def posterior(
         engine: where the chunks run: None (in-process) or an engine from ``difflens.engines``.
         precision: "exact", or "fast" (skip points of provably negligible weight; the bound on
             the skipped mass is ``dropped_mass``), or a ``screening.Fast`` with its own tolerance.
+        hint: (B,) or (B, k) training indices likely to carry each query's weight (e.g. the points
+            the queries were noised from). Their exact logits let "fast" skip more (with ``extra``,
+            whose logits serve alike); the result does not depend on them.
     """
     from difflens import engines, screening
 
@@ -355,23 +373,48 @@ def posterior(
         lw = torch.as_tensor(np.asarray(log_weights, dtype=np.float64)).reshape(-1)
         if len(lw) != data.n:
             raise DifflensError(f"log_weights needs one value per training point ({data.n}), got {len(lw)}")
+        if torch.isnan(lw).any() or (lw == math.inf).any():
+            raise DifflensError("log_weights contain NaN or +inf (−inf, a point with no weight, is fine)")
     rows = chunk_size or default_chunk_rows(data.dim, min(len(q), query_batch))
     if rows < 1:
         raise DifflensError(f"chunk_size must be ≥ 1, got {rows}")
+    exclude = _exclude_matrix(exclude, len(q))
+    floor = None if hint is None else _hint_floor(hint, q, data, scale, lw, include, exclude)
+    if extra is not None:
+        floor = extra.log_max if floor is None else torch.maximum(floor, extra.log_max)
     state = engines.resolve(engine).fold(
         q,
         data,
         scale,
         log_weights=lw,
         include=include,
-        exclude=_exclude_matrix(exclude, len(q)),
+        exclude=exclude,
         rows=rows,
         query_batch=query_batch,
         step=screening.resolve(precision, data),
+        floor=floor,
     )
     if extra is not None:
         state = state.merge(extra)
     return state.finalize((q.double() ** 2).sum(1), scale)
+
+
+def _hint_floor(hint, queries, data: Dataset, scale, log_weights, include, exclude) -> torch.Tensor:
+    """Each query's largest logit over its hinted points, in float64: a lower bound on its largest
+    logit over the data (hints outside ``include`` or in ``exclude`` do not count)."""
+    h = torch.as_tensor(np.asarray(hint) if not torch.is_tensor(hint) else hint).long().reshape(len(queries), -1)
+    if ((h < 0) | (h >= data.n)).any():
+        raise DifflensError(f"hint holds indices outside 0…{data.n - 1}")
+    x = data.take(h.reshape(-1).numpy()).double().reshape(*h.shape, -1)
+    logit = ((queries.double()[:, None] * x).sum(-1) - 0.5 * x.square().sum(-1)) * scale[:, None]
+    if log_weights is not None:
+        logit += log_weights[h]
+    valid = torch.ones_like(h, dtype=torch.bool)
+    if include is not None:
+        valid &= torch.isin(h, torch.as_tensor(np.asarray(include, dtype=np.int64)))
+    if exclude is not None:
+        valid &= ~(h[:, :, None] == exclude[:, None, :]).any(-1)
+    return logit.masked_fill(~valid, -math.inf).amax(1)
 
 
 def denoise(queries, data, sigma: Sigma, temperature: Sigma = 1.0, **kwargs) -> torch.Tensor:

@@ -9,12 +9,15 @@ quantized rows, d̂ = ‖a·A − b·X‖, is known, and by the triangle inequal
     d ≥ d̂ − ‖r_query‖ − ‖r_point‖.
 
 A distance bound is far tighter than a bound on the dot product (its slack scales with d, not with
-‖x‖). The screen takes each query's most probable point by the int8 logits, computes its distance
-d* exactly and drops every point with d > R, R² = d*² + 2s²T(τ + Δlog_weight): its weight is below
-e^−τ of that point's. With τ = ln(C/tol) for a chunk of C points the dropped points together carry
-less than ``tol`` of the posterior mass, reported per query as ``Posterior.dropped_mass``. The test
-runs as one float32 pass over the int8 GEMM's output, padded by a relative slack (1e-6) well above
-that pass's own rounding.
+‖x‖). The screen takes each query's most probable point by the int8 logits, computes its logit ℓ*
+exactly, and drops every point whose logit is provably below ℓ* − τ, i.e. whose distance exceeds R,
+R² = ‖x̃‖² + 2s²T(max log_weight + τ − ℓ*). A caller that knows a point of high weight elsewhere
+(``oracle.posterior(hint=…)``, e.g. the training point a query was noised from) passes its exact
+logit as a ``floor`` for ℓ*, so chunks far from the query skip nearly everything. With τ = ln(N/tol)
+for N training points the dropped points together carry less than ``tol`` of the posterior mass.
+The bound itself, Σ over skipped points of e^(ℓ* − τ) against the exact ℓ* (so float32 rounding
+cannot break it), is reported per query as ``Posterior.dropped_mass``. The test runs as one float32 pass over the int8 GEMM's output, padded by
+a relative slack (1e-6) well above that pass's own rounding.
 
 The kept points are then computed exactly: queries that keep few points gather them (work ∝ kept
 points, not C), the others run the exact kernel together over the union of their kept points — the
@@ -77,34 +80,41 @@ class Fast:
     gather_cost: float = 50.0
     group_cost: float = 40.0
     call_cost: float = 20000.0
-    dense_fraction: float = 0.3
+    dense_fraction: float = 0.15
     token: str = ""  # identifies the dataset for the cache of quantized chunks
+    rows: int = 0  # training points in all (the dropped mass of every chunk adds up); 0: this chunk's
 
     def prepared(self, data) -> Fast:
         """A copy bound to this dataset (its hash keys the cache of quantized chunks)."""
         if not 0 < self.tol < 1:
             raise DifflensError(f"fast precision: tol must be in (0, 1), got {self.tol}")
-        return replace(self, token=data.stats.hash)
+        return replace(self, token=data.stats.hash, rows=data.n)
 
-    def __call__(self, queries, scale, x, index, log_weights=None, exclude=None, sq_norm=None):
+    uses_floor = True  # ``oracle.posterior_state`` passes it a lower bound on each query's largest logit
+
+    def __call__(self, queries, scale, x, index, log_weights=None, exclude=None, sq_norm=None, floor=None):
         from difflens.oracle import chunk_state, row_sq_norms
 
         # no screen where int32 accumulation could overflow, or for one column (torch 2.13's _int_mm is wrong there)
-        if not 2 <= x.shape[1] < 2**31 / 127**2:
+        # nor for points of weight 0 (log_weight −inf): the screen's arithmetic assumes finite values
+        if not 2 <= x.shape[1] < 2**31 / 127**2 or (log_weights is not None and not log_weights.isfinite().all()):
             return chunk_state(queries, scale, x, index, log_weights, exclude, sq_norm)
-        pairs = self.screen(queries, scale, x, index, log_weights, exclude)
+        pairs = self.screen(queries, scale, x, index, log_weights, exclude, floor)
         if pairs is None or len(pairs[0]) > self.dense_fraction * len(queries) * len(x):
             return chunk_state(queries, scale, x, index, log_weights, exclude, sq_norm)
         sq_norm = row_sq_norms(x) if sq_norm is None else sq_norm
         return self.recompute(*pairs, queries, scale, x, index, log_weights, exclude, sq_norm)
 
-    def screen(self, queries, scale, x, index, log_weights=None, exclude=None):
-        """(query, point) index pairs each query must keep, row-major; None when a first probe of
-        the queries keeps more than ``dense_fraction`` of the chunk."""
+    def screen(self, queries, scale, x, index, log_weights=None, exclude=None, floor=None):
+        """(query, point) index pairs each query must keep, row-major, and each query's reference
+        logit ℓ (exact; every skipped point's logit is below ℓ − τ); None when a first probe of the
+        queries keeps more than ``dense_fraction`` of the chunk. ``floor`` (B,): known lower bounds
+        on each query's largest logit over all the data (e.g. from a point elsewhere)."""
         xq, xa, x_sq, x_res, _ = self._quantized(x, index)  # padded to whole blocks with zero rows
-        tau = math.log(len(x) / self.tol)
+        tau = self._tau(len(x))
         lw = None if log_weights is None else torch.cat([log_weights.double(), x_sq.new_zeros(len(xq) - len(x))])
         xa32 = xa.float()
+        lw_max = 0.0 if lw is None else float(lw[: len(x)].max())
         out, lo = [], 0
         while lo < len(queries):
             sl = slice(lo, lo + (TILE if lo else min(TILE, max(PROBE, len(queries) // 32))))
@@ -122,9 +132,16 @@ class Fast:
             blocks = t.view(len(t), -1, BLOCK)
             top = blocks.amax(2).argmax(1)
             best = top * BLOCK + blocks[torch.arange(len(t)), top].argmax(1)
-            d2 = (queries[sl].double() - x[best.clamp_max(len(x) - 1)].double()).square_().sum(1)
-            spread = 0.0 if lw is None else (lw[: len(x)].max() - lw[best])  # log_weight_m ≤ max: R covers every m
-            w = ((d2 + 2.0 * (tau + spread) / s).sqrt() + q_res) * (1 + 1e-9)  # R + ‖r_query‖
+            # threshold: tau below the larger of the floor and the exact logit of the probable best point
+            y = queries[sl].double()
+            y2 = y.square().sum(1)
+            d2 = (y - x[best.clamp_max(len(x) - 1)].double()).square_().sum(1)
+            ref = 0.5 * (y2 - d2) * s + (0.0 if lw is None else lw[best])
+            ref = ref.masked_fill_(t[torch.arange(len(t)), best] == -math.inf, -math.inf)  # all excluded
+            ref = ref if floor is None else torch.maximum(ref, floor[sl])
+            # a point beyond distance R has logit < ref − tau (log_weight_m ≤ max covers every m)
+            radius = (y2 + 2.0 * (lw_max + tau - ref) / s).clamp_min(0.0).sqrt()
+            w = (radius + q_res) * (1 + 1e-9)  # R + ‖r_query‖
             c = 0.5 * ia * (q_sq - w * w)
             # keep ⟺ d̂ ≤ w + ‖r_point‖ ⟺ b·G + (w/a)·‖r_point‖ − (‖b·X‖² − ‖r_point‖²)/(2a) ≥ c,
             # written as t + U·V; the last three rows of U·V are the float32 slack
@@ -133,21 +150,21 @@ class Fast:
             if lw is not None:
                 u, v = [*u, -ia / s, 2 * SLACK * ia / s], [*v, lw, lw.abs()]
             t.addmm_(torch.stack(u, 1).float(), torch.stack(v).float())
-            rows, cols = _at_least(blocks, (c - SLACK * c.abs()).float())
+            # (a finite threshold: −inf marks excluded and padding columns, never kept)
+            rows, cols = _at_least(blocks, (c - SLACK * c.abs()).float().clamp_min(-torch.finfo(torch.float32).max))
             if lo == 0 and len(queries) > len(t) and len(rows) > self.dense_fraction * len(t) * len(x):
                 return None
-            out.append((rows + lo, cols))
+            out.append((rows + lo, cols, ref))
             lo += len(t)
-        return torch.cat([r for r, _ in out]), torch.cat([c for _, c in out])
+        return tuple(torch.cat(part) for part in zip(*out, strict=True))
 
-    def recompute(self, rows, cols, queries, scale, x, index, log_weights, exclude, sq_norm):
+    def recompute(self, rows, cols, ref, queries, scale, x, index, log_weights, exclude, sq_norm):
         """The exact state over each query's kept points (see ``plan``)."""
         from difflens.oracle import PosteriorState, chunk_state, gathered_state
 
-        size = len(x)
+        size, tau = len(x), self._tau(len(x))
         counts = torch.bincount(rows, minlength=len(queries))
         gathered, groups = self.plan(rows, cols, counts, queries @ self._quantized(x, index)[4], size)
-        floor = self.tol / size  # weight bound of one dropped point, relative to the best
         parts = []
         if len(gathered):
             width = _pow2(counts[gathered])
@@ -164,7 +181,8 @@ class Fast:
                 buffer = _buffer(min(len(bucket), step) * k * x.shape[1])
                 for sub, sub_kept in zip(bucket.split(step), kept.split(step), strict=True):
                     part = gathered_state(queries[sub], scale[sub], x, index, sub_kept, sq_norm, log_weights, buffer)
-                    part.dropped = (size - counts[sub]).double() * floor
+                    part.log_dropped = torch.log((size - counts[sub]).double()) + ref[sub] - tau
+                    part.log_floor = ref[sub]
                     parts.append((sub, part))
         for members, used in groups:
             if used is None:  # the whole chunk
@@ -182,8 +200,9 @@ class Fast:
                     _rows(exclude, members),
                     sq_norm[used],
                 )
-            dropped = 0 if used is None else (size - len(used)) * floor
-            part.dropped = torch.full((len(members),), dropped, dtype=torch.float64)
+            skipped = 0 if used is None else size - len(used)
+            part.log_dropped = (math.log(skipped) if skipped else -math.inf) + ref[members] - tau
+            part.log_floor = ref[members]
             parts.append((members, part))
         first = parts[0][1]
         out = PosteriorState(*(v.new_empty(len(queries), *v.shape[1:]) for v in vars(first).values()))
@@ -233,6 +252,10 @@ class Fast:
             if len(members)
         ]
         return (~together).nonzero().squeeze(1), groups
+
+    def _tau(self, size: int) -> float:
+        """Skip below the best logit minus this: N points of weight < tol/N each carry < tol."""
+        return math.log(max(self.rows, size) / self.tol)
 
     def _quantized(self, x: torch.Tensor, index: torch.Tensor):
         """``quantize(x)``, cached for contiguous chunks of the prepared dataset."""

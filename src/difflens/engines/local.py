@@ -8,10 +8,10 @@ from difflens import oracle
 class LocalEngine:
     """Runs ``oracle.posterior_state`` over all chunks in this process (torch uses its own threads)."""
 
-    def fold(self, queries, data, scale, *, log_weights, include, exclude, rows, query_batch, step):
+    def fold(self, queries, data, scale, *, log_weights, include, exclude, rows, query_batch, step, floor=None):
         chunks = oracle.data_chunks(data, rows, include)
         return oracle.posterior_state(
-            queries, chunks, scale, log_weights, exclude, query_batch, step=step, norms=data.sq_norms
+            queries, chunks, scale, log_weights, exclude, query_batch, step=step, norms=data.sq_norms, floor=floor
         )
 
     def close(self) -> None:
