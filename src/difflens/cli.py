@@ -48,7 +48,7 @@ SchedulerOpt = typer.Option(None, "--scheduler", help="Run the kernel on an exis
 PrecisionOpt = typer.Option(
     PrecisionName.exact,
     help="fast: an int8 screen skips training points of provably negligible weight (same answer, < 1e-16 of "
-    "the mass skipped); 3-4x faster at low noise, where the posterior sits on a few points, no faster at high noise.",
+    "the mass skipped); 3-4.5x faster where the posterior sits on a few points (low noise), no faster at high noise.",
 )
 
 FastTolOpt = typer.Option(1e-16, "--fast-tol", help="With --precision fast: most posterior mass skipped per query.")

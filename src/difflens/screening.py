@@ -16,18 +16,18 @@ R² = ‖x̃‖² + 2s²T(max log_weight + τ − ℓ*). A caller that knows a p
 logit as a ``floor`` for ℓ*, so chunks far from the query skip nearly everything. With τ = ln(N/tol)
 for N training points the dropped points together carry less than ``tol`` of the posterior mass.
 The bound itself, Σ over skipped points of e^(ℓ* − τ) against the exact ℓ* (so float32 rounding
-cannot break it), is reported per query as ``Posterior.dropped_mass``. The test runs as one float32 pass over the int8 GEMM's output, padded by
-a relative slack (1e-6) well above that pass's own rounding.
+cannot break it), is reported per query as ``Posterior.dropped_mass``. The test runs as one float32
+pass over the int8 GEMM's output, padded by a relative slack (1e-6) well above its own rounding.
 
 The kept points are then computed exactly: queries that keep few points gather them (work ∝ kept
-points, not C), the others run the exact kernel together over the union of their kept points — the
-split that costs least by a per-pair cost model. So ``fast`` differs from ``exact`` only by float32
-rounding of the kept points and the < ``tol`` dropped mass. What is skipped depends on the data and
-noise: at large noise every point keeps real weight, and the first tile of queries tells the screen
-to step aside (exact, plus a quarter of a screen).
+points, not C), the others run the exact kernel in groups over the union of their kept points, or
+over the whole chunk — the split that costs least by a per-pair cost model. So ``fast`` differs
+from ``exact`` only by float32 rounding of the kept points and the < ``tol`` dropped mass. What is
+skipped depends on the data and noise: at large noise every point keeps real weight, and a probe of
+1/32 of the queries tells the screen to step aside (exact, plus 1/32 of a screen).
 
 Why int8 and not bfloat16: on CPUs without AMX (this one), bf16 GEMMs run slower than fp32 while
-int8 (AVX-512 VNNI) runs 2.4–4× faster; ``benchmarks/bench_scale.py`` measures all of them.
+int8 (AVX-512 VNNI) runs 2.5–4× faster; ``benchmarks/bench_scale.py`` measures all of them.
 """
 
 from __future__ import annotations
