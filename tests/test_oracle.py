@@ -24,6 +24,9 @@ def brute_force(q, x, sigma, temperature=1.0, log_weights=None, mask=None):
         logits = logits.masked_fill(~mask, -math.inf)
     w = torch.softmax(logits, 1)
     mean = w @ x
+    # the kernel's float32 logits are off by up to ~2⁻²³·(‖q‖‖x‖ + ‖x‖²)/(s²T): weights move that much
+    size = q.norm(dim=1, keepdim=True) * x.norm(dim=1).max() + (x * x).sum(1).max()
+    logit_err = float((2.0**-23 * size / s2t).max())
     trace = (w * ((x[None] - mean[:, None]) ** 2).sum(-1)).sum(1)
     return dict(
         mean=mean,
@@ -32,6 +35,7 @@ def brute_force(q, x, sigma, temperature=1.0, log_weights=None, mask=None):
         max_weight=w.max(1).values,
         eff_count=1 / (w**2).sum(1),
         argmax=w.argmax(1),
+        logit_err=logit_err,
     )
 
 
@@ -40,8 +44,8 @@ def assert_matches(post, ref, scale=1.0):
     assert torch.allclose(post.mean, ref["mean"], atol=tol, rtol=1e-4)
     assert torch.allclose(post.trace_cov, ref["trace_cov"], atol=tol * scale, rtol=1e-3)
     assert torch.allclose(post.log_norm, ref["log_norm"], atol=1e-3, rtol=1e-5)
-    assert torch.allclose(post.max_weight, ref["max_weight"], atol=1e-5)
-    assert torch.allclose(post.eff_count, ref["eff_count"], rtol=1e-4)
+    assert torch.allclose(post.max_weight, ref["max_weight"], atol=1e-5 + ref["logit_err"])
+    assert torch.allclose(post.eff_count, ref["eff_count"], rtol=1e-4 + 2 * ref["logit_err"])
     clear = ref["max_weight"] > 0.51  # argmax is only well defined without near-ties
     assert torch.equal(post.argmax[clear], ref["argmax"][clear])
 
