@@ -159,54 +159,19 @@ class Fast:
         return tuple(torch.cat(part) for part in zip(*out, strict=True))
 
     def recompute(self, rows, cols, ref, queries, scale, x, index, log_weights, exclude, sq_norm):
-        """The exact state over each query's kept points (see ``plan``)."""
-        from difflens.oracle import PosteriorState, chunk_state, gathered_state
+        """The exact state over each query's kept points (who computes how: see ``plan``)."""
+        from difflens.oracle import PosteriorState
 
         size, tau = len(x), self._tau(len(x))
         counts = torch.bincount(rows, minlength=len(queries))
         gathered, groups = self.plan(rows, cols, counts, queries @ self._quantized(x, index)[4], size)
-        parts = []
-        if len(gathered):
-            width = _pow2(counts[gathered])
-            start = torch.cumsum(counts, 0) - counts
-            slot = torch.full((len(queries),), -1, dtype=torch.int64)
-            for k in torch.unique(width).tolist():
-                bucket = gathered[width == k]
-                slot[bucket] = torch.arange(len(bucket))
-                sel = slot[rows] >= 0
-                kept = torch.full((len(bucket), k), -1, dtype=torch.int64)
-                kept[slot[rows[sel]], torch.arange(len(rows))[sel] - start[rows[sel]]] = cols[sel]
-                slot[bucket] = -1
-                step = max(1, GATHER_BYTES // (4 * k * x.shape[1]))
-                buffer = _buffer(min(len(bucket), step) * k * x.shape[1])
-                for sub, sub_kept in zip(bucket.split(step), kept.split(step), strict=True):
-                    part = gathered_state(queries[sub], scale[sub], x, index, sub_kept, sq_norm, log_weights, buffer)
-                    part.log_dropped = torch.log((size - counts[sub]).double()) + ref[sub] - tau
-                    part.log_floor = ref[sub]
-                    parts.append((sub, part))
-        for members, used in groups:
-            if used is None:  # the whole chunk
-                part = chunk_state(
-                    queries[members], scale[members], x, index, log_weights, _rows(exclude, members), sq_norm
-                )
-            else:
-                rows_used = _buffer(len(used) * x.shape[1])[: len(used) * x.shape[1]].view(len(used), -1)
-                part = chunk_state(
-                    queries[members],
-                    scale[members],
-                    torch.index_select(x, 0, used, out=rows_used),
-                    index[used],
-                    None if log_weights is None else log_weights[used],
-                    _rows(exclude, members),
-                    sq_norm[used],
-                )
-            skipped = 0 if used is None else size - len(used)
-            part.log_dropped = (math.log(skipped) if skipped else -math.inf) + ref[members] - tau
+        kernel = (queries, scale, x, index, log_weights, sq_norm)
+        parts = [*_gathered_parts(gathered, rows, cols, counts, *kernel), *_group_parts(groups, exclude, *kernel)]
+        for members, part, skipped in parts:
+            part.log_dropped = torch.log(skipped.double()) + ref[members] - tau  # each skipped logit < ref − τ
             part.log_floor = ref[members]
-            parts.append((members, part))
-        first = parts[0][1]
-        out = PosteriorState(*(v.new_empty(len(queries), *v.shape[1:]) for v in vars(first).values()))
-        for members, part in parts:  # every query is in exactly one part
+        out = PosteriorState(*(v.new_empty(len(queries), *v.shape[1:]) for v in vars(parts[0][1]).values()))
+        for members, part, _ in parts:  # every query is in exactly one part
             for name, value in vars(part).items():
                 getattr(out, name)[members] = value
         return out
@@ -299,8 +264,43 @@ def _buffer(floats: int) -> torch.Tensor:
     return _BUFFER
 
 
-def _rows(t: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
-    return None if t is None else t[rows]
+def _gathered_parts(gathered, rows, cols, counts, queries, scale, x, index, log_weights, sq_norm):
+    """(queries, state, points skipped) for queries that gather their own kept points, in buckets of
+    equal (power-of-two) width."""
+    from difflens.oracle import gathered_state
+
+    start = torch.cumsum(counts, 0) - counts
+    width = _pow2(counts[gathered])
+    slot = torch.full((len(queries),), -1, dtype=torch.int64)
+    for k in torch.unique(width).tolist():
+        bucket = gathered[width == k]
+        slot[bucket] = torch.arange(len(bucket))
+        sel = slot[rows] >= 0
+        kept = torch.full((len(bucket), k), -1, dtype=torch.int64)  # −1: padding
+        kept[slot[rows[sel]], torch.arange(len(rows))[sel] - start[rows[sel]]] = cols[sel]
+        slot[bucket] = -1
+        step = max(1, GATHER_BYTES // (4 * k * x.shape[1]))
+        buffer = _buffer(min(len(bucket), step) * k * x.shape[1])
+        for sub, sub_kept in zip(bucket.split(step), kept.split(step), strict=True):
+            part = gathered_state(queries[sub], scale[sub], x, index, sub_kept, sq_norm, log_weights, buffer)
+            yield sub, part, len(x) - counts[sub]
+
+
+def _group_parts(groups, exclude, queries, scale, x, index, log_weights, sq_norm):
+    """(queries, state, points skipped) for groups run by the exact kernel over their points."""
+    from difflens.oracle import chunk_state
+
+    for members, used in groups:
+        ex = None if exclude is None else exclude[members]
+        if used is None:  # the whole chunk
+            part = chunk_state(queries[members], scale[members], x, index, log_weights, ex, sq_norm)
+            yield members, part, torch.zeros(len(members), dtype=torch.int64)
+            continue
+        size = used.numel() * x.shape[1]
+        rows = torch.index_select(x, 0, used, out=_buffer(size)[:size].view(len(used), -1))
+        lw = None if log_weights is None else log_weights[used]
+        part = chunk_state(queries[members], scale[members], rows, index[used], lw, ex, sq_norm[used])
+        yield members, part, torch.full((len(members),), len(x) - len(used))
 
 
 def _pow2(counts: torch.Tensor) -> torch.Tensor:
