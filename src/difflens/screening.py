@@ -67,6 +67,32 @@ def quantize(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     return q.to(torch.int8), a, sq * a * a, a * (res + 2.0**-21 * math.sqrt(v.shape[1]) * 127.0)
 
 
+def quantize_levels(v: torch.Tensor, levels: int = 1):
+    """Rows v (n, D) in one or two int8 levels, the second quantizing the first's residual:
+    (codes (levels·n, D) int8, a_l/a_1 per level (levels, n), a_1, ‖Q‖², ‖V_1‖a_1 + ‖V_2‖a_2, bound on
+    ‖v − Q‖) with Q = Σ_l a_l·V_l, all float64 but the codes. The residual is computed in float32,
+    off by at most 2⁻²³·(‖v‖ + ‖r‖) (covered with 2⁻²²)."""
+    v = v.float()
+    v1, a1, sq, res = quantize(v)
+    if levels == 1:
+        return v1, torch.ones(1, len(v), dtype=torch.float64), a1, sq, sq.sqrt(), res
+    r = v - a1.float()[:, None] * v1.float()
+    v2, a2, sq2, res2 = quantize(r)
+    q = a1[:, None] * v1.double() + a2[:, None] * v2.double()  # exact products, one rounding per sum
+    norms = torch.linalg.vector_norm(v, dim=1, dtype=torch.float64) + torch.linalg.vector_norm(
+        r, dim=1, dtype=torch.float64
+    )
+    res = res2 + 2.0**-22 * norms
+    return (
+        torch.cat([v1, v2]),
+        torch.stack([torch.ones_like(a1), a2 / a1]),
+        a1,
+        q.square().sum(1),
+        sq.sqrt() + sq2.sqrt(),
+        res,
+    )
+
+
 @dataclass
 class Fast:
     """The screened kernel step: same call signature and results as ``oracle.chunk_state``.
@@ -74,13 +100,14 @@ class Fast:
     tol: bound on the posterior mass dropped per query; gather_cost, group_cost, call_cost: the
     cost model of ``plan`` (measured on a 2-core AVX-512 machine; they steer speed, never results);
     dense_fraction: when the queries (or a first probe of them) keep more than this fraction of the
-    chunk, the whole batch runs exact."""
+    chunk, the whole batch runs exact; query_levels: int8 levels per query (see ``screen``)."""
 
     tol: float = 1e-16
     gather_cost: float = 50.0
     group_cost: float = 40.0
     call_cost: float = 20000.0
     dense_fraction: float = 0.15
+    query_levels: int = 0  # 1, 2, or 0: the probe picks
     token: str = ""  # identifies the dataset for the cache of quantized chunks
     rows: int = 0  # training points in all (the dropped mass of every chunk adds up); 0: this chunk's
 
@@ -109,54 +136,74 @@ class Fast:
         """(query, point) index pairs each query must keep, row-major, and each query's reference
         logit ℓ (exact; every skipped point's logit is below ℓ − τ); None when a first probe of the
         queries keeps more than ``dense_fraction`` of the chunk. ``floor`` (B,): known lower bounds
-        on each query's largest logit over all the data (e.g. from a point elsewhere)."""
-        xq, xa, x_sq, x_res, _ = self._quantized(x, index)  # padded to whole blocks with zero rows
-        tau = self._tau(len(x))
-        lw = None if log_weights is None else torch.cat([log_weights.double(), x_sq.new_zeros(len(xq) - len(x))])
-        xa32 = xa.float()
-        lw_max = 0.0 if lw is None else float(lw[: len(x)].max())
-        out, lo = [], 0
+        on each query's largest logit over all the data (e.g. from a point elsewhere).
+
+        The probe also picks the queries' int8 levels (unless ``query_levels`` is set): two when
+        that halves what the probe keeps, as at high noise, where the rounding of the noisy query
+        itself dominates the bound."""
+        out, lo, levels = [], 0, self.query_levels or 1
+        points = self._quantized(x, index)  # padded to whole blocks with zero rows
+        if log_weights is not None:
+            log_weights = torch.cat([log_weights.double(), log_weights.new_zeros(len(points[0]) - len(x))])
         while lo < len(queries):
             sl = slice(lo, lo + (TILE if lo else min(TILE, max(PROBE, len(queries) // 32))))
-            qq, qa, q_sq, q_res = quantize(queries[sl])
-            ia, s = 1.0 / qa, scale[sl]
-            # int8 logit / (a·s): t = b·G − ‖b·X‖²/(2a) (+ log_weight/(a·s)); its argmax is the probable best point
-            t = torch.mul(torch._int_mm(qq, xq.T), xa32)
-            u, v = [-0.5 * ia], [x_sq]
-            if lw is not None:
-                u, v = [*u, ia / s], [*v, lw]
-            t.addmm_(torch.stack(u, 1).float(), torch.stack(v).float())
-            t[:, len(x) :] = -math.inf
-            if exclude is not None:
-                t[:, : len(x)].masked_fill_((exclude[sl, None, :] == index[None, :, None]).any(-1), -math.inf)
-            blocks = t.view(len(t), -1, BLOCK)
-            top = blocks.amax(2).argmax(1)
-            best = top * BLOCK + blocks[torch.arange(len(t)), top].argmax(1)
-            # threshold: tau below the larger of the floor and the exact logit of the probable best point
-            y = queries[sl].double()
-            y2 = y.square().sum(1)
-            d2 = (y - x[best.clamp_max(len(x) - 1)].double()).square_().sum(1)
-            ref = 0.5 * (y2 - d2) * s + (0.0 if lw is None else lw[best])
-            ref = ref.masked_fill_(t[torch.arange(len(t)), best] == -math.inf, -math.inf)  # all excluded
-            ref = ref if floor is None else torch.maximum(ref, floor[sl])
-            # a point beyond distance R has logit < ref − tau (log_weight_m ≤ max covers every m)
-            radius = (y2 + 2.0 * (lw_max + tau - ref) / s).clamp_min(0.0).sqrt()
-            w = (radius + q_res) * (1 + 1e-9)  # R + ‖r_query‖
-            c = 0.5 * ia * (q_sq - w * w)
-            # keep ⟺ d̂ ≤ w + ‖r_point‖ ⟺ b·G + (w/a)·‖r_point‖ − (‖b·X‖² − ‖r_point‖²)/(2a) ≥ c,
-            # written as t + U·V; the last three rows of U·V are the float32 slack
-            u = [w * ia, 0.5 * ia, SLACK * ia * q_sq.sqrt(), SLACK * w * ia, 0.5 * SLACK * ia]
-            v = [x_res, x_res.square(), x_sq.sqrt(), x_res, x_sq + x_res.square()]
-            if lw is not None:
-                u, v = [*u, -ia / s, 2 * SLACK * ia / s], [*v, lw, lw.abs()]
-            t.addmm_(torch.stack(u, 1).float(), torch.stack(v).float())
-            # (a finite threshold: −inf marks excluded and padding columns, never kept)
-            rows, cols = _at_least(blocks, (c - SLACK * c.abs()).float().clamp_min(-torch.finfo(torch.float32).max))
-            if lo == 0 and len(queries) > len(t) and len(rows) > self.dense_fraction * len(t) * len(x):
+            args = (queries[sl], scale[sl], x, points, index, log_weights)
+            ex, fl = (None if t is None else t[sl] for t in (exclude, floor))
+            rows, cols, ref = self._screen_tile(*args, ex, fl, levels)
+            if lo == 0 and not self.query_levels and len(rows) > max(16, 1e-3 * len(x)) * len(ref):
+                finer = self._screen_tile(*args, ex, fl, 2)
+                if len(finer[0]) < 0.5 * len(rows):
+                    (rows, cols, ref), levels = finer, 2
+            if lo == 0 and len(queries) > len(ref) and len(rows) > self.dense_fraction * len(ref) * len(x):
                 return None
             out.append((rows + lo, cols, ref))
-            lo += len(t)
+            lo += len(ref)
         return tuple(torch.cat(part) for part in zip(*out, strict=True))
+
+    def _screen_tile(self, queries, scale, x, points, index, lw, exclude, floor, levels: int):
+        """``screen`` for one tile of queries, quantized with one or two int8 levels; ``points``:
+        the chunk's ``_quantized`` form, ``lw`` its log-weights (float64, padded alike)."""
+        xq, xa, x_sq, x_res, _ = points
+        tau, s, n = self._tau(len(x)), scale, len(queries)
+        codes, weights, a, q_sq, q_mag, q_res = quantize_levels(queries, levels)
+        ia = 1.0 / a
+        # int8 logit / (a·s): t = Σ_l (a_l/a)·b·G_l − ‖b·X‖²/(2a) (+ log_weight/(a·s)); argmax: probable best
+        g = torch._int_mm(codes, xq.T)
+        t = torch.mul(g[:n], xa.float())
+        for level in range(1, levels):
+            t.add_(torch.mul(g[level * n : (level + 1) * n], xa.float()).mul_(weights[level].float()[:, None]))
+        u, v = [-0.5 * ia], [x_sq]
+        if lw is not None:
+            u, v = [*u, ia / s], [*v, lw]
+        t.addmm_(torch.stack(u, 1).float(), torch.stack(v).float())
+        t[:, len(x) :] = -math.inf
+        if exclude is not None:
+            t[:, : len(x)].masked_fill_((exclude[:, None, :] == index[None, :, None]).any(-1), -math.inf)
+        blocks = t.view(n, -1, BLOCK)
+        top = blocks.amax(2).argmax(1)
+        best = top * BLOCK + blocks[torch.arange(n), top].argmax(1)
+        # reference: the larger of the floor and the exact logit of the probable best point
+        y = queries.double()
+        y2 = y.square().sum(1)
+        d2 = (y - x[best.clamp_max(len(x) - 1)].double()).square_().sum(1)
+        ref = 0.5 * (y2 - d2) * s + (0.0 if lw is None else lw[best])
+        ref = ref.masked_fill_(t[torch.arange(n), best] == -math.inf, -math.inf)  # all excluded
+        ref = ref if floor is None else torch.maximum(ref, floor)
+        # a point beyond distance R has logit < ref − tau (log_weight_m ≤ max covers every m)
+        lw_max = 0.0 if lw is None else float(lw[: len(x)].max())
+        radius = (y2 + 2.0 * (lw_max + tau - ref) / s).clamp_min(0.0).sqrt()
+        w = (radius + q_res) * (1 + 1e-9)  # R + ‖r_query‖
+        c = 0.5 * ia * (q_sq - w * w)
+        # keep ⟺ d̂ ≤ w + ‖r_point‖ ⟺ Qx̃·b·X/a + (w/a)·‖r_point‖ − (‖b·X‖² − ‖r_point‖²)/(2a) ≥ c,
+        # written as t + U·V; the last three rows of U·V are the float32 slack
+        u = [w * ia, 0.5 * ia, SLACK * ia * q_mag, SLACK * w * ia, 0.5 * SLACK * ia]
+        v = [x_res, x_res.square(), x_sq.sqrt(), x_res, x_sq + x_res.square()]
+        if lw is not None:
+            u, v = [*u, -ia / s, 2 * SLACK * ia / s], [*v, lw, lw.abs()]
+        t.addmm_(torch.stack(u, 1).float(), torch.stack(v).float())
+        # (a finite threshold: −inf marks excluded and padding columns, never kept)
+        rows, cols = _at_least(blocks, (c - SLACK * c.abs()).float().clamp_min(-torch.finfo(torch.float32).max))
+        return rows, cols, ref
 
     def recompute(self, rows, cols, ref, queries, scale, x, index, log_weights, exclude, sq_norm):
         """The exact state over each query's kept points (who computes how: see ``plan``)."""
