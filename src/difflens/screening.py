@@ -108,6 +108,7 @@ class Fast:
     call_cost: float = 20000.0
     dense_fraction: float = 0.15
     query_levels: int = 0  # 1, 2, or 0: the probe picks
+    screen_cost: float = 0.25  # one int8 level's screen, in exact passes (measured)
     token: str = ""  # identifies the dataset for the cache of quantized chunks
     rows: int = 0  # training points in all (the dropped mass of every chunk adds up); 0: this chunk's
 
@@ -139,8 +140,8 @@ class Fast:
         on each query's largest logit over all the data (e.g. from a point elsewhere).
 
         The probe also picks the queries' int8 levels (unless ``query_levels`` is set): two when
-        that halves what the probe keeps, as at high noise, where the rounding of the noisy query
-        itself dominates the bound."""
+        the cost model says the finer screen saves more recompute than it costs, as at high noise,
+        where the rounding of the noisy query itself dominates the bound."""
         out, lo, levels = [], 0, self.query_levels or 1
         points = self._quantized(x, index)  # padded to whole blocks with zero rows
         if log_weights is not None:
@@ -150,9 +151,9 @@ class Fast:
             args = (queries[sl], scale[sl], x, points, index, log_weights)
             ex, fl = (None if t is None else t[sl] for t in (exclude, floor))
             rows, cols, ref = self._screen_tile(*args, ex, fl, levels)
-            if lo == 0 and not self.query_levels and len(rows) > max(16, 1e-3 * len(x)) * len(ref):
+            if lo == 0 and not self.query_levels and self._cost(rows, len(ref), len(x), 1) > 2 * self.screen_cost:
                 finer = self._screen_tile(*args, ex, fl, 2)
-                if len(finer[0]) < 0.5 * len(rows):
+                if self._cost(finer[0], len(ref), len(x), 2) < self._cost(rows, len(ref), len(x), 1):
                     (rows, cols, ref), levels = finer, 2
             if lo == 0 and len(queries) > len(ref) and len(rows) > self.dense_fraction * len(ref) * len(x):
                 return None
@@ -264,6 +265,12 @@ class Fast:
             if len(members)
         ]
         return (~together).nonzero().squeeze(1), groups
+
+    def _cost(self, rows: torch.Tensor, queries: int, size: int, levels: int) -> float:
+        """Estimated cost per query, in exact passes over the chunk, of screening with ``levels``
+        and then gathering what the screen kept (``rows``: the kept pairs' queries)."""
+        kept = _pow2(torch.bincount(rows, minlength=queries)).double() * self.gather_cost
+        return levels * self.screen_cost + float(kept.clamp_max(size).mean()) / size
 
     def _tau(self, size: int) -> float:
         """Skip below the best logit minus this: N points of weight < tol/N each carry < tol."""
