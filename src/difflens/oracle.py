@@ -379,9 +379,13 @@ def posterior(
     if rows < 1:
         raise DifflensError(f"chunk_size must be ≥ 1, got {rows}")
     exclude = _exclude_matrix(exclude, len(q))
-    floor = None if hint is None else _hint_floor(hint, q, data, scale, lw, include, exclude)
-    if extra is not None:
-        floor = extra.log_max if floor is None else torch.maximum(floor, extra.log_max)
+    step = screening.resolve(precision, data)
+    hint = None if hint is None else _check_hint(hint, len(q), data.n)
+    floor = None  # lower bounds on the largest logits, for a step that can use them (fast)
+    if getattr(step, "uses_floor", False):
+        floor = None if hint is None else _hint_floor(hint, q, data, scale, lw, include, exclude)
+        if extra is not None:
+            floor = extra.log_max if floor is None else torch.maximum(floor, extra.log_max)
     state = engines.resolve(engine).fold(
         q,
         data,
@@ -391,7 +395,7 @@ def posterior(
         exclude=exclude,
         rows=rows,
         query_batch=query_batch,
-        step=screening.resolve(precision, data),
+        step=step,
         floor=floor,
     )
     if extra is not None:
@@ -399,12 +403,16 @@ def posterior(
     return state.finalize((q.double() ** 2).sum(1), scale)
 
 
-def _hint_floor(hint, queries, data: Dataset, scale, log_weights, include, exclude) -> torch.Tensor:
-    """Each query's largest logit over its hinted points, in float64: a lower bound on its largest
-    logit over the data (hints outside ``include`` or in ``exclude`` do not count)."""
-    h = torch.as_tensor(np.asarray(hint) if not torch.is_tensor(hint) else hint).long().reshape(len(queries), -1)
-    if ((h < 0) | (h >= data.n)).any():
-        raise DifflensError(f"hint holds indices outside 0…{data.n - 1}")
+def _check_hint(hint, batch: int, n: int) -> torch.Tensor:
+    h = torch.as_tensor(np.asarray(hint) if not torch.is_tensor(hint) else hint).long().reshape(batch, -1)
+    if ((h < 0) | (h >= n)).any():
+        raise DifflensError(f"hint holds indices outside 0…{n - 1}")
+    return h
+
+
+def _hint_floor(h, queries, data: Dataset, scale, log_weights, include, exclude) -> torch.Tensor:
+    """Each query's largest logit over its hinted points h (B, k), in float64: a lower bound on its
+    largest logit over the data (hints outside ``include`` or in ``exclude`` do not count)."""
     x = data.take(h.reshape(-1).numpy()).double().reshape(*h.shape, -1)
     logit = ((queries.double()[:, None] * x).sum(-1) - 0.5 * x.square().sum(-1)) * scale[:, None]
     if log_weights is not None:

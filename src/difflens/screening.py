@@ -127,23 +127,26 @@ class Fast:
         # nor for points of weight 0 (log_weight −inf): the screen's arithmetic assumes finite values
         if not 2 <= x.shape[1] < 2**31 / 127**2 or (log_weights is not None and not log_weights.isfinite().all()):
             return chunk_state(queries, scale, x, index, log_weights, exclude, sq_norm)
-        pairs = self.screen(queries, scale, x, index, log_weights, exclude, floor)
+        points = self._quantized(x, index)
+        pairs = self.screen(queries, scale, x, index, log_weights, exclude, floor, points)
         if pairs is None or len(pairs[0]) > self.dense_fraction * len(queries) * len(x):
             return chunk_state(queries, scale, x, index, log_weights, exclude, sq_norm)
         sq_norm = row_sq_norms(x) if sq_norm is None else sq_norm
-        return self.recompute(*pairs, queries, scale, x, index, log_weights, exclude, sq_norm)
+        order = queries @ points[4]  # along the chunk's main direction, for ``plan``
+        return self.recompute(*pairs, queries, scale, x, index, log_weights, exclude, sq_norm, order)
 
-    def screen(self, queries, scale, x, index, log_weights=None, exclude=None, floor=None):
+    def screen(self, queries, scale, x, index, log_weights=None, exclude=None, floor=None, points=None):
         """(query, point) index pairs each query must keep, row-major, and each query's reference
         logit ℓ (exact; every skipped point's logit is below ℓ − τ); None when a first probe of the
         queries keeps more than ``dense_fraction`` of the chunk. ``floor`` (B,): known lower bounds
-        on each query's largest logit over all the data (e.g. from a point elsewhere).
+        on each query's largest logit over all the data (e.g. from a point elsewhere); ``points``:
+        the chunk's ``_quantized`` form, when already at hand.
 
         The probe also picks the queries' int8 levels (unless ``query_levels`` is set): two when
         the cost model says the finer screen saves more recompute than it costs, as at high noise,
         where the rounding of the noisy query itself dominates the bound."""
         out, lo, levels = [], 0, self.query_levels or 1
-        points = self._quantized(x, index)  # padded to whole blocks with zero rows
+        points = self._quantized(x, index) if points is None else points  # padded to whole blocks
         if log_weights is not None:
             log_weights = torch.cat([log_weights.double(), log_weights.new_zeros(len(points[0]) - len(x))])
         while lo < len(queries):
@@ -151,9 +154,10 @@ class Fast:
             args = (queries[sl], scale[sl], x, points, index, log_weights)
             ex, fl = (None if t is None else t[sl] for t in (exclude, floor))
             rows, cols, ref = self._screen_tile(*args, ex, fl, levels)
-            if lo == 0 and not self.query_levels and self._cost(rows, len(ref), len(x), 1) > 2 * self.screen_cost:
+            coarse = self._cost(rows, len(ref), len(x), 1) if lo == 0 and not self.query_levels else 0.0
+            if coarse > 2 * self.screen_cost:  # a second level could pay: try it on the probe
                 finer = self._screen_tile(*args, ex, fl, 2)
-                if self._cost(finer[0], len(ref), len(x), 2) < self._cost(rows, len(ref), len(x), 1):
+                if self._cost(finer[0], len(ref), len(x), 2) < coarse:
                     (rows, cols, ref), levels = finer, 2
             if lo == 0 and len(queries) > len(ref) and len(rows) > self.dense_fraction * len(ref) * len(x):
                 return None
@@ -206,13 +210,14 @@ class Fast:
         rows, cols = _at_least(blocks, (c - SLACK * c.abs()).float().clamp_min(-torch.finfo(torch.float32).max))
         return rows, cols, ref
 
-    def recompute(self, rows, cols, ref, queries, scale, x, index, log_weights, exclude, sq_norm):
-        """The exact state over each query's kept points (who computes how: see ``plan``)."""
+    def recompute(self, rows, cols, ref, queries, scale, x, index, log_weights, exclude, sq_norm, order):
+        """The exact state over each query's kept points (who computes how: see ``plan``, which
+        groups queries by ``order``)."""
         from difflens.oracle import PosteriorState
 
         size, tau = len(x), self._tau(len(x))
         counts = torch.bincount(rows, minlength=len(queries))
-        gathered, groups = self.plan(rows, cols, counts, queries @ self._quantized(x, index)[4], size)
+        gathered, groups = self.plan(rows, cols, counts, order, size)
         kernel = (queries, scale, x, index, log_weights, sq_norm)
         parts = [*_gathered_parts(gathered, rows, cols, counts, *kernel), *_group_parts(groups, exclude, *kernel)]
         for members, part, skipped in parts:
