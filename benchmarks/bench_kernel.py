@@ -16,10 +16,10 @@ import time
 import psutil
 import torch
 
-from difflens import oracle
+from difflens.analysis.optimal_loss import optimal_loss_curve
 from difflens.data import as_dataset
-from difflens.optimal_loss import optimal_loss_curve
-from difflens.processes import sigma_grid
+from difflens.diffusion.processes import sigma_grid
+from difflens.kernel import oracle
 
 
 def best_time(fn, repeats: int) -> float:

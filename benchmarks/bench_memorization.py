@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from difflens.memorization import nearest
+from difflens.analysis.memorization import nearest
 
 
 def main(n: int = 20000, dim: int = 64, queries: int = 1024, seed: int = 0) -> None:

@@ -24,8 +24,9 @@ import numpy as np
 import psutil
 import torch
 
-from difflens import data, oracle
-from difflens.engines import open_engine
+from difflens import data
+from difflens.kernel import oracle
+from difflens.kernel.engines import open_engine
 
 
 def patches(n: int, seed: int = 0) -> np.ndarray:

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from difflens import diagnose as dg
+from difflens.analysis import diagnose as dg
+from difflens.analysis.optimal_loss import recipe_quadrature
 from difflens.models import load_denoiser
-from difflens.optimal_loss import recipe_quadrature
+from difflens.models.train import TrainConfig, split_data, train
 from difflens.report import plt, save_figure, write_csv, write_json
-from difflens.train import TrainConfig, split_data, train
 
 LEVELS = np.geomspace(0.01, 40.0, 12)
 

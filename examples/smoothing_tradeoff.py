@@ -24,8 +24,10 @@ from scipy import linalg
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 
-from difflens import data, report, samplers, smoothing
-from difflens.memorization import memorization, to_image
+from difflens import data, report
+from difflens.analysis import smoothing
+from difflens.analysis.memorization import memorization, to_image
+from difflens.diffusion import samplers
 from difflens.report import plt, save_figure
 
 

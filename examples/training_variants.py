@@ -30,10 +30,11 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from smoothing_tradeoff import frechet, plot_grid, sample_metrics
 
-from difflens import data, report, samplers
-from difflens.memorization import memorization
+from difflens import data, report
+from difflens.analysis.memorization import memorization
+from difflens.diffusion import samplers
 from difflens.models import load_denoiser
-from difflens.train import TrainConfig, train
+from difflens.models.train import TrainConfig, train
 
 
 def variants(smooth: list[str]) -> list[dict]:

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from difflens import diagnose as dg
+from difflens.analysis import diagnose as dg
+from difflens.analysis.optimal_loss import recipe_quadrature
+from difflens.analysis.scaling import fit_groups, plot_fits
 from difflens.models import load_denoiser
-from difflens.optimal_loss import recipe_quadrature
+from difflens.models.train import TrainConfig, split_data, train
 from difflens.report import write_csv, write_json
-from difflens.scaling import fit_groups, plot_fits
-from difflens.train import TrainConfig, split_data, train
 
 LEVELS = np.array([0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0])
 

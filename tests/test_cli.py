@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from difflens import oracle
 from difflens.cli import app
 from difflens.data import load
+from difflens.kernel import oracle
 
 runner = CliRunner()
 TINY = ["--samples", "16", "--sigmas", "0.05:20:6"]

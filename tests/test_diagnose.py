@@ -10,11 +10,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from difflens import diagnose as dg
+from difflens.analysis import diagnose as dg
+from difflens.analysis.optimal_loss import optimal_loss_curve, recipe_quadrature
 from difflens.cli import app
 from difflens.data import load
 from difflens.models import OracleDenoiser, Parametrization, load_denoiser
-from difflens.optimal_loss import optimal_loss_curve, recipe_quadrature
 
 runner = CliRunner()
 

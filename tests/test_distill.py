@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from difflens.distill.core import ModelSpec, SamplerSpec, distill_generalist, fit_generalist, pareto_weights
-from difflens.distill.models import make_denoiser
-from difflens.distill.policy import TASKS, DiffusionPolicy, demonstrations, expert_actions, random_starts, rollout
-from difflens.distill.restore import degrade, psnr_ssim
-from difflens.distill.toy import GaussianTasks, conditional_fit, excess_risk, gaussian_w2_kl
-from difflens.distill.train import Pairs, Scalarization, TrainConfig, train_dsm
 from difflens.errors import DifflensError
+from difflens.lab.distill.core import ModelSpec, SamplerSpec, distill_generalist, fit_generalist, pareto_weights
+from difflens.lab.distill.models import make_denoiser
+from difflens.lab.distill.policy import TASKS, DiffusionPolicy, demonstrations, expert_actions, random_starts, rollout
+from difflens.lab.distill.restore import degrade, psnr_ssim
+from difflens.lab.distill.toy import GaussianTasks, conditional_fit, excess_risk, gaussian_w2_kl
+from difflens.lab.distill.train import Pairs, Scalarization, TrainConfig, train_dsm
 
 
 def test_tchebycheff_weights_are_the_smooth_max_gradient_and_favour_the_worst_task():

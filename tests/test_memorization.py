@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from difflens.analysis.memorization import memorization, nearest
 from difflens.errors import DifflensError
-from difflens.memorization import memorization, nearest
 
 
 def _brute_top2(q: np.ndarray, x: np.ndarray):

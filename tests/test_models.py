@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from difflens.analysis.optimal_loss import optimal_loss_curve
 from difflens.data import load
+from difflens.diffusion.processes import TARGETS, conversion_factor
 from difflens.errors import DifflensError
 from difflens.models import (
     DenoiserAsNet,
@@ -18,8 +20,6 @@ from difflens.models import (
     diffusers_denoiser,
     load_denoiser,
 )
-from difflens.optimal_loss import optimal_loss_curve
-from difflens.processes import TARGETS, conversion_factor
 
 PROCESSES = ("ve", "vp", "vp-cosine", "edm", "fm")
 

@@ -7,9 +7,9 @@ import pytest
 from scipy import integrate, stats
 
 from difflens import DifflensError
-from difflens import optimal_loss as ol
+from difflens.analysis import optimal_loss as ol
 from difflens.data import load
-from difflens.processes import TARGETS, conversion_factor, edm_c_out, get_process
+from difflens.diffusion.processes import TARGETS, conversion_factor, edm_c_out, get_process
 
 
 def curve(data, sigmas, **kw):

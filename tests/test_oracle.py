@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from difflens import DifflensError, oracle
+from difflens import DifflensError, kernel
+from difflens.kernel import oracle
 
 
 def brute_force(q, x, sigma, temperature=1.0, log_weights=None, mask=None):
@@ -83,7 +84,7 @@ def test_partials_merge_in_any_order():
     g = torch.Generator().manual_seed(2)
     x, q = torch.randn(90, 5, generator=g), torch.randn(6, 5, generator=g)
     scale = torch.full((6,), 1 / 0.7**2, dtype=torch.float64)
-    parts = [oracle.chunk_state(q, scale, x[i : i + 30], torch.arange(i, i + 30)) for i in (0, 30, 60)]
+    parts = [kernel.chunk_state(q, scale, x[i : i + 30], torch.arange(i, i + 30)) for i in (0, 30, 60)]
     a = parts[0].merge(parts[1]).merge(parts[2])
     b = parts[2].merge(parts[0].merge(parts[1]))
     qn = (q.double() ** 2).sum(1)
@@ -137,7 +138,7 @@ def test_log_weights_include_exclude_and_extra_match_brute_force():
     scale = 1 / 0.9**2
     xs = x[src].double()
     logit = ((q.double() * xs).sum(1) - 0.5 * (xs**2).sum(1)) * scale - math.log(2.5)
-    extra = oracle.PosteriorState.of_points(logit, x[src], src)
+    extra = kernel.PosteriorState.of_points(logit, x[src], src)
     post = oracle.posterior(q, x, 0.9, exclude=src, extra=extra)
     lw_rows = torch.zeros(6, 40, dtype=torch.float64)
     lw_rows[torch.arange(6), src] = -math.log(2.5)
@@ -182,7 +183,7 @@ def test_trace_cov_does_not_cancel_when_one_point_dominates():
 def test_memory_is_bounded_by_chunk_not_n():
     # the kernel never materialises (N, B, D) nor (B, N): peak tensor size follows the chunk
     x, q = torch.randn(20_000, 8), torch.randn(16, 8)
-    state = oracle.posterior_state(q, oracle.data_chunks(oracle.as_dataset(x), 100), torch.ones(16))
+    state = kernel.posterior_state(q, kernel.data_chunks(kernel.as_source(x), 100), torch.ones(16))
     assert state.mean.shape == (16, 8)
     full = oracle.posterior(q, x, 1.0, chunk_size=20_000)
     small = oracle.posterior(q, x, 1.0, chunk_size=100)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from difflens import DifflensError
-from difflens.processes import PROCESSES, TARGETS, conversion_factor, edm_c_out, get_process, parse_sigmas
+from difflens.diffusion.processes import PROCESSES, TARGETS, conversion_factor, edm_c_out, get_process, parse_sigmas
 
 T = np.linspace(0.05, 0.95, 19)
 

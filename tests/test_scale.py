@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from difflens import DifflensError, data, oracle, screening, storage
+from difflens import DifflensError, data, kernel
+from difflens.analysis.optimal_loss import optimal_loss_curve
 from difflens.cli import app
-from difflens.engines import LocalEngine, open_engine
-from difflens.engines.dask import partitions
-from difflens.optimal_loss import optimal_loss_curve
-from difflens.processes import sigma_grid
+from difflens.diffusion.processes import sigma_grid
+from difflens.kernel import oracle, screening
+from difflens.kernel.engines import LocalEngine, open_engine
+from difflens.kernel.engines.dask import partitions
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -59,7 +60,7 @@ def test_memmap_dataset_pickles_as_its_path(tmp_path):
 
 def test_convert_to_zarr_roundtrips_values_and_scale(tmp_path):
     ds = data.load("digits")
-    info = storage.convert("digits", tmp_path / "d.zarr", chunk_rows=500)
+    info = data.convert("digits", tmp_path / "d.zarr", chunk_rows=500)
     assert info["chunk_rows"] == 500
     z = data.load(str(tmp_path / "d.zarr"))
     assert z.stats.hash == ds.stats.hash  # same values after the stored scaling
@@ -68,9 +69,9 @@ def test_convert_to_zarr_roundtrips_values_and_scale(tmp_path):
     back = pickle.loads(pickle.dumps(z))
     assert len(pickle.dumps(z)) < 5000 and torch.equal(back.rows(490, 510), ds.rows(490, 510))
     with pytest.raises(DifflensError, match="exists"):
-        storage.convert("digits", tmp_path / "d.zarr")
+        data.convert("digits", tmp_path / "d.zarr")
     with pytest.raises(DifflensError, match=".zarr"):
-        storage.convert("digits", tmp_path / "d.npy")
+        data.convert("digits", tmp_path / "d.npy")
 
 
 def test_convert_streams_an_image_folder(tmp_path):
@@ -116,9 +117,11 @@ MEMORY_CAPPED = textwrap.dedent(
     """
     import json, resource, sys
     import numpy as np
-    from difflens import data, optimal_loss
+    from difflens import data
+    from difflens.analysis import optimal_loss
+    from difflens.data import dataset as dataset_mod
     path, cap_mb = sys.argv[1], int(sys.argv[2])
-    data._SCAN_BYTES = 1 << 20  # the one-pass stats also stream in small blocks
+    dataset_mod._SCAN_BYTES = 1 << 20  # the one-pass stats also stream in small blocks
     kw = dict(sigmas=[0.3, 3.0], samples=16, seed=0, chunk_size=512)
     optimal_loss.optimal_loss_curve(np.ones((1024, 1024), np.float32), **kw)  # warm up: thread pools, BLAS buffers
     used = int(next(line for line in open("/proc/self/status") if line.startswith("VmData")).split()[1]) * 1024
@@ -208,15 +211,7 @@ def test_screen_keeps_every_point_within_tau_of_the_best(seed, sigma, offset, di
     assert kept[logits >= logits.amax(1, keepdim=True) - tau].all()  # float64 truth: nothing heavy is dropped
 
 
-def test_fast_hint_skips_far_chunks_and_leaves_the_answer_alone(monkeypatch):
-    work = []  # (query, point) pairs computed exactly
-    gathered_step, exact_step = oracle.gathered_state, oracle.chunk_state
-    monkeypatch.setattr(
-        oracle, "gathered_state", lambda q, s, x, i, c, *a: work.append(c.numel()) or gathered_step(q, s, x, i, c, *a)
-    )
-    monkeypatch.setattr(
-        oracle, "chunk_state", lambda q, s, x, *a: work.append(len(q) * len(x)) or exact_step(q, s, x, *a)
-    )
+def test_fast_hint_skips_far_chunks_and_leaves_the_answer_alone():
     x = torch.from_numpy(gmm(n=6000, dim=48, seed=2))
     src = torch.arange(0, 6000, 50)
     q = x[src] + 0.2 * torch.randn(len(src), 48, generator=torch.Generator().manual_seed(0))
@@ -224,8 +219,8 @@ def test_fast_hint_skips_far_chunks_and_leaves_the_answer_alone(monkeypatch):
     exact = oracle.posterior(q, x, 0.2, chunk_size=1000)
     runs = {}
     for name, extra in [("plain", {}), ("hinted", {"hint": src}), ("excluded", {"hint": src, "exclude": src})]:
-        work.clear()
-        runs[name] = (oracle.posterior(q, x, 0.2, **kw, **extra), sum(work))
+        with kernel.counting_work() as work:  # (query, point) pairs computed exactly
+            runs[name] = (oracle.posterior(q, x, 0.2, **kw, **extra), work.pairs)
     w = torch.softmax(-(torch.cdist(q.double(), x.double()) ** 2) / (2 * 0.2**2), 1)
     truth = w @ x.double()  # float64 brute force: fast is as close to it as exact
     for name in ("plain", "hinted"):
@@ -261,27 +256,18 @@ def test_fast_matches_exact_across_the_noise_grid(name, gather_cost, query_level
     assert exact[0] < 1e-6 * exact[-1] and exact[-1] > 0.5 * ds.stats.variance  # the grid spans both regimes
 
 
-def test_fast_skips_points_and_reports_the_bound(monkeypatch):
-    work = []  # (query, point) pairs computed exactly, by the whole-chunk and the gathered kernel
-    exact_step, gathered_step = oracle.chunk_state, oracle.gathered_state
-    monkeypatch.setattr(
-        oracle, "chunk_state", lambda q, s, x, *a: work.append(len(q) * len(x)) or exact_step(q, s, x, *a)
-    )
-    monkeypatch.setattr(
-        oracle,
-        "gathered_state",
-        lambda q, s, x, i, cols, *a: work.append(cols.numel()) or gathered_step(q, s, x, i, cols, *a),
-    )
+def test_fast_skips_points_and_reports_the_bound():
     gen = torch.Generator().manual_seed(0)
     x = torch.from_numpy(gmm(n=4000, dim=128))
     q = x[:64] + 0.2 * torch.randn(64, 128, generator=gen)
     lw = torch.randn(len(x), generator=gen).double()
     exclude = torch.arange(64)[:, None]  # leave each query's source out
     kw = dict(log_weights=lw, exclude=exclude, chunk_size=1000)
-    exact = oracle.posterior(q, x, 0.2, **kw)
-    assert sum(work) == 64 * 4000
-    work.clear()
-    fast = oracle.posterior(q, x, 0.2, precision=screening.Fast(tol=1e-10), **kw)
+    with kernel.counting_work() as exact_work:  # (query, point) pairs computed exactly
+        exact = oracle.posterior(q, x, 0.2, **kw)
+    assert exact_work.pairs == 64 * 4000
+    with kernel.counting_work() as work:
+        fast = oracle.posterior(q, x, 0.2, precision=screening.Fast(tol=1e-10), **kw)
     logits = -((q.double()[:, None] - x.double()[None]) ** 2).sum(-1) / (2 * 0.2**2) + lw  # float64 brute force
     logits[torch.arange(64), torch.arange(64)] = -math.inf
     w = torch.softmax(logits, 1)
@@ -293,7 +279,7 @@ def test_fast_skips_points_and_reports_the_bound(monkeypatch):
     assert torch.equal(fast.argmax, exact.argmax)
     assert (exact.dropped_mass == 0).all()
     assert (fast.dropped_mass < 1e-10).all()  # within the requested tolerance
-    assert 0 < sum(work) < 0.2 * 64 * 4000  # fast computed < 1/5 of the (query, point) pairs exactly
+    assert 0 < work.pairs < 0.2 * 64 * 4000  # fast computed < 1/5 of the (query, point) pairs exactly
     with pytest.raises(DifflensError, match="precision"):
         oracle.posterior(q, x, 0.2, precision="fastest")
     lw[::2] = -math.inf  # points of weight 0: fast runs exact there
@@ -334,7 +320,7 @@ class DieOnce:
         if not os.path.exists(self.marker):
             Path(self.marker).touch()
             os.kill(os.getpid(), signal.SIGKILL)
-        return oracle.chunk_state(*args)
+        return kernel.chunk_state(*args)
 
 
 @pytest.fixture(scope="module")
@@ -375,8 +361,8 @@ def test_dask_engine_survives_a_worker_killed_mid_run(cluster, on_disk, tmp_path
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     q = on_disk.take(np.arange(7, 6000, 40)) + 1.0 * torch.randn(150, 64)
     pids = set(cluster.worker_pids().values())
-    chunks = oracle.data_chunks(on_disk, 400)
-    expected = oracle.posterior_state(q, chunks, torch.ones(150, dtype=torch.float64))
+    chunks = kernel.data_chunks(on_disk, 400)
+    expected = kernel.posterior_state(q, chunks, torch.ones(150, dtype=torch.float64))
     state = cluster.fold(
         q,
         on_disk,

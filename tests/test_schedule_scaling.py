@@ -8,10 +8,10 @@ import pytest
 import torch
 from scipy import stats
 
-from difflens import schedule as sched
+from difflens.analysis.scaling import fit_excess, fit_groups, fit_offset, fit_plain
+from difflens.diffusion import schedules as sched
+from difflens.diffusion.processes import get_process
 from difflens.errors import DifflensError
-from difflens.processes import get_process
-from difflens.scaling import fit_excess, fit_groups, fit_offset, fit_plain
 
 
 def _schedule(**kw):

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from difflens import oracle, samplers, smoothing, trajectories
+from difflens.analysis import smoothing, trajectories
+from difflens.analysis.memorization import memorization
+from difflens.diffusion import samplers
 from difflens.errors import DifflensError
-from difflens.memorization import memorization
+from difflens.kernel import oracle
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from difflens import gap, toy
+from difflens.analysis import gap
+from difflens.analysis.smoothing import EmpiricalDenoiser
 from difflens.errors import DifflensError
-from difflens.smoothing import EmpiricalDenoiser
+from difflens.lab import toy
 
 
 def test_blurred_denoiser_equals_numerical_posterior_of_blurred_data():

@@ -8,13 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from difflens.analysis.smoothing import smoothed_target
 from difflens.cli import app
 from difflens.data import load
 from difflens.errors import DifflensError
 from difflens.models import DenoiserAsNet, NetDenoiser, OracleDenoiser, Parametrization, load_denoiser
 from difflens.models.nets import build_net
-from difflens.smoothing import smoothed_target
-from difflens.train import SmoothedTargets, TrainConfig, train
+from difflens.models.train import SmoothedTargets, TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ FastTolOpt = typer.Option(1e-16, "--fast-tol", help="With --precision fast: most
 
 def kernel_precision(precision: PrecisionName, fast_tol: float):
     """What ``oracle.posterior`` takes as ``precision``."""
-    from difflens import screening
+    from difflens.kernel import screening
 
     return screening.Fast(tol=fast_tol) if precision is PrecisionName.fast else precision.value
 
@@ -123,9 +123,10 @@ def optimal_loss_cmd(
     fast_tol: float = FastTolOpt,
 ):
     """Optimal (lowest achievable) loss at every noise level: writes optimal_loss.{json,csv,png}."""
-    from difflens import optimal_loss as ol
-    from difflens import processes, report
-    from difflens.engines import open_engine
+    from difflens import report
+    from difflens.analysis import optimal_loss as ol
+    from difflens.diffusion import processes
+    from difflens.kernel.engines import open_engine
 
     grid = processes.parse_sigmas(sigmas)
     ds = load_data(data, scale, holdout, seed)
@@ -224,8 +225,9 @@ def denoise(
     fast_tol: float = FastTolOpt,
 ):
     """The exact empirical optimal denoiser E[x0 | x̃] applied to given noisy queries."""
-    from difflens import oracle, report
-    from difflens.engines import open_engine
+    from difflens import report
+    from difflens.kernel import oracle
+    from difflens.kernel.engines import open_engine
 
     if not temperature > 0:
         raise DifflensError(f"--temperature must be > 0, got {temperature}")
@@ -316,7 +318,7 @@ def train_cmd(
     out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Output directory."),
 ):
     """Train a tiny reference denoiser: metrics.jsonl, ckpt_*.pt, model.safetensors, train.json."""
-    from difflens.train import TrainConfig, train
+    from difflens.models.train import TrainConfig, train
 
     cfg = TrainConfig(
         data=data,
@@ -394,8 +396,8 @@ def diagnose_cmd(
 
     import torch
 
-    from difflens import diagnose as dg
-    from difflens import processes
+    from difflens.analysis import diagnose as dg
+    from difflens.diffusion import processes
     from difflens.models import Parametrization, load_denoiser
     from difflens.models.load import default_shape
 
@@ -513,9 +515,9 @@ def schedule_cmd(
     out: Path = typer.Option(Path("runs/schedule"), "--out", "-o", help="Output directory."),
 ):
     """Xu et al.'s optimal-loss schedule: weights w(σ) and sampling density p(σ) as a table and recipe."""
-    from difflens import diagnose as dg
     from difflens import report
-    from difflens import schedule as sched
+    from difflens.analysis import diagnose as dg
+    from difflens.diffusion import schedules as sched
     from difflens.models import Parametrization, load_denoiser
 
     ds = load_data(data, scale, holdout, seed=0)
@@ -587,8 +589,8 @@ def scaling_cmd(
 ):
     """Fit J = βC^α, J − J* = βC^α and J = E + βC^α, with CIs and log–log correlations; plot them."""
     from difflens import report
-    from difflens import scaling as sc
-    from difflens.diagnose import optimal_levels
+    from difflens.analysis import scaling as sc
+    from difflens.analysis.diagnose import optimal_levels
     from difflens.models import Parametrization
 
     if (table is None) == (runs is None):
@@ -596,7 +598,7 @@ def scaling_cmd(
     if runs is not None:
         import glob
 
-        from difflens import processes
+        from difflens.diffusion import processes
 
         paths = sorted(glob.glob(runs))
         if not paths:
@@ -686,8 +688,8 @@ def _subset(ds, size: int | None, seed: int):
 
 def _memorization_outputs(samples, ds, mem, out: Path, top: int) -> list[str]:
     """Write memorization.npz and the NN-distance / most-memorized plots; return the file names."""
-    from difflens import memorization as mm
     from difflens import report
+    from difflens.analysis import memorization as mm
 
     report._atomic_write(out / "memorization.npz", mem.npz_bytes())
     mm.plot_nn_distances(mem, out / "nn_distance.png", title=f"{ds.spec}: {len(mem.d1)} samples")
@@ -714,9 +716,9 @@ def memorization_cmd(
     out: Path = typer.Option(Path("runs/memorization"), "--out", "-o", help="Output directory."),
 ):
     """Nearest / second-nearest training samples of generated samples and the memorization ratio (d1/d2 test)."""
-    from difflens import gap as gap_mod
-    from difflens import memorization as mm
     from difflens import report
+    from difflens.analysis import gap as gap_mod
+    from difflens.analysis import memorization as mm
 
     ds = load_data(data, scale)
     gen = load_data(samples, scale)
@@ -772,8 +774,9 @@ def gap_cmd(
     """Generalization gap per noise level G(s) = (E_val − E_train)/E_train, for denoisers or checkpoints."""
     import glob
 
-    from difflens import gap as gap_mod
-    from difflens import processes, report
+    from difflens import report
+    from difflens.analysis import gap as gap_mod
+    from difflens.diffusion import processes
     from difflens.models import load_denoiser
     from difflens.models.load import default_shape
 
@@ -857,7 +860,9 @@ def toy_gap_cmd(
     out: Path = typer.Option(Path("runs/toy-gap"), "--out", "-o", help="Output directory."),
 ):
     """Gap G(s) of the error-prone denoiser y_δ on a circle, swept over δ, density or guidance weight."""
-    from difflens import processes, report, toy
+    from difflens import report
+    from difflens.diffusion import processes
+    from difflens.lab import toy
 
     grid = np.sort(processes.parse_sigmas(sigmas))
     vals = _float_list(values, "--values")
@@ -875,7 +880,7 @@ def toy_gap_cmd(
             seed=seed,
             on_level=lambda *_: bar.advance(task),
         )
-    from difflens.gap import plot_gap
+    from difflens.analysis.gap import plot_gap
 
     plot_gap(curves, out / "toy_gap.png", title=f"toy gap vs {sweep.value} (circle, M={draws})")
     config = {"sweep": sweep.value, "points": points, "delta": delta, "delta_neg": delta_neg, "random": random}
@@ -908,8 +913,11 @@ def toy_flow_cmd(
     out: Path = typer.Option(Path("runs/toy-flow"), "--out", "-o", help="Output directory."),
 ):
     """Flow-field streamlines, sampler trajectories, memorization and trajectory overlap on the 2-D toy."""
-    from difflens import memorization as mm
-    from difflens import report, samplers, toy, trajectories
+    from difflens import report
+    from difflens.analysis import memorization as mm
+    from difflens.analysis import trajectories
+    from difflens.diffusion import samplers
+    from difflens.lab import toy
 
     if data:
         ds2 = load_data(data, "none")
@@ -1003,9 +1011,11 @@ def smooth_sample_cmd(
 ):
     """Sample with a closed-form score (or a trained model); report memorization, NN distances, γ_ex and
     trajectory overlap with noised training samples."""
-    from difflens import gap as gap_mod
-    from difflens import memorization as mm
-    from difflens import processes, report, samplers, smoothing, trajectories
+    from difflens import report
+    from difflens.analysis import gap as gap_mod
+    from difflens.analysis import memorization as mm
+    from difflens.analysis import smoothing, trajectories
+    from difflens.diffusion import processes, samplers
 
     ds = _subset(load_data(data, scale), subset, seed)
     if model and model.startswith("py:"):
@@ -1097,7 +1107,7 @@ def convert_cmd(
     overwrite: bool = typer.Option(False, help="Replace DEST if it exists."),
 ):
     """Write data as a chunked zarr array that streams from disk (raw values + their scaling)."""
-    from difflens import storage
+    from difflens import data as data_mod
 
     with progress() as bar:
         task = bar.add_task(f"→ {dest.name}", total=None)
@@ -1105,7 +1115,7 @@ def convert_cmd(
         def on_rows(k: int, total: int) -> None:
             bar.update(task, total=total, advance=k)
 
-        info = storage.convert(
+        info = data_mod.convert(
             src, dest, scale=scale.value, chunk_rows=chunk_rows, overwrite=overwrite, on_rows=on_rows
         )
     shape, rows = tuple(info["shape"]), info["chunk_rows"]
@@ -1150,7 +1160,7 @@ def _run_distill(name: str, cfg, runner, threads: int, seed: int) -> dict:
 def _report_distill(out: Path, name: str, result: dict, metrics: dict[str, str], **plot_kw) -> None:
     """NAME.csv and NAME.png, then NAME.json last (its presence means the run completed), and the table."""
     from difflens import report
-    from difflens.distill import report as drep
+    from difflens.lab.distill import report as drep
 
     report.write_csv(out / f"{name}.csv", drep.summary_rows(result, tuple(metrics)))
     drep.plot_vs_pairs(result, metrics, out / f"{name}.png", **plot_kw)
@@ -1197,8 +1207,8 @@ def distill_toy_cmd(
     out: Path = typer.Option(Path("runs/distill-toy"), "--out", "-o", help="Output directory."),
 ):
     """Gaussian conditional tasks with analytic scores: exact excess DSM risk, W2 and KL per task vs n."""
-    from difflens.distill import report as drep
-    from difflens.distill.toy import ToyConfig, run_toy
+    from difflens.lab.distill import report as drep
+    from difflens.lab.distill.toy import ToyConfig, run_toy
 
     cfg = ToyConfig(
         tasks=tasks,
@@ -1243,7 +1253,7 @@ def distill_restore_cmd(
     out: Path = typer.Option(Path("runs/distill-restore"), "--out", "-o", help="Output directory."),
 ):
     """Digits restoration, one task per degradation: PSNR/SSIM of specialists, baseline and distilled generalist."""
-    from difflens.distill.restore import RestoreConfig, run_restore
+    from difflens.lab.distill.restore import RestoreConfig, run_restore
 
     kinds = tuple(v.strip() for v in degradations.split(",") if v.strip())
     cfg = RestoreConfig(
@@ -1283,7 +1293,7 @@ def distill_policy_cmd(
     out: Path = typer.Option(Path("runs/distill-policy"), "--out", "-o", help="Output directory."),
 ):
     """Diffusion policies on 2-D point-mass reaching tasks: success rate and return vs demonstrations."""
-    from difflens.distill.policy import PolicyConfig, run_policy
+    from difflens.lab.distill.policy import PolicyConfig, run_policy
 
     cfg = PolicyConfig(
         demos=_int_list(demos, "--demos"),

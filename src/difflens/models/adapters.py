@@ -13,10 +13,11 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from difflens import oracle
 from difflens.data import as_dataset
+from difflens.diffusion.precond import Parametrization
 from difflens.errors import DifflensError
-from difflens.models.precond import Parametrization, as_sigma
+from difflens.kernel import oracle
+from difflens.kernel.oracle import as_sigma
 
 
 @runtime_checkable

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from difflens.diffusion.precond import DiscreteVP, Parametrization
 from difflens.errors import DifflensError
 from difflens.models.adapters import NetDenoiser, OracleDenoiser
 from difflens.models.nets import build_net, count_params
-from difflens.models.precond import DiscreteVP, Parametrization
 
 CHECKPOINT_FORMAT = "difflens-checkpoint/1"
 

@@ -1,0 +1,261 @@
+"""Memorization of generated samples: exact nearest training samples and the d1/d2 ratio test.
+
+A generated sample is *memorized* when d1/d2 < 1/3, d1 and d2 its L2 distances to the nearest and
+second-nearest training samples (Gu et al.; DESIGN §4). Distances are found by streaming the
+training set in chunks: each chunk proposes a few candidates per query (a float32 GEMM in torch, or
+a faiss flat index), the running candidate lists merge, and the final candidates are re-measured in
+float64 — so near-copies (d1 ≈ 0) get exact distances instead of the cancellation error of
+‖a‖² + ‖b‖² − 2a·b. Distances may be taken in a feature space given by a callable.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from difflens.data import Dataset, as_dataset
+from difflens.errors import DifflensError
+from difflens.kernel import oracle
+
+Feature = Callable[[torch.Tensor], torch.Tensor]
+BACKENDS = ("auto", "torch", "faiss")
+_FAISS_MIN_WORK = 50_000_000  # queries × training points above which "auto" picks faiss
+
+
+@dataclass
+class Neighbours:
+    """The k nearest training samples of each query: distances (B, k) float64, ascending, and indices."""
+
+    dist: np.ndarray
+    index: np.ndarray
+
+
+def _features(x: torch.Tensor, feature: Feature | None) -> torch.Tensor:
+    if feature is None:
+        return x.float()
+    f = torch.as_tensor(feature(x))
+    if f.ndim != 2 or len(f) != len(x):
+        raise DifflensError(f"the feature map must return (n, F) for n inputs, got shape {tuple(f.shape)}")
+    return f.float()
+
+
+def _chunk_candidates(q: torch.Tensor, q_sq: torch.Tensor, f: torch.Tensor, k: int, backend: str):
+    """Approximate (float32) squared distances and local indices of the k closest rows of one chunk."""
+    k = min(k, len(f))
+    if backend == "faiss":
+        import faiss
+
+        index = faiss.IndexFlatL2(f.shape[1])
+        index.add(np.ascontiguousarray(f.numpy(), dtype=np.float32))
+        d, i = index.search(np.ascontiguousarray(q.numpy(), dtype=np.float32), k)
+        return torch.from_numpy(d).double(), torch.from_numpy(i).long()
+    d = (q_sq[:, None] + (f * f).sum(1)[None, :] - 2.0 * (q @ f.T)).double()
+    d, i = torch.topk(d, k, dim=1, largest=False)
+    return d, i
+
+
+def nearest(
+    queries,
+    data,
+    k: int = 2,
+    *,
+    feature: Feature | None = None,
+    backend: str = "auto",
+    candidates: int = 8,
+    chunk_size: int | None = None,
+    query_batch: int = 4096,
+    on_chunk: Callable[[int], None] | None = None,
+) -> Neighbours:
+    """Exact k nearest training samples of each query (L2, in feature space if ``feature`` is given).
+
+    Each chunk proposes ``k + candidates`` rows per query; the survivors are re-measured in float64,
+    which makes the result exact unless more than ``candidates`` rows tie with the true k-th one
+    within float32 rounding. ``on_chunk(rows)`` is called after each data chunk."""
+    if backend not in BACKENDS:
+        raise DifflensError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    data = as_dataset(data)
+    q_raw = oracle.check_queries(queries, data.dim)
+    if not 1 <= k <= data.n:
+        raise DifflensError(f"need 1 ≤ k ≤ number of training samples ({data.n}), got k={k}")
+    if backend == "auto":
+        backend = "faiss" if len(q_raw) * data.n >= _FAISS_MIN_WORK else "torch"
+    q_feat = _features(q_raw, feature)
+    rows = chunk_size or oracle.default_chunk_rows(q_feat.shape[1], min(len(q_feat), query_batch))
+    keep = k + max(0, candidates)
+    best_d = torch.full((len(q_feat), 0), np.inf, dtype=torch.float64)
+    best_i = torch.zeros((len(q_feat), 0), dtype=torch.long)
+    q_sq = (q_feat * q_feat).sum(1)
+    for index, x in oracle.data_chunks(data, rows):
+        f = _features(x, feature)
+        if f.shape[1] != q_feat.shape[1]:
+            raise DifflensError("the feature map returns different sizes for queries and training samples")
+        parts = [
+            _chunk_candidates(q_feat[i : i + query_batch], q_sq[i : i + query_batch], f, keep, backend)
+            for i in range(0, len(q_feat), query_batch)
+        ]
+        d = torch.cat([p[0] for p in parts])
+        i = index[torch.cat([p[1] for p in parts])]
+        best_d, order = torch.topk(torch.cat([best_d, d], 1), min(keep, best_d.shape[1] + d.shape[1]), 1, False)
+        best_i = torch.cat([best_i, i], 1).gather(1, order)
+        if on_chunk is not None:
+            on_chunk(len(x))
+    exact = _exact_distances(q_feat, best_i, data, feature)
+    exact, order = torch.sort(exact, dim=1)
+    return Neighbours(exact[:, :k].numpy(), best_i.gather(1, order)[:, :k].numpy())
+
+
+def _exact_distances(q_feat: torch.Tensor, idx: torch.Tensor, data: Dataset, feature: Feature | None) -> torch.Tensor:
+    """float64 distances from each query to its candidate rows (B, c)."""
+    flat = idx.reshape(-1).numpy()
+    uniq, inverse = np.unique(flat, return_inverse=True)
+    f = _features(data.take(uniq), feature).double()[torch.from_numpy(inverse)].reshape(*idx.shape, -1)
+    return torch.linalg.vector_norm(f - q_feat.double()[:, None, :], dim=-1)
+
+
+@dataclass
+class Memorization:
+    """Per-sample nearest distances and the memorized fraction (d1/d2 < threshold)."""
+
+    d1: np.ndarray
+    d2: np.ndarray
+    index: np.ndarray  # nearest training sample
+    index2: np.ndarray  # second nearest
+    threshold: float
+
+    @property
+    def ratio(self) -> np.ndarray:
+        """d1/d2 per sample (0 for an exact copy, also when the copied point is duplicated)."""
+        return np.where(self.d1 == 0, 0.0, self.d1 / np.where(self.d2 > 0, self.d2, 1.0))
+
+    @property
+    def memorized(self) -> np.ndarray:
+        return self.ratio < self.threshold
+
+    @property
+    def memorization_ratio(self) -> float:
+        return float(self.memorized.mean())
+
+    def summary(self, bins: int = 30) -> dict:
+        """JSON-ready: memorized fraction, NN-distance quantiles and histogram, ratio quantiles."""
+        q = [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0]
+        counts, edges = np.histogram(self.d1, bins=bins)
+        return {
+            "samples": int(len(self.d1)),
+            "threshold": self.threshold,
+            "memorization_ratio": self.memorization_ratio,
+            "memorized": int(self.memorized.sum()),
+            "nn_distance": {
+                "mean": float(self.d1.mean()),
+                **{f"q{int(p * 100)}": float(v) for p, v in zip(q, np.quantile(self.d1, q), strict=True)},
+                "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
+            },
+            "ratio_d1_d2": {f"q{int(p * 100)}": float(v) for p, v in zip(q, np.quantile(self.ratio, q), strict=True)},
+            "distinct_nearest": int(len(np.unique(self.index))),
+        }
+
+    def npz_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, d1=self.d1, d2=self.d2, index=self.index, index2=self.index2, ratio=self.ratio)
+        return buf.getvalue()
+
+
+def memorization(
+    samples,
+    data,
+    *,
+    threshold: float = 1.0 / 3.0,
+    feature: Feature | None = None,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> Memorization:
+    """Nearest and second-nearest training samples of each generated sample, and the ratio test."""
+    if not 0.0 < threshold <= 1.0:
+        raise DifflensError(f"the memorization threshold must be in (0, 1], got {threshold}")
+    data = as_dataset(data)
+    if data.n < 2:
+        raise DifflensError("the memorization ratio needs at least 2 training samples")
+    nb = nearest(samples, data, 2, feature=feature, backend=backend, chunk_size=chunk_size, on_chunk=on_chunk)
+    return Memorization(nb.dist[:, 0], nb.dist[:, 1], nb.index[:, 0], nb.index[:, 1], float(threshold))
+
+
+# ---------------------------------------------------------------- plots
+
+
+def is_image_shape(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 2 or (len(shape) == 3 and (shape[-1] in (1, 3, 4) or shape[0] in (1, 3, 4)))
+
+
+def to_image(x: np.ndarray, shape: tuple[int, ...], lo: float, hi: float) -> np.ndarray:
+    """One flattened sample as an (H, W) or (H, W, C) image in [0, 1]."""
+    img = np.asarray(x, dtype=np.float64).reshape(shape)
+    if img.ndim == 3 and img.shape[0] in (1, 3, 4) and img.shape[-1] not in (1, 3, 4):
+        img = np.moveaxis(img, 0, -1)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    return np.clip((img - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+
+
+def image_grid(images, shape, path, *, title: str = "", cols: int = 8, lo: float = -1.0, hi: float = 1.0) -> None:
+    """A plain grid of samples (rows of ``cols``)."""
+    from difflens.report import plt, save_figure
+
+    images = np.asarray(images)
+    rows = -(-len(images) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.1 + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, x in zip(axes.flat, images, strict=False):
+        ax.imshow(to_image(x, shape, lo, hi), cmap="gray", vmin=0, vmax=1)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_memorized(samples, data: Dataset, result: Memorization, path, *, top: int = 16) -> None:
+    """The ``top`` most memorized samples (lowest d1/d2), each beside its nearest training image."""
+    from difflens.report import plt, save_figure
+
+    if not is_image_shape(data.shape):
+        raise DifflensError(f"cannot draw samples of shape {data.shape} as images")
+    order = np.argsort(result.ratio, kind="stable")[:top]
+    samples = np.asarray(samples, dtype=np.float32).reshape(len(result.d1), -1)
+    near = data.take(result.index[order]).numpy()
+    lo, hi = data.stats.minimum, data.stats.maximum
+    cols = 4
+    rows = -(-len(order) // cols)
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2 * cols * 1.2, rows * 1.35 + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for j, (i, nb) in enumerate(zip(order, near, strict=True)):
+        a, b = axes[j // cols, 2 * (j % cols)], axes[j // cols, 2 * (j % cols) + 1]
+        a.imshow(to_image(samples[i], data.shape, lo, hi), cmap="gray", vmin=0, vmax=1)
+        b.imshow(to_image(nb, data.shape, lo, hi), cmap="gray", vmin=0, vmax=1)
+        a.set_title(f"#{i} r={result.ratio[i]:.2f}", fontsize=7, color="C3" if result.memorized[i] else "k")
+        b.set_title(f"train {result.index[i]}", fontsize=7)
+    fig.suptitle(
+        f"most memorized samples (left) beside their nearest training image (right); "
+        f"memorized {result.memorization_ratio:.1%} at d1/d2 < {result.threshold:.3g}",
+        fontsize=9,
+    )
+    save_figure(fig, path)
+
+
+def plot_nn_distances(result: Memorization, path, *, title: str = "") -> None:
+    """Histograms of the nearest-neighbour distance d1 and of the ratio d1/d2 (threshold marked)."""
+    from difflens.report import plt, save_figure
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.hist(result.d1, bins=30, color="C0")
+    a.set_xlabel("distance to nearest training sample d1")
+    a.set_ylabel("samples")
+    b.hist(result.ratio, bins=np.linspace(0, 1, 31), color="C1")
+    b.axvline(result.threshold, color="C3", ls="--", label=f"threshold {result.threshold:.3g}")
+    b.set_xlabel("d1 / d2")
+    b.legend(fontsize=8)
+    fig.suptitle(title or f"memorization ratio {result.memorization_ratio:.1%} ({len(result.d1)} samples)")
+    save_figure(fig, path)

@@ -1,0 +1,178 @@
+"""Datasets as the kernel sees them: N samples flattened to D float32 values, streamed in chunks.
+
+A data spec names where samples come from:
+
+* ``digits`` — scikit-learn's bundled 8×8 digits (1797 images), scaled to [−1, 1] (the default)
+* ``lfw`` — scikit-image's bundled ``lfw_subset`` (200 faces, 25×25), scaled to [−1, 1]
+* ``PATH.npy`` — memory-mapped, never loaded whole; first axis = samples
+* ``PATH.npz:KEY`` — one named array of an ``.npz`` (the key may be omitted if there is one array)
+* ``PATH.zarr`` — a chunked zarr array (e.g. written by ``difflens convert``), read chunk by chunk
+* ``DIR`` — a folder of PNG/JPEG/BMP images of one size, scaled to [−1, 1]
+* ``toy:NAME[:k=v,...]`` — generated toys: ``circle``, ``gmm``, ``gaussian`` (see ``TOYS``)
+
+Integer arrays (e.g. uint8 images) are scaled from [0, 255] to [−1, 1]; float arrays are used as
+given unless ``scale`` says otherwise (``none``, ``uint8``, ``minmax``).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from difflens.data import storage
+from difflens.data.dataset import Dataset
+from difflens.data.images import IMAGE_SUFFIXES, image_files, read_image
+from difflens.errors import DifflensError
+
+SCALES = ("auto", "none", "uint8", "minmax")
+
+
+# ---------------------------------------------------------------- toys
+
+
+def _circle(n: int = 16, radius: float = 1.0, noise: float = 0.0, random: bool = False, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    angles = rng.uniform(0, 2 * np.pi, n) if random else np.arange(n) * 2 * np.pi / n
+    x = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    return x + noise * rng.standard_normal(x.shape)
+
+
+def _gmm(n: int = 1000, k: int = 8, dim: int = 2, std: float = 0.1, radius: float = 1.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((k, dim))
+    centers *= radius / np.linalg.norm(centers, axis=1, keepdims=True)
+    return centers[rng.integers(0, k, n)] + std * rng.standard_normal((n, dim))
+
+
+def _gaussian(n: int = 1000, dim: int = 2, var: float = 1.0, seed: int = 0):
+    return np.sqrt(var) * np.random.default_rng(seed).standard_normal((n, dim))
+
+
+TOYS = {"circle": _circle, "gmm": _gmm, "gaussian": _gaussian}
+
+
+def parse_params(text: str, spec: str) -> dict:
+    params = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise DifflensError(f"{spec}: toy parameters are key=value, got {item!r}")
+        low = value.strip().lower()
+        if low in ("true", "false"):
+            params[key.strip()] = low == "true"
+            continue
+        try:
+            params[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise DifflensError(f"{spec}: toy parameter {key}={value!r} is not a number") from None
+    return params
+
+
+def _load_toy(spec: str) -> np.ndarray:
+    _, _, rest = spec.partition(":")
+    name, _, params = rest.partition(":")
+    if name not in TOYS:
+        raise DifflensError(f"unknown toy {name!r} in {spec!r}; choose one of {', '.join(TOYS)}")
+    try:
+        x = TOYS[name](**parse_params(params, spec))
+    except TypeError as exc:
+        raise DifflensError(f"{spec}: {exc}") from None
+    return np.asarray(x, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- files
+
+
+def _load_npz(path: Path, key: str | None, spec: str) -> np.ndarray:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DifflensError(f"{spec}: cannot read .npz file ({exc})") from None
+    with archive:
+        keys = list(archive.keys())
+        if key is None:
+            if len(keys) != 1:
+                raise DifflensError(f"{spec}: the .npz holds {keys}; name one as {path}:KEY")
+            key = keys[0]
+        if key not in keys:
+            raise DifflensError(f"{spec}: no array {key!r} in the .npz; it holds {keys}")
+        return archive[key]
+
+
+def _load_images(folder: Path, spec: str) -> np.ndarray:
+    files = image_files(folder)
+    if not files:
+        raise DifflensError(f"{spec}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder")
+    images = []
+    for p in files:
+        try:
+            images.append(read_image(p))
+        except DifflensError as exc:
+            raise DifflensError(f"{spec}: {exc}") from None
+        if images[-1].shape != images[0].shape:
+            raise DifflensError(
+                f"{spec}: images differ in size or channels: {files[0].name} is {images[0].shape}, "
+                f"{p.name} is {images[-1].shape}"
+            )
+    return np.stack(images)
+
+
+def _load_array(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The raw (N, ...) array for a spec, and labels where the source has them."""
+    if spec == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return (d.images / 16.0 * 255.0).astype(np.float32), d.target  # as 0…255 intensities
+    if spec == "lfw":
+        from skimage.data import lfw_subset
+
+        return (lfw_subset() * 255.0).astype(np.float32), None
+    if spec.startswith("toy:"):
+        return _load_toy(spec), None
+    path_text, sep, key = spec.partition(".npz:")
+    path = Path(path_text + ".npz") if sep else Path(spec)
+    if not path.exists():
+        raise DifflensError(f"data {spec!r}: no such file or folder (or unknown built-in; try digits, lfw, toy:…)")
+    if path.suffix == ".zarr":
+        return storage.ZarrRows(path), None
+    if path.is_dir():
+        return _load_images(path, spec), None
+    if path.suffix == ".npz":
+        return _load_npz(path, key or None, spec), None
+    if path.suffix == ".npy":
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False), None
+        except (OSError, ValueError) as exc:
+            raise DifflensError(f"{spec}: cannot read .npy file ({exc})") from None
+    raise DifflensError(f"data {spec!r}: unsupported file type {path.suffix!r} (use .npy, .npz, .zarr or a folder)")
+
+
+def scale_for(array: np.ndarray, spec: str, scale: str, image_like: bool) -> tuple[float, float]:
+    if scale not in SCALES:
+        raise DifflensError(f"unknown --scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if scale == "auto" and getattr(array, "stored_scale", None):
+        return array.stored_scale
+    if scale == "auto":
+        scale = "uint8" if image_like or array.dtype.kind in "iub" else "none"
+    if scale == "none":
+        return 1.0, 0.0
+    if scale == "uint8":
+        return 1.0 / 127.5, -1.0
+    probe = Dataset(array, spec)  # minmax: one pass for the range
+    lo, hi = probe.stats.minimum, probe.stats.maximum
+    if hi <= lo:
+        raise DifflensError(f"{spec}: --scale minmax needs data with a range, all values are {lo}")
+    return 2.0 / (hi - lo), -1.0 - 2.0 * lo / (hi - lo)
+
+
+def load(spec: str = "digits", scale: str = "auto") -> Dataset:
+    """Open a data spec (see module doc) as a Dataset and check it once (finite, non-empty)."""
+    array, labels = _load_array(spec)
+    folder = not spec.startswith("toy:") and Path(spec).is_dir() and Path(spec).suffix != ".zarr"
+    image_like = spec in ("digits", "lfw") or folder
+    ds = Dataset(array, spec, scale_for(array, spec, scale, image_like), labels=labels)
+    ds.stats  # noqa: B018 - validates (NaN/Inf) and hashes in one pass, cached for later use
+    return ds

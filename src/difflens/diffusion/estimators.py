@@ -1,0 +1,148 @@
+"""Monte Carlo estimators of the optimal loss J*_x0(s) (Xu et al., ICLR 2026; docs/method.md, "Estimators").
+
+J*_x0(s) = E_{x0, ε} tr Cov[x0 | x0 + s·ε] / D. Every estimator is a tiny class with one call
+signature returning the posterior (over all data or a subset) for a batch of noisy queries; all of
+them estimate B(s) = E‖E[x0|x̃]‖², and J* = Â − B̂ per query as ‖x_n‖² − ‖μ̂‖², with n the query's
+source sample (sources are drawn without replacement, cycling through the data, so the Â part is
+exact whenever M is a multiple of N). For ``full`` the reported value is its Rao–Blackwellised form
+E[‖x0‖² − ‖μ‖² | x̃] = tr Cov[x0|x̃], lower variance with the same expectation; both are kept.
+Adding an estimator is one small class and one row in ``make_estimator``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from difflens.data import Dataset
+from difflens.errors import DifflensError
+from difflens.kernel import oracle
+
+
+@dataclass
+class Full:
+    """Posterior over all N points: exact up to Monte Carlo over (source, ε)."""
+
+    rao_blackwell = True
+
+    def __call__(self, data: Dataset, queries, sources, sigma, rng, **kernel) -> oracle.Posterior:
+        return oracle.posterior(queries, data, sigma, hint=sources, **kernel)
+
+
+@dataclass
+class SNIS:
+    """Posterior over L random points (fresh per group of queries). High variance at small s."""
+
+    subset: int
+    group: int = 32
+    rao_blackwell = False
+
+    def __call__(self, data, queries, sources, sigma, rng, **kernel):
+        parts = []
+        for i in range(0, len(queries), self.group):
+            idx = np.sort(rng.choice(data.n, size=min(self.subset, data.n), replace=False))
+            q, src = queries[i : i + self.group], sources[i : i + self.group]
+            parts.append(oracle.posterior(q, data, sigma, include=idx, hint=src, **kernel))
+        return _cat(parts)
+
+
+@dataclass
+class CDOL:
+    """Source + L−1 random points, the source's kernel weight divided by C (C = 1: DOL; C → ∞: SNIS)."""
+
+    subset: int
+    C: float = 1.0
+    group: int = 32
+    rao_blackwell = False
+
+    def __call__(self, data, queries, sources, sigma, rng, **kernel):
+        scale = 1.0 / sigma**2
+        parts = []
+        for i in range(0, len(queries), self.group):
+            q, src = queries[i : i + self.group], sources[i : i + self.group]
+            drawn, leave_out = _others_per_query(rng, data.n, self.subset, src)
+            xs = data.take(src)
+            logit = ((q.double() * xs.double()).sum(1) - 0.5 * (xs.double() ** 2).sum(1)) * scale
+            extra = oracle.PosteriorState.of_points(logit - math.log(self.C), xs, torch.from_numpy(src))
+            post = oracle.posterior(q, data, sigma, include=drawn, exclude=leave_out, extra=extra, **kernel)
+            parts.append(post)
+        return _cat(parts)
+
+
+def _others_per_query(
+    rng: np.random.Generator, n: int, size: int, sources: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One shared draw of ``size`` points, and per query the one to leave out, so that each query sees
+    ``size`` − 1 points drawn uniformly from the data without its own source (which is added apart)."""
+    drawn = rng.choice(n, size=size, replace=False)
+    leave_out = np.where(np.isin(sources, drawn), sources, drawn[-1])
+    return np.sort(drawn), leave_out
+
+
+def _cat(parts: list[oracle.Posterior]) -> oracle.Posterior:
+    return oracle.Posterior(*(torch.cat([getattr(p, f) for p in parts]) for f in oracle.Posterior.__dataclass_fields__))
+
+
+ESTIMATORS = ("full", "snis", "dol", "cdol")
+
+
+def make_estimator(name: str, n: int, subset: int | None = None, C: float | None = None):
+    """An estimator by name; ``subset`` L defaults to min(N, 256), cdol's C to 4N/L (Xu et al.)."""
+    if name not in ESTIMATORS:
+        raise DifflensError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
+    if name == "full":
+        return Full()
+    L = min(n, 256) if subset is None else subset
+    if not 2 <= L <= n and not (name == "snis" and 1 <= L <= n):
+        raise DifflensError(f"--subset must be between 2 and N = {n} for {name}, got {L}")
+    if name == "snis":
+        return SNIS(L)
+    if name == "dol":
+        return CDOL(L, 1.0)
+    C = 4.0 * n / L if C is None else C
+    if not C > 0:
+        raise DifflensError(f"--C must be > 0, got {C}")
+    return CDOL(L, float(C))
+
+
+def sources_for_level(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """M source indices drawn without replacement, cycling through all N (stratified Â)."""
+    reps = -(-samples // n)
+    return np.concatenate([rng.permutation(n) for _ in range(reps)])[:samples]
+
+
+def level_rng(seed: int, level: int) -> np.random.Generator:
+    """Each level has its own stream, so a resumed run reproduces the levels it recomputes."""
+    return np.random.default_rng([seed, level])
+
+
+def estimate_level(
+    data: Dataset,
+    sigma: float,
+    estimator,
+    samples: int,
+    rng: np.random.Generator,
+    reduce_dims: int,
+    chunk_size: int | None = None,
+    **kernel,
+) -> tuple[float, float, float, dict]:
+    """(J*_x0, stderr, paired J*_x0, concentration stats) at noise level ``sigma``.
+
+    ``kernel`` options (engine, precision) go to ``oracle.posterior``."""
+    src = sources_for_level(data.n, samples, rng)
+    x0 = data.take(src)
+    noise = torch.from_numpy(rng.standard_normal(x0.shape, dtype=np.float32))
+    queries = x0 + float(sigma) * noise
+    post = estimator(data, queries, src, float(sigma), rng, chunk_size=chunk_size, **kernel)
+    paired = ((x0.double() ** 2).sum(1) - (post.mean**2).sum(1)) / reduce_dims
+    values = post.trace_cov / reduce_dims if estimator.rao_blackwell else paired
+    stderr = float(values.std(unbiased=True) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    conc = {
+        "mean_max_weight": float(post.max_weight.mean()),
+        "mean_eff_count": float(post.eff_count.mean()),
+        "max_dropped_mass": float(post.dropped_mass.max()),
+    }
+    return float(values.mean()), stderr, float(paired.mean()), conc

@@ -1,0 +1,41 @@
+"""Engines: where the kernel's data chunks run. Every engine folds chunks with the same
+``fold.posterior_state`` / ``state.chunk_state`` and merges partials with ``PosteriorState.merge``.
+
+* ``LocalEngine`` — in this process (the default).
+* ``DaskEngine`` — spread over a dask.distributed cluster: a local one (``workers=N``) or an
+  existing one (``scheduler="tcp://host:8786"``).
+"""
+
+from __future__ import annotations
+
+from difflens.errors import DifflensError
+from difflens.kernel.engines.local import LocalEngine
+
+LOCAL = LocalEngine()
+
+
+def resolve(engine) -> LocalEngine:
+    """The engine to use for ``engine`` (None → in-process)."""
+    if engine is None:
+        return LOCAL
+    if not hasattr(engine, "fold"):
+        raise DifflensError(f"engine must be None or an engine from difflens.engines, got {type(engine).__name__}")
+    return engine
+
+
+def open_engine(workers: int | None = None, scheduler: str | None = None, **options):
+    """An engine for the CLI options: in-process, a local dask cluster of ``workers``, or a scheduler.
+
+    Use it as a context manager so a cluster it starts is shut down."""
+    if workers is not None and scheduler is not None:
+        raise DifflensError("give --workers (start a local cluster) or --scheduler (attach to one), not both")
+    if workers is None and scheduler is None:
+        return LocalEngine()
+    if workers is not None and workers < 1:
+        raise DifflensError(f"--workers must be ≥ 1, got {workers}")
+    from difflens.kernel.engines.dask import DaskEngine
+
+    return DaskEngine(workers=workers, scheduler=scheduler, **options)
+
+
+__all__ = ["LOCAL", "LocalEngine", "open_engine", "resolve"]

@@ -1,0 +1,148 @@
+"""The dask.distributed engine: the data's chunks spread over a cluster's workers.
+
+The rows are cut into contiguous partitions aligned to the chunk size, a few per worker. Each task
+folds its partition with ``posterior_state`` (the same code as in-process, so the chunk
+partials are identical) and returns a ``PosteriorState``; the partials merge exactly in a tree on
+the workers, so only one state travels back. Queries (and the fast screen's basis) are scattered
+to every worker once per call. A memory-mapped ``.npy`` or ``.zarr`` dataset travels as its path
+(it must be on storage the workers can read); an in-memory dataset is scattered once per engine.
+
+A worker lost mid-run is survived by dask itself: its tasks (and the results it held) are
+recomputed elsewhere from their recipe, so the answer is unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from difflens.errors import DifflensError
+from difflens.kernel.fold import data_chunks, posterior_state
+from difflens.kernel.state import PosteriorState
+
+
+def partitions(n: int, rows: int, parts: int) -> list[tuple[int, int]]:
+    """About ``parts`` (lo, hi) ranges covering 0…n, as equal in rows as boundaries on multiples of
+    ``rows`` allow (a worker's time is its rows; the slowest sets the pace)."""
+    parts = max(1, parts)
+    inner = {round(n / rows * k / parts) * rows for k in range(1, parts)}
+    cuts = sorted({0, n} | {c for c in inner if 0 < c < n})
+    return list(zip(cuts, cuts[1:], strict=False))
+
+
+def _fold_part(data, span, include, queries, scale, log_weights, exclude, rows, query_batch, step, floor):
+    chunks = data_chunks(data, rows, include, span)
+    return posterior_state(
+        queries, chunks, scale, log_weights, exclude, query_batch, step=step, norms=data.sq_norms, floor=floor
+    )
+
+
+def _merge(a: PosteriorState, b: PosteriorState) -> PosteriorState:
+    return a.merge(b)
+
+
+def _torch_threads(n: int):
+    """A worker plugin that gives torch ``n`` threads on every worker, restarted ones included."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class TorchThreads(WorkerPlugin):
+        name = "difflens-torch-threads"
+
+        def setup(self, worker) -> None:
+            torch.set_num_threads(n)
+
+    return TorchThreads()
+
+
+class DaskEngine:
+    """Runs the fold on a dask cluster: a new local one of ``workers`` processes, or ``scheduler``.
+
+    tasks_per_worker: partitions per worker (more = finer recovery and balance, more merges);
+    min_rows: below this many rows a call runs in-process (a cluster round trip costs more)."""
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        scheduler: str | None = None,
+        *,
+        threads_per_worker: int | None = None,
+        tasks_per_worker: int = 1,
+        min_rows: int = 4096,
+        memory_limit: str | int = "auto",
+    ):
+        from distributed import Client, LocalCluster
+
+        self.tasks_per_worker = tasks_per_worker
+        self.min_rows = min_rows
+        self._scattered: dict[int, tuple[object, object]] = {}
+        self.cluster = None
+        if scheduler is not None:
+            try:
+                self.client = Client(scheduler, timeout="20s")
+            except (OSError, TimeoutError) as exc:
+                raise DifflensError(f"cannot reach the dask scheduler at {scheduler} ({exc})") from None
+        else:
+            threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
+            self.cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                memory_limit=memory_limit,
+                host="127.0.0.1",
+            )
+            self.client = Client(self.cluster)
+            self.client.register_plugin(_torch_threads(threads))
+
+    @property
+    def n_workers(self) -> int:
+        return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+
+    def worker_pids(self) -> dict[str, int]:
+        return self.client.run(os.getpid)
+
+    def _remote_data(self, data):
+        """What to pass to tasks for ``data``: itself if it pickles small (file-backed), else a scatter."""
+        if data.file_backed:
+            return data
+        key = id(data)
+        if key not in self._scattered:
+            self._scattered[key] = (data, self.client.scatter(data, broadcast=True, hash=False))
+        return self._scattered[key][1]
+
+    def fold(self, queries, data, scale, *, log_weights, include, exclude, rows, query_batch, step, floor=None):
+        n = data.n if include is None else len(include)
+        if n < self.min_rows:
+            chunks = data_chunks(data, rows, include)
+            return posterior_state(
+                queries, chunks, scale, log_weights, exclude, query_batch, step=step, norms=data.sq_norms, floor=floor
+            )
+        spans = partitions(n, rows, self.n_workers * self.tasks_per_worker)
+        shared = self.client.scatter(
+            [queries, scale, log_weights, exclude, step, include, floor], broadcast=True, hash=False
+        )
+        remote = self._remote_data(data)
+        futures = [
+            self.client.submit(
+                _fold_part, remote, span, shared[5], *shared[:4], rows, query_batch, shared[4], shared[6], pure=False
+            )
+            for span in spans
+        ]
+        while len(futures) > 1:
+            pairs = [
+                self.client.submit(_merge, a, b, pure=False) for a, b in zip(futures[::2], futures[1::2], strict=False)
+            ]
+            futures = pairs + ([futures[-1]] if len(futures) % 2 else [])
+        return futures[0].result()
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,76 @@
+"""The chunk loop every engine runs: fold (index, rows) chunks of a row source into one state per query."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import psutil
+import torch
+
+from difflens.kernel.source import RowSource
+from difflens.kernel.state import PosteriorState, chunk_state, concat_states
+
+
+def default_chunk_rows(dim: int, batch: int, budget_fraction: float = 0.05) -> int:
+    """Rows per data chunk: chunk + logits + weights fit in a small slice of available memory."""
+    budget = min(psutil.virtual_memory().available * budget_fraction, 512 << 20)
+    per_row = 4 * dim + 16 * batch  # chunk row (fp32) + logits/weights per query (fp32, several copies)
+    return int(max(256, min(65536, budget // per_row)))
+
+
+def posterior_state(
+    queries: torch.Tensor,
+    chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    scale: torch.Tensor,
+    log_weights: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
+    query_batch: int = 1024,
+    step=None,
+    norms=None,
+    floor: torch.Tensor | None = None,
+) -> PosteriorState:
+    """Fold (global index, rows) chunks into one state per query; the loop every engine runs.
+
+    ``step`` computes one chunk's partial (default ``chunk_state``; ``screening.Fast`` for fast);
+    ``norms(index, x)`` gives the rows' ‖x‖² (e.g. ``Dataset.sq_norms``, cached across calls);
+    ``floor`` (B,) lower bounds on each query's largest logit go to steps that use them (fast)."""
+    step = step or chunk_state
+    floor = floor if getattr(step, "uses_floor", False) else None
+    state = None
+    for index, x in chunks:
+        lw = None if log_weights is None else log_weights[index]
+        sq_norm = None if norms is None else norms(index, x)
+        parts = [
+            step(
+                queries[i : i + query_batch],
+                scale[i : i + query_batch],
+                x,
+                index,
+                lw,
+                None if exclude is None else exclude[i : i + query_batch],
+                sq_norm,
+                **({} if floor is None else {"floor": floor[i : i + query_batch]}),
+            )
+            for i in range(0, len(queries), query_batch)
+        ]
+        state = concat_states(parts) if state is None else state.merge(concat_states(parts))
+    return PosteriorState.empty(len(queries), queries.shape[1]) if state is None else state
+
+
+def data_chunks(
+    data: RowSource, rows: int, include: np.ndarray | None = None, span: tuple[int, int] | None = None
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """(global index, float32 rows) over the data, or over the rows ``include`` only.
+
+    ``span`` = (lo, hi) restricts to positions lo…hi−1 of that sequence (an engine's partition)."""
+    if include is not None:
+        include = np.asarray(include, dtype=np.int64)
+    lo, hi = span or (0, data.n if include is None else len(include))
+    for start in range(lo, hi, rows):
+        stop = min(start + rows, hi)
+        if include is None:
+            yield torch.arange(start, stop), data.rows(start, stop)
+        else:
+            idx = include[start:stop]
+            yield torch.from_numpy(idx), data.take(idx)

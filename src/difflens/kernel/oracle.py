@@ -1,0 +1,174 @@
+"""The kernel's entry points: the posterior over a training set and the empirical optimal denoiser.
+
+``posterior(queries, data, sigma)`` folds the data's chunks (``fold``) on an engine (in-process by
+default, or a dask cluster, see ``difflens.kernel.engines``) with the exact step (``state``) or the
+screened one (``precision="fast"``, see ``screening``). ``data`` is any row source (a
+``difflens.data.Dataset``) or an in-memory array/tensor, prepared once and cached (``source``).
+The math is in docs/method.md, "The kernel".
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from difflens.errors import DifflensError
+from difflens.kernel import engines, screening
+from difflens.kernel.fold import data_chunks, default_chunk_rows
+from difflens.kernel.source import RowSource, as_source
+from difflens.kernel.state import Posterior, PosteriorState
+
+Sigma = float | np.ndarray | torch.Tensor
+
+__all__ = [
+    "Posterior",
+    "PosteriorState",
+    "RowSource",
+    "Sigma",
+    "as_sigma",
+    "check_queries",
+    "data_chunks",
+    "default_chunk_rows",
+    "denoise",
+    "posterior",
+]
+
+
+def as_sigma(sigma: Sigma, batch: int) -> torch.Tensor:
+    s = torch.as_tensor(np.asarray(sigma, dtype=np.float64) if not torch.is_tensor(sigma) else sigma)
+    s = s.detach().double().reshape(-1)
+    if s.numel() == 1:
+        s = s.expand(batch)
+    if s.numel() != batch:
+        raise DifflensError(f"sigma must be a scalar or one value per query ({batch}), got {s.numel()} values")
+    if not torch.isfinite(s).all() or (s <= 0).any():
+        raise DifflensError("sigma must be finite and > 0")
+    return s
+
+
+def check_queries(queries, dim: int) -> torch.Tensor:
+    q = torch.as_tensor(queries).float()
+    if q.ndim == 1:
+        q = q[None]
+    q = q.reshape(len(q), -1)
+    if q.shape[1] != dim:
+        raise DifflensError(f"queries have {q.shape[1]} values each but the data has {dim}")
+    if not torch.isfinite(q).all():
+        raise DifflensError("queries contain NaN or Inf")
+    return q.contiguous()
+
+
+def _exclude_matrix(exclude, batch: int) -> torch.Tensor | None:
+    if exclude is None:
+        return None
+    e = torch.as_tensor(np.asarray(exclude) if not torch.is_tensor(exclude) else exclude).long()
+    e = e.reshape(batch, -1) if e.ndim <= 1 else e
+    if e.shape[0] != batch:
+        raise DifflensError(f"exclude needs one row per query ({batch}), got {e.shape[0]}")
+    return e
+
+
+def posterior(
+    queries,
+    data,
+    sigma: Sigma,
+    temperature: Sigma = 1.0,
+    *,
+    log_weights=None,
+    include=None,
+    exclude=None,
+    extra: PosteriorState | None = None,
+    chunk_size: int | None = None,
+    query_batch: int = 1024,
+    engine=None,
+    precision="exact",
+    hint=None,
+) -> Posterior:
+    """Posterior over the training set for noisy queries x̃ (VE form) at noise level ``sigma``.
+
+    Args:
+        queries: (B, D) or (B, ...) noisy samples x̃ = x0 + s·ε.
+        data: a Dataset, or an (N, D) array/tensor of training points.
+        sigma: VE noise level s, a scalar or one per query.
+        temperature: T in the softmax (s²T replaces s²), a scalar or one per query.
+        log_weights: (N,) per-point log-weight offsets added to the logits.
+        include: indices of the only training points to use (shared by all queries).
+        exclude: (B,) or (B, k) per-query training indices to leave out (−1 = none).
+        extra: a partial state to merge in (e.g. a per-query source point with its own weight).
+        chunk_size: data rows per chunk; chosen from available memory by default.
+        engine: where the chunks run: None (in-process) or an engine from ``difflens.engines``.
+        precision: "exact", or "fast" (skip points of provably negligible weight; the bound on
+            the skipped mass is ``dropped_mass``), or a ``screening.Fast`` with its own tolerance.
+        hint: (B,) or (B, k) training indices likely to carry each query's weight (e.g. the points
+            the queries were noised from). Their exact logits let "fast" skip more (with ``extra``,
+            whose logits serve alike); the result does not depend on them.
+    """
+
+    data = as_source(data)
+    q = check_queries(queries, data.dim)
+    s = as_sigma(sigma, len(q))
+    t = as_sigma(temperature, len(q))
+    scale = 1.0 / (s * s * t)
+    lw = None
+    if log_weights is not None:
+        lw = torch.as_tensor(np.asarray(log_weights, dtype=np.float64)).reshape(-1)
+        if len(lw) != data.n:
+            raise DifflensError(f"log_weights needs one value per training point ({data.n}), got {len(lw)}")
+        if torch.isnan(lw).any() or (lw == math.inf).any():
+            raise DifflensError("log_weights contain NaN or +inf (−inf, a point with no weight, is fine)")
+    rows = chunk_size or default_chunk_rows(data.dim, min(len(q), query_batch))
+    if rows < 1:
+        raise DifflensError(f"chunk_size must be ≥ 1, got {rows}")
+    exclude = _exclude_matrix(exclude, len(q))
+    step = screening.resolve(precision, data)
+    hint = None if hint is None else _check_hint(hint, len(q), data.n)
+    floor = None  # lower bounds on the largest logits, for a step that can use them (fast)
+    if getattr(step, "uses_floor", False):
+        floor = None if hint is None else _hint_floor(hint, q, data, scale, lw, include, exclude)
+        if extra is not None:
+            floor = extra.log_max if floor is None else torch.maximum(floor, extra.log_max)
+    state = engines.resolve(engine).fold(
+        q,
+        data,
+        scale,
+        log_weights=lw,
+        include=include,
+        exclude=exclude,
+        rows=rows,
+        query_batch=query_batch,
+        step=step,
+        floor=floor,
+    )
+    if extra is not None:
+        state = state.merge(extra)
+    return state.finalize((q.double() ** 2).sum(1), scale)
+
+
+def _check_hint(hint, batch: int, n: int) -> torch.Tensor:
+    h = torch.as_tensor(np.asarray(hint) if not torch.is_tensor(hint) else hint).long().reshape(batch, -1)
+    if ((h < 0) | (h >= n)).any():
+        raise DifflensError(f"hint holds indices outside 0…{n - 1}")
+    return h
+
+
+def _hint_floor(h, queries, data: RowSource, scale, log_weights, include, exclude) -> torch.Tensor:
+    """Each query's largest logit over its hinted points h (B, k), in float64: a lower bound on its
+    largest logit over the data (hints outside ``include`` or in ``exclude`` do not count)."""
+    x = data.take(h.reshape(-1).numpy()).double().reshape(*h.shape, -1)
+    logit = ((queries.double()[:, None] * x).sum(-1) - 0.5 * x.square().sum(-1)) * scale[:, None]
+    if log_weights is not None:
+        logit += log_weights[h]
+    valid = torch.ones_like(h, dtype=torch.bool)
+    if include is not None:
+        valid &= torch.isin(h, torch.as_tensor(np.asarray(include, dtype=np.int64)))
+    if exclude is not None:
+        valid &= ~(h[:, :, None] == exclude[:, None, :]).any(-1)
+    return logit.masked_fill(~valid, -math.inf).amax(1)
+
+
+def denoise(queries, data, sigma: Sigma, temperature: Sigma = 1.0, **kwargs) -> torch.Tensor:
+    """E[x0 | x̃]: the empirical optimal denoiser (float32, same shape as the queries)."""
+    q = torch.as_tensor(queries)
+    return posterior(q, data, sigma, temperature, **kwargs).mean.float().reshape(q.shape)

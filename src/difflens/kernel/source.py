@@ -1,0 +1,121 @@
+"""Row sources: what the kernel reads, and in-memory arrays prepared once for it.
+
+The kernel needs of its data only ``n``, ``dim``, rows by range (``rows``) and by index (``take``)
+as float32, their squared norms (``sq_norms``, remembered across calls), a ``fingerprint`` that
+changes whenever the content does (it keys caches such as the fast screen's quantized chunks) and
+whether it pickles as a small file reference (``file_backed``, for a dask cluster).
+``difflens.data.Dataset`` is one; ``ArraySource`` wraps an in-memory array or tensor. A tensor
+passed again (same storage, same version counter, i.e. not modified in place) reuses its prepared
+source, so repeated ``posterior`` calls do not redo norms or quantization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections import OrderedDict
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from difflens.errors import DifflensError
+
+
+@runtime_checkable
+class RowSource(Protocol):
+    """The data as the kernel reads it (see the module doc)."""
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def file_backed(self) -> bool: ...
+
+    def rows(self, start: int, stop: int) -> torch.Tensor: ...
+
+    def take(self, idx: np.ndarray) -> torch.Tensor: ...
+
+    def sq_norms(self, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor: ...
+
+
+_SERIAL = itertools.count()
+
+
+class ArraySource:
+    """An (N, ...) in-memory tensor as a row source: float32, flattened, norms computed once."""
+
+    file_backed = False
+
+    def __init__(self, x: torch.Tensor, fingerprint: str):
+        x = x.detach().reshape(len(x), -1) if x.ndim > 1 else x.detach().reshape(-1, 1)
+        if len(x) == 0 or x.shape[1] == 0:
+            raise DifflensError(f"the data is empty (shape {tuple(x.shape)})")
+        self.x = x.float().contiguous()
+        self.fingerprint = fingerprint
+        self._norms: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.x)
+
+    @property
+    def dim(self) -> int:
+        return self.x.shape[1]
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        return self.x[start:stop]
+
+    def take(self, idx: np.ndarray) -> torch.Tensor:
+        return self.x[torch.as_tensor(np.asarray(idx, dtype=np.int64))]
+
+    def sq_norms(self, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self._norms is None:
+            self._norms = torch.linalg.vector_norm(self.x, dim=1).square_()
+        return self._norms[index]
+
+
+_NUMPY: OrderedDict[tuple, ArraySource] = OrderedDict()
+_NUMPY_KEEP = 2  # prepared NumPy arrays remembered (each holds a float32 copy at most)
+
+
+def _numpy_key(a: np.ndarray) -> tuple:
+    """Identity of a NumPy array's content: its memory, layout and a checksum of a strided sample of
+    its values (NumPy has no version counter; a write that misses the sample is not seen, so pass a
+    tensor or a Dataset for data you modify in place between calls)."""
+    flat = a.reshape(-1)
+    sample = flat[:: max(1, flat.size // 65536)]
+    digest = hashlib.blake2b(np.ascontiguousarray(sample).tobytes(), digest_size=8).hexdigest()
+    return (a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str, digest)
+
+
+def as_source(data) -> RowSource:
+    """``data`` itself if it is a row source, else an in-memory array or tensor prepared once (cached)."""
+    if isinstance(data, RowSource):
+        return data
+    if isinstance(data, torch.Tensor):
+        key = (data.data_ptr(), data._version, tuple(data.shape), data.stride(), data.dtype, data.device)
+        cached = getattr(data, "_difflens_source", None)  # lives and dies with the tensor
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        source = ArraySource(data, f"tensor:{next(_SERIAL)}")
+        data._difflens_source = (key, source)
+        return source
+    a = np.asarray(data)
+    if a.dtype.kind not in "fiub":
+        raise DifflensError(f"data must be numeric, got dtype {a.dtype}")
+    key = _numpy_key(a)
+    if key in _NUMPY:
+        _NUMPY.move_to_end(key)
+        return _NUMPY[key]
+    source = ArraySource(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)), f"array:{next(_SERIAL)}")
+    _NUMPY[key] = source
+    while len(_NUMPY) > _NUMPY_KEEP:
+        _NUMPY.popitem(last=False)
+    return source

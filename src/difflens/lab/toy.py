@@ -1,0 +1,161 @@
+"""2-D toy lab (Kaiser & Kollmann 2026; DESIGN §4): why models overfit at intermediate noise yet sample well.
+
+Data: points on a circle, split alternately into train and val. Denoisers (all ``D(x, sigma)``):
+
+* :class:`Optimal` — the empirical optimal denoiser y*(x, s) of the training points (the kernel).
+* :class:`Blurred` — the error-prone y_δ: the optimal denoiser of the training data blurred by
+  N(0, δ²I), y_δ(x, s) = (δ²·x + s²·y*(x, s̃)) / (s² + δ²) with s̃² = s² + δ².
+* :class:`Guided` — D = D₊ + w·(D₊ − D₋) for a better (δ₊) and a worse (δ₋) blurred denoiser.
+
+Sweeps of the gap G(s) against δ, the number of points and w use the unsquared L2 error averaged
+over M noise draws per point (default 50). Plots: flow-field streamlines, trajectories, gap curves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from difflens.analysis.gap import GapCurve, generalization_gap
+from difflens.errors import DifflensError
+from difflens.kernel import oracle
+
+SWEEPS = ("delta", "density", "guidance")
+
+
+def circle(points: int = 8, *, random: bool = False, radius: float = 1.0, seed: int = 0):
+    """(train, val): 2·points positions on a circle — equally spaced or at random angles — alternating
+    between train and val (float32 (points, 2) each)."""
+    if points < 1:
+        raise DifflensError(f"need at least 1 training point, got {points}")
+    n = 2 * points
+    angles = np.arange(n) * 2 * np.pi / n
+    if random:
+        angles = np.sort(np.random.default_rng(seed).uniform(0, 2 * np.pi, n))
+    x = (radius * np.stack([np.cos(angles), np.sin(angles)], 1)).astype(np.float32)
+    return torch.from_numpy(x[0::2].copy()), torch.from_numpy(x[1::2].copy())
+
+
+def alternate_split(x) -> tuple[torch.Tensor, torch.Tensor]:
+    """Any 2-D point set split alternately (even rows train, odd rows val)."""
+    x = torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(len(x), -1)
+    if x.shape[1] != 2 or len(x) < 2:
+        raise DifflensError(f"the toy lab needs at least 2 points in 2-D, got shape {tuple(x.shape)}")
+    return x[0::2].clone(), x[1::2].clone()
+
+
+class Optimal:
+    """y*(x, s): posterior mean over the training points."""
+
+    def __init__(self, data):
+        self.data = torch.as_tensor(data).float()
+
+    def __call__(self, x, sigma):
+        x = torch.as_tensor(x)
+        return oracle.posterior(x, self.data, oracle.as_sigma(sigma, len(x))).mean.to(x.dtype)
+
+
+class Blurred:
+    """y_δ(x, s) = (δ²·x + s²·y*(x, √(s²+δ²))) / (s² + δ²): exact posterior mean of the blurred data."""
+
+    def __init__(self, data, delta: float):
+        if not delta >= 0:
+            raise DifflensError(f"δ must be ≥ 0, got {delta}")
+        self.data = torch.as_tensor(data).float()
+        self.delta = float(delta)
+
+    def __call__(self, x, sigma):
+        x = torch.as_tensor(x)
+        s2 = oracle.as_sigma(sigma, len(x)) ** 2
+        d2 = self.delta**2
+        y = oracle.posterior(x, self.data, torch.sqrt(s2 + d2)).mean
+        return ((d2 * x.double() + s2[:, None] * y) / (s2 + d2)[:, None]).to(x.dtype)
+
+
+class Guided:
+    """D = D₊ + w·(D₊ − D₋)."""
+
+    def __init__(self, positive, negative, w: float):
+        self.positive, self.negative, self.w = positive, negative, float(w)
+
+    def __call__(self, x, sigma):
+        p = self.positive(x, sigma)
+        return p + self.w * (p - self.negative(x, sigma))
+
+
+def sweep(
+    kind: str,
+    values,
+    sigmas,
+    *,
+    points: int = 8,
+    delta: float = 0.1,
+    delta_neg: float = 0.3,
+    random: bool = False,
+    draws: int = 50,
+    seed: int = 0,
+    on_level=None,
+) -> list[GapCurve]:
+    """Gap curves G(s) for each value of δ (``delta``), number of training points (``density``) or
+    guidance weight w (``guidance``, D₊ = y_δ, D₋ = y_δ₋); unsquared L2 error, ``draws`` per point."""
+    if kind not in SWEEPS:
+        raise DifflensError(f"unknown sweep {kind!r}; choose one of {', '.join(SWEEPS)}")
+    curves = []
+    for v in values:
+        n = int(v) if kind == "density" else points
+        if kind == "density" and n != v:
+            raise DifflensError(f"density sweep values are point counts (integers), got {v}")
+        train, val = circle(n, random=random, seed=seed)
+        if kind == "guidance":
+            den = Guided(Blurred(train, delta), Blurred(train, delta_neg), v)
+        else:
+            den = Blurred(train, v if kind == "delta" else delta)
+        label = {"delta": f"δ={v:g}", "density": f"N={n}", "guidance": f"w={v:g}"}[kind]
+        (curve,) = generalization_gap(
+            {label: den}, train, val, sigmas, draws=draws, error="l2", seed=seed, on_level=on_level
+        )
+        curves.append(curve)
+    return curves
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _grid(lim: float, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    g = np.linspace(-lim, lim, n)
+    return np.meshgrid(g, g)
+
+
+def plot_flow(denoiser, train, val, levels, path, *, trajectories=None, lim: float = 1.8, title: str = "") -> None:
+    """Streamlines of the sampling direction −dx/ds = (D(x, s) − x)/s at several levels s, then the
+    sampler trajectories (if given, (steps, B, 2)) over the data."""
+    from difflens.report import plt, save_figure
+
+    levels = list(levels)
+    panels = len(levels) + (trajectories is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(3.4 * panels, 3.6), squeeze=False)
+    gx, gy = _grid(lim)
+    pts = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1)).double()
+    for ax, s in zip(axes[0], levels, strict=False):
+        v = ((torch.as_tensor(denoiser(pts, float(s))).double() - pts) / s).numpy()
+        u, w = v[:, 0].reshape(gx.shape), v[:, 1].reshape(gx.shape)
+        speed = np.hypot(u, w)
+        ax.streamplot(gx, gy, u, w, color=np.log10(speed + 1e-12), cmap="viridis", density=1.1, linewidth=0.7)
+        ax.set_title(f"s = {s:.3g}", fontsize=9)
+    if trajectories is not None:
+        ax = axes[0, -1]
+        t = np.asarray(trajectories)
+        for b in range(t.shape[1]):
+            ax.plot(t[:, b, 0], t[:, b, 1], "-", color="C0", lw=0.5, alpha=0.4)
+        ax.plot(t[-1, :, 0], t[-1, :, 1], ".", color="C0", ms=3, label="samples")
+        ax.set_title("sampler trajectories", fontsize=9)
+    for ax in axes[0]:
+        ax.plot(*np.asarray(train).T, "o", color="C3", ms=4, label="train")
+        ax.plot(*np.asarray(val).T, "x", color="k", ms=4, label="val")
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+    axes[0, -1].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)

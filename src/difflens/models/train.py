@@ -1,0 +1,280 @@
+"""A reference trainer for small CPU runs: tiny MLP or small U-Net denoisers on any data spec.
+
+One loop for every recipe: draw x0 from the training split, s from a schedule (EDM log-normal,
+uniform t of a process, or the optimal-loss schedule), form x̃ = x0 + s·ε, and regress the network
+on its target through ``Parametrization`` (EDM preconditioning is the ``edm`` target). Keeps an EMA
+copy, writes ``metrics.jsonl`` (per-level train loss in target units) as it goes, periodic
+``ckpt_*.pt`` checkpoints and, at the end, ``model.safetensors`` + ``train.json``.
+
+Two variants against memorization (Zhou, Zhang & Wright; DESIGN §5): ``noise_unconditioned`` gives
+the network a constant time input (``Parametrization(noise_conditioned=False)``: the preconditioning
+around it still uses s, the network cannot see it), and ``smooth_below = s_c`` regresses samples
+with s < s_c on the temperature-smoothed empirical denoiser E_T(s)[x0 | x̃], T(s) = T·max(s_c/s, 1)
+(``smoothing.EmpiricalDenoiser``, the kernel), instead of their own x0.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from difflens.analysis.smoothing import EmpiricalDenoiser
+from difflens.data import Dataset, load
+from difflens.diffusion import schedules as sched
+from difflens.diffusion.precond import Parametrization
+from difflens.errors import DifflensError
+from difflens.models.load import CHECKPOINT_FORMAT, checkpoint_meta
+from difflens.models.nets import build_net, count_params, image_shape
+from difflens.report import write_json
+
+LOG_BINS = (0.002, 80.0, 32)  # per-level train loss: 32 equal bins in ln s over [0.002, 80]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a run (stored in every checkpoint)."""
+
+    data: str = "digits"
+    scale: str = "auto"
+    holdout: float = 0.1
+    split_seed: int = 0
+    arch: str = "mlp"
+    width: int = 256
+    depth: int = 3
+    process: str = "edm"
+    target: str = "edm"
+    time_scale: float = 1.0
+    schedule: str = "edm"
+    bins: int = 32
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    a: float = 1.0
+    w_max: float = 1e3
+    bump: float = 0.0
+    bump_center: float | None = None
+    bump_width: float = 0.5
+    mix: float = 0.1
+    steps: int = 2000
+    batch: int = 256
+    lr: float = 2e-3
+    ema: float = 0.999
+    seed: int = 0
+    log_every: int = 100
+    ckpt_every: int = 500
+    noise_unconditioned: bool = False
+    smooth_temperature: float = 1.0
+    smooth_below: float | None = None
+
+
+def split_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
+    """(train, held-out) exactly as the trainer uses them (so diagnose can reproduce the split)."""
+    ds = load(cfg.data, cfg.scale)
+    if cfg.holdout and cfg.holdout > 0:
+        return ds.split(cfg.holdout, cfg.split_seed)
+    return ds, None
+
+
+def make_arch(cfg: TrainConfig, data: Dataset) -> tuple[dict, list[int]]:
+    """(architecture description, network input shape)."""
+    if cfg.arch == "mlp":
+        return {"name": "mlp", "dim": data.dim, "width": cfg.width, "depth": cfg.depth}, [data.dim]
+    if cfg.arch == "unet":
+        shape = list(image_shape(data.shape))
+        return {"name": "unet", "shape": shape, "width": cfg.width}, shape
+    raise DifflensError(f"unknown architecture {cfg.arch!r}; choose mlp or unet")
+
+
+def make_schedule(cfg: TrainConfig, param: Parametrization, train: Dataset):
+    if cfg.schedule == "edm":
+        return sched.LogNormal()
+    if cfg.schedule == "uniform-t":
+        return sched.UniformT(param.process)
+    if cfg.schedule == "optimal-loss":
+        return sched.OptimalLossSchedule.from_data(
+            train,
+            param.factor,
+            bins=cfg.bins,
+            sigma_min=cfg.sigma_min,
+            sigma_max=cfg.sigma_max,
+            seed=cfg.seed,
+            a=cfg.a,
+            w_max=cfg.w_max,
+            bump=cfg.bump,
+            bump_center=cfg.bump_center,
+            bump_width=cfg.bump_width,
+            mix=cfg.mix,
+        )
+    raise DifflensError(f"unknown schedule {cfg.schedule!r}; choose edm, uniform-t or optimal-loss")
+
+
+def _check(cfg: TrainConfig) -> None:
+    if cfg.steps < 1 or cfg.batch < 1 or cfg.width < 1 or cfg.depth < 1:
+        raise DifflensError("steps, batch, width and depth must be ≥ 1")
+    if not (cfg.lr > 0 and 0 <= cfg.ema < 1):
+        raise DifflensError(f"need lr > 0 and 0 ≤ ema < 1, got lr={cfg.lr}, ema={cfg.ema}")
+    if cfg.log_every < 1 or cfg.ckpt_every < 1:
+        raise DifflensError("log_every and ckpt_every must be ≥ 1")
+    if cfg.noise_unconditioned and cfg.time_scale != 1.0:
+        raise DifflensError("--time-scale has no effect on a noise-unconditioned network (its time input is 0)")
+    if not (math.isfinite(cfg.smooth_temperature) and cfg.smooth_temperature > 0):
+        raise DifflensError(f"--smooth-temperature must be finite and > 0, got {cfg.smooth_temperature}")
+    if cfg.smooth_below is not None and not (math.isfinite(cfg.smooth_below) and cfg.smooth_below > 0):
+        raise DifflensError(f"--smooth-below must be a finite noise level > 0, got {cfg.smooth_below}")
+    if cfg.smooth_temperature != 1.0 and cfg.smooth_below is None:
+        raise DifflensError("--smooth-temperature needs --smooth-below S_C (targets are smoothed below S_C)")
+
+
+class SmoothedTargets:
+    """Regression x0 for training samples: E_T(s)[x0 | x̃] from the kernel where s < s_c, x0 itself above.
+
+    T(s) = T·max(s_c/s, 1) as in ``smoothing.EmpiricalDenoiser`` (so T = 1 is continuous at s_c, where
+    the exact empirical denoiser is what x0 regresses to on average); the posterior is over the
+    training split."""
+
+    def __init__(self, data: Dataset, temperature: float, below: float):
+        self.below = float(below)
+        self.denoiser = EmpiricalDenoiser(data, temperature, below)
+
+    def __call__(self, x0: torch.Tensor, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        low = s < self.below
+        if not low.any():
+            return x0
+        out = x0.clone()
+        xl = x[low]
+        out[low] = self.denoiser(xl.reshape(len(xl), -1), s[low]).reshape(xl.shape).to(x0.dtype)
+        return out
+
+
+class LevelBins:
+    """Per-level running sums of the per-sample train loss between two log lines."""
+
+    def __init__(self, lo: float, hi: float, n: int):
+        self.edges = np.linspace(math.log(lo), math.log(hi), n + 1)
+        self.sum = np.zeros(n)
+        self.count = np.zeros(n, dtype=np.int64)
+
+    def add(self, s: torch.Tensor, losses: torch.Tensor) -> None:
+        u = np.log(s.numpy())
+        k = np.searchsorted(self.edges, u, side="right") - 1
+        ok = (k >= 0) & (k < len(self.sum))
+        np.add.at(self.sum, k[ok], losses.detach().double().numpy()[ok])
+        np.add.at(self.count, k[ok], 1)
+
+    def flush(self) -> list[dict]:
+        rows = [
+            {
+                "sigma": float(math.exp(0.5 * (self.edges[k] + self.edges[k + 1]))),
+                "loss": float(self.sum[k] / self.count[k]),
+                "count": int(self.count[k]),
+            }
+            for k in np.flatnonzero(self.count)
+        ]
+        self.sum[:] = 0
+        self.count[:] = 0
+        return rows
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    cfg: TrainConfig, out: Path, on_step: Callable[[int, float], None] | None = None, threads: int | None = None
+) -> dict:
+    """Train per ``cfg``; write metrics.jsonl, ckpt_*.pt, model.safetensors and train.json in ``out``."""
+    from safetensors.torch import save_file
+
+    _check(cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    train_ds, held = split_data(cfg)
+    param = Parametrization.of(cfg.process, cfg.target, cfg.time_scale, not cfg.noise_unconditioned)
+    arch, shape = make_arch(cfg, train_ds)
+    torch.manual_seed(cfg.seed)
+    net = build_net(arch)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    schedule = make_schedule(cfg, param, train_ds)
+    smoother = SmoothedTargets(train_ds, cfg.smooth_temperature, cfg.smooth_below) if cfg.smooth_below else None
+    x_all = train_ds.rows(0, train_ds.n).reshape(train_ds.n, *shape)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    bins = LevelBins(*LOG_BINS)
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "config": asdict(cfg),
+        "arch": arch,
+        "shape": shape,
+        "param": param.describe(),
+        "schedule": schedule.describe(),
+        "data": train_ds.summary(),
+        "parameters": count_params(net),
+    }
+    metrics = (out / "metrics.jsonl").open("w")
+    start, running = time.time(), 0.0
+    for step in range(1, cfg.steps + 1):
+        idx = torch.randint(0, train_ds.n, (cfg.batch,), generator=gen)
+        x0 = x_all[idx]
+        s = schedule.sample(cfg.batch, gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        x = x0 + s.float().reshape(-1, *([1] * (x0.ndim - 1))) * noise
+        net_x, net_t = param.inputs(x, s)
+        y = param.target_of(smoother(x0, x, s) if smoother else x0, x, s)
+        per = ((net(net_x, net_t) - y) ** 2).reshape(cfg.batch, -1).mean(1)
+        loss = (schedule.weight(s).float() * per).mean()
+        if not torch.isfinite(loss):
+            raise DifflensError(f"training diverged at step {step} (loss {float(loss)}); lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema, (1.0 + step) / (10.0 + step))  # warm-up: early averages forget the init
+            for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
+                pe.lerp_(pn, 1.0 - decay)
+        schedule.update(s, per.detach())
+        bins.add(s, per.detach())
+        value = loss.item()
+        running += value
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            n_avg = step % cfg.log_every or cfg.log_every
+            rec = {"step": step, "loss": running / n_avg, "time": time.time() - start}
+            rec["units"] = {"process": cfg.process, "target": cfg.target}
+            metrics.write(json.dumps({**rec, "levels": bins.flush()}) + "\n")
+            metrics.flush()
+            running = 0.0
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            state = {
+                **meta,
+                "step": step,
+                "schedule_state": getattr(schedule, "state_dict", dict)(),
+                "state_dict": net.state_dict(),
+                "ema_state_dict": ema.state_dict(),
+            }
+            _save_atomic(state, out / f"ckpt_{step:07d}.pt")
+        if on_step is not None:
+            on_step(step, value)
+    metrics.close()
+    final = {**meta, "step": cfg.steps, "schedule_state": getattr(schedule, "state_dict", dict)()}
+    tensors = {k: v.contiguous() for k, v in ema.state_dict().items()}
+    tmp = out / ".model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"difflens": json.dumps(checkpoint_meta(final))})
+    os.replace(tmp, out / "model.safetensors")
+    summary = {
+        **checkpoint_meta(final),
+        "seconds": time.time() - start,
+        "held_out": held.summary() if held is not None else None,
+    }
+    write_json(out / "train.json", summary)
+    return summary
