@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/lint-imports --no-cache  # the layer rule of docs/architecture.md
 	$(BIN)/pytest -n 2
 
 lint: $(STAMP)
