@@ -1,4 +1,4 @@
-"""Kernel benchmarks (issue 2): GFLOP/s against plain torch.mm in the same run, the full optimal-loss
+"""Kernel benchmarks: GFLOP/s against plain torch.mm in the same run, the full optimal-loss
 curve at CIFAR size, and the obvious broadcast implementation (speed and memory ratios).
 
     python benchmarks/bench_kernel.py            # N = 50 000, D = 3 072, B = 256 (a few minutes)

@@ -1,4 +1,4 @@
-"""Training variants against memorization: baseline vs noise-unconditioned vs smoothed targets (issue 5).
+"""Training variants against memorization: baseline vs noise-unconditioned vs smoothed targets.
 
 Trains the same small MLP with the same budget on a seeded 64-image subset of the digits training
 split (where the empirical optimal denoiser collapses hardest), as

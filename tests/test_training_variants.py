@@ -1,4 +1,4 @@
-"""Trainer variants of issue 5: a noise-unconditioned network (constant time input) and targets
+"""Trainer variants against memorization: a noise-unconditioned network (constant time input) and targets
 smoothed by temperature below s_c (the kernel's E_T(s)[x0 | x̃]); checkpoints remember both."""
 
 import math

@@ -256,7 +256,7 @@ def data_cmd(data: str = DataOpt, scale: ScaleName = ScaleOpt):
     Console().print_json(data={**ds.summary(), "min": st.minimum, "max": st.maximum, "variance_per_dim": st.variance})
 
 
-# ---- training diagnosis commands (issue 4): train, diagnose, schedule, scaling
+# ---- training diagnosis commands: train, diagnose, schedule, scaling
 
 ArchName = Enum("ArchName", {k: k for k in ("mlp", "unet")}, type=str)
 ScheduleName = Enum("ScheduleName", {k: k for k in ("edm", "uniform-t", "optimal-loss")}, type=str)
@@ -656,7 +656,7 @@ def scaling_cmd(
     console.print(f"wrote {out}/scaling.json, scaling.csv, scaling.png")
 
 
-# ---- memorization, generalization gap, toy lab and score smoothing commands (issue 5)
+# ---- memorization, generalization gap, toy lab and score smoothing commands
 
 SamplerName = Enum("SamplerName", {k: k for k in ("euler", "heun", "sde", "pc")}, type=str)
 ErrorName = Enum("ErrorName", {k: k for k in ("mse", "l2")}, type=str)
@@ -1094,7 +1094,7 @@ def smooth_sample_cmd(
     console.print(f"wrote {out}/smooth.json, samples.npy, " + ", ".join(files))
 
 
-# ---- scale commands (issue 3)
+# ---- scale commands
 
 
 @app.command("convert")
@@ -1122,7 +1122,7 @@ def convert_cmd(
     console.print(f"wrote {info['dest']}: shape {shape}, dtype {info['dtype']}, {rows} rows per chunk")
 
 
-# ---- distillation commands (issue 6)
+# ---- distillation commands
 distill_app = typer.Typer(
     help="Specialists → generalist distillation for conditional diffusion (semi-supervised, multi-task).",
     no_args_is_help=True,

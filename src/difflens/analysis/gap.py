@@ -1,4 +1,6 @@
-"""Generalization gap per noise level (Kaiser & Kollmann 2026; DESIGN §4).
+"""Generalization gap per noise level (Kaiser & Kollmann 2026).
+
+The math: docs/method.md, "Memorization and generalization gap".
 
 E_split(s) = mean over images y of the error of D(y + s·n, s) against y, with the noise n fixed per
 image (and per draw) across all levels and all checkpoints, so differences between levels and

@@ -1,7 +1,8 @@
 """Memorization of generated samples: exact nearest training samples and the d1/d2 ratio test.
 
 A generated sample is *memorized* when d1/d2 < 1/3, d1 and d2 its L2 distances to the nearest and
-second-nearest training samples (Gu et al.; DESIGN §4). Distances are found by streaming the
+second-nearest training samples (Gu et al.; docs/method.md, "Memorization and generalization gap").
+Distances are found by streaming the
 training set in chunks: each chunk proposes a few candidates per query (a float32 GEMM in torch, or
 a faiss flat index), the running candidate lists merge, and the final candidates are re-measured in
 float64 — so near-copies (d1 ≈ 0) get exact distances instead of the cancellation error of

@@ -1,4 +1,4 @@
-"""Smoothing the empirical score (Zhou, Zhang & Wright 2026; DESIGN §5).
+"""Smoothing the empirical score (Zhou, Zhang & Wright 2026; docs/method.md, "Smoothing").
 
 The empirical optimal denoiser puts all posterior weight on the nearest training point as s → 0, so
 closed-form samplers reproduce training points ("sampling collapse"). Two remedies, both as

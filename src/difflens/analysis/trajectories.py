@@ -1,4 +1,6 @@
-"""Where sampling goes: do sampler states ever look like noised training samples? (DESIGN §4, ours)
+"""Where sampling goes: do sampler states ever look like noised training samples?
+
+A measure of difflens's own: docs/method.md, "Memorization and generalization gap".
 
 At each level s of a recorded sampler trajectory, compare the sampler states with noised training
 samples x_m + s·ε at the same s, on two measures:

@@ -1,7 +1,8 @@
 """Preconditioning in one place: the VE form (x̃ = x0 + s·ε, s) ↔ a network's own input and target.
 
 A network trained on process (α_t, σ_t) sees x_t = α_t·x0 + σ_t·ε = α_t·x̃ and a time input; it
-predicts a target y (DESIGN §2). ``Parametrization`` maps a VE-form query to the network's input,
+predicts a target y (docs/method.md, "Preconditioning").
+``Parametrization`` maps a VE-form query to the network's input,
 the network's output back to x0, and x0 to the target (for training losses). The EDM target ``edm``
 is Karras et al.'s F with c_in, c_noise, c_skip, c_out, defined directly on s (any process).
 Every adapter, the trainer and the diagnosis go through this class, nothing else converts.

@@ -2,7 +2,8 @@
 
 Every optimal quantity depends on the process only through the VE-equivalent noise level
 s = σ/α. A process is a tiny class giving α, σ, their time derivatives and the inverse t(s);
-a target is one row of ``TARGETS`` giving the factor r with J^target = r · J^x0 (DESIGN §2).
+a target is one row of ``TARGETS`` giving the factor r with J^target = r · J^x0
+(docs/method.md, "Processes and targets").
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def edm_c_out(s: ArrayLike, sigma_data: float = SIGMA_DATA) -> np.ndarray:
     return s * sigma_data / np.sqrt(s**2 + sigma_data**2)
 
 
-# J^target_t = r_t · J^x0_t. Each row: (process, t) -> r. (DESIGN §2)
+# J^target_t = r_t · J^x0_t. Each row: (process, t) -> r (docs/method.md, "Processes and targets").
 TARGETS: dict[str, Callable[[Process, np.ndarray], np.ndarray]] = {
     "x0": lambda p, t: np.ones_like(t),
     "eps": lambda p, t: (p.alpha(t) / p.sigma(t)) ** 2,

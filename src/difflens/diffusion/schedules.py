@@ -7,7 +7,7 @@ Every schedule has one interface, usable in any torch training loop::
     schedule.update(s, per_sample_loss)          # running per-level loss (adaptive schedules)
 
 ``LogNormal`` is EDM's ln s ~ N(−1.2, 1.2²); ``UniformT`` draws t ~ U(0, 1] of a process;
-``OptimalLossSchedule`` is Xu et al.'s schedule from the optimal loss J*(s) (DESIGN §3):
+``OptimalLossSchedule`` is Xu et al.'s schedule from the optimal loss J*(s) (docs/method.md, "Training schedules"):
 weight w(s) = a·min(1/J*(s), w_max) (+ an optional Gaussian bump in ln s), and density over
 ln s proportional to w(s)·(J_θ(s) − J*(s)), with J_θ a running per-bin average of the model's loss,
 mixed with a uniform floor so no level is starved. Losses and J* are in the training target's units.

@@ -26,8 +26,8 @@ from ``exact`` only by float32 rounding of the kept points and the < ``tol`` dro
 skipped depends on the data and noise: at large noise every point keeps real weight, and a probe of
 1/32 of the queries tells the screen to step aside (exact, plus 1/32 of a screen).
 
-Why int8 and not bfloat16: on CPUs without AMX (this one), bf16 GEMMs run slower than fp32 while
-int8 (AVX-512 VNNI) runs 2.5–4× faster; ``benchmarks/bench_scale.py`` measures all of them.
+Why int8 and not bfloat16: on x86 CPUs without AMX, bf16 GEMMs run slower than fp32 while int8 (VNNI)
+runs several times faster; ``benchmarks/bench_scale.py`` measures all of them (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class Fast:
     """The screened kernel step: same call signature and results as ``state.chunk_state``.
 
     tol: bound on the posterior mass dropped per query; gather_cost, group_cost, call_cost: the
-    cost model of ``plan`` (measured on a 2-core AVX-512 machine; they steer speed, never results);
+    cost model of ``plan`` (relative costs per pair and per call; they steer speed, never results);
     dense_fraction: when the queries (or a first probe of them) keep more than this fraction of the
     chunk, the whole batch runs exact; query_levels: int8 levels per query (see ``screen``)."""
 

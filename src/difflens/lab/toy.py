@@ -1,4 +1,6 @@
-"""2-D toy lab (Kaiser & Kollmann 2026; DESIGN §4): why models overfit at intermediate noise yet sample well.
+"""2-D toy lab (Kaiser & Kollmann 2026): why models overfit at intermediate noise yet sample well.
+
+The math: docs/method.md, "Memorization and generalization gap".
 
 Data: points on a circle, split alternately into train and val. Denoisers (all ``D(x, sigma)``):
 

@@ -6,7 +6,7 @@ on its target through ``Parametrization`` (EDM preconditioning is the ``edm`` ta
 copy, writes ``metrics.jsonl`` (per-level train loss in target units) as it goes, periodic
 ``ckpt_*.pt`` checkpoints and, at the end, ``model.safetensors`` + ``train.json``.
 
-Two variants against memorization (Zhou, Zhang & Wright; DESIGN §5): ``noise_unconditioned`` gives
+Two variants against memorization (Zhou, Zhang & Wright; docs/method.md, "Smoothing"): ``noise_unconditioned`` gives
 the network a constant time input (``Parametrization(noise_conditioned=False)``: the preconditioning
 around it still uses s, the network cannot see it), and ``smooth_below = s_c`` regresses samples
 with s < s_c on the temperature-smoothed empirical denoiser E_T(s)[x0 | x̃], T(s) = T·max(s_c/s, 1)

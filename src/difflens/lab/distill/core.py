@@ -1,4 +1,4 @@
-"""Specialists → generalist distillation (Cheng et al., ICML 2026; DESIGN §6).
+"""Specialists → generalist distillation (Cheng et al., ICML 2026; docs/method.md, "Distillation").
 
 Stage 1 ``fit_specialists``: one small conditional denoiser per task on that task's few pairs.
 Stage 2 ``distill_generalist``: each specialist samples pseudo-targets for its task's unlabeled
