@@ -366,10 +366,13 @@ def _load_diffusers(
         )
     sched = _ddpm_scheduler(_read_json(found, "scheduler config") if found else {}, found)
     try:
-        unet = UNet2DModel.from_pretrained(str(unet_dir))
+        unet = UNet2DModel.from_pretrained(str(unet_dir), low_cpu_mem_usage=False)
     except (OSError, ValueError, TypeError) as exc:
         raise DifflensError(f"model {unet_dir}: cannot load a UNet2DModel ({_first_line(exc)})") from None
     info = {"kind": "diffusers", "unet": str(unet_dir), "scheduler_config": str(found) if found else None}
+    if found is None:
+        assumed = "no scheduler config: diffusers' default DDPM schedule assumed (linear β 1e-4…0.02, 1000 steps)"
+        note = f"{assumed}; {note}" if note else assumed
     if note:
         info["note"] = note
     return diffusers_denoiser(unet, sched, prediction_type, shape, info=info)
@@ -420,12 +423,13 @@ def diffusers_denoiser(
     size = ucfg.sample_size if isinstance(ucfg.sample_size, list | tuple) else (ucfg.sample_size, ucfg.sample_size)
     net_shape = shape or (ucfg.in_channels, *size)
     trained = cfg.get("trained_betas") is not None
+    ends = not trained and cfg.beta_schedule in ("linear", "scaled_linear", "sigmoid")  # cosine ignores β ends
     read = {
         "prediction_type": pred,
         "prediction_type_from": "argument" if prediction_type else "scheduler config",
         "beta_schedule": "trained_betas" if trained else cfg.beta_schedule,
-        "beta_start": None if trained else float(cfg.beta_start),
-        "beta_end": None if trained else float(cfg.beta_end),
+        "beta_start": float(cfg.beta_start) if ends else None,
+        "beta_end": float(cfg.beta_end) if ends else None,
         "num_train_timesteps": int(len(scheduler.alphas_cumprod)),
     }
     return LoadedModel(NetDenoiser(unet, param, net_shape), {**(info or {}), **read})
