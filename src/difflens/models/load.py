@@ -5,7 +5,10 @@ Specs understood by ``load_denoiser``:
 * ``oracle`` — the empirical optimal denoiser of the training data
 * ``RUN_DIR`` or ``ckpt.pt`` / ``model.safetensors`` written by ``difflens train`` (self-describing)
 * ``diffusers:DIR`` (or a DIR holding a diffusers ``config.json`` or pipeline ``model_index.json``):
-  a ``UNet2DModel`` with its scheduler config (prediction type epsilon / v_prediction / sample)
+  a ``UNet2DModel`` (the pipeline folder or its ``unet/``) read in the units it was trained in: the
+  scheduler config beside it (``PIPE/scheduler/scheduler_config.json``) or given as ``scheduler=``
+  sets the prediction type (epsilon / v_prediction / sample) and the discrete β schedule; without
+  one the model is refused unless ``prediction_type=`` is given (then diffusers' default schedule)
 * ``module:attr`` or ``path/file.py:attr`` — a network ``net(x_in, t_in)``; a class is instantiated
   with no arguments; ``checkpoint`` (.pt/.safetensors state dict) is loaded into it. Its
   parametrization (process, target, time scale) is given by the caller (default: an EDM-style
