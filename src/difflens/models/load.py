@@ -5,7 +5,10 @@ Specs understood by ``load_denoiser``:
 * ``oracle`` — the empirical optimal denoiser of the training data
 * ``RUN_DIR`` or ``ckpt.pt`` / ``model.safetensors`` written by ``difflens train`` (self-describing)
 * ``diffusers:DIR`` (or a DIR holding a diffusers ``config.json`` or pipeline ``model_index.json``):
-  a ``UNet2DModel`` with its scheduler config (prediction type epsilon / v_prediction / sample)
+  a ``UNet2DModel`` (the pipeline folder or its ``unet/``) read in the units it was trained in: the
+  scheduler config beside it (``PIPE/scheduler/scheduler_config.json``) or given as ``scheduler=``
+  sets the prediction type (epsilon / v_prediction / sample) and the discrete β schedule; without
+  one the model is refused unless ``prediction_type=`` is given (then diffusers' default schedule)
 * ``module:attr`` or ``path/file.py:attr`` — a network ``net(x_in, t_in)``; a class is instantiated
   with no arguments; ``checkpoint`` (.pt/.safetensors state dict) is loaded into it. Its
   parametrization (process, target, time scale) is given by the caller (default: an EDM-style
@@ -16,9 +19,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import pickle
+import pickletools
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,19 +66,35 @@ def load_denoiser(
     time_scale: float | None = None,
     shape: tuple[int, ...] | None = None,
     scheduler: str | Path | None = None,
+    prediction_type: str | None = None,
     ema: bool = True,
     trust_pickle: bool = False,
 ) -> LoadedModel:
-    """Open a model spec (see module doc) as a VE-form denoiser in eval mode."""
+    """Open a model spec (see module doc) as a VE-form denoiser in eval mode.
+
+    diffusers models: ``scheduler`` is a scheduler_config.json, its folder or a pipeline folder (default:
+    ``../scheduler/`` beside the UNet); ``prediction_type`` overrides the config's. For diffusers models
+    and difflens runs, ``process``/``target`` do not change how the network is read (report units only)."""
+    path = Path(spec.removeprefix("diffusers:"))
+    is_diffusers = spec.startswith("diffusers:") or (path.is_dir() and _is_diffusers_dir(path))
+    if not is_diffusers and (scheduler is not None or prediction_type is not None):
+        raise DifflensError(
+            f"model {spec!r}: a scheduler config and a prediction type apply to diffusers models only "
+            "(callables take process/target)"
+        )
     if spec == "oracle":
         if data is None:
             raise DifflensError("the oracle model needs training data")
         return LoadedModel(OracleDenoiser(data), {"spec": spec, "kind": "oracle"})
     data_shape = tuple(data.shape) if data is not None else None
     net_shape = tuple(shape) if shape else (default_shape(data_shape) if data_shape else None)
-    path = Path(spec.removeprefix("diffusers:"))
-    if spec.startswith("diffusers:") or (path.is_dir() and _is_diffusers_dir(path)):
-        model = _load_diffusers(path, scheduler, target, net_shape)
+    if is_diffusers:
+        note = (
+            "the scheduler config's process is used; process/target set report units only"
+            if (process or target)
+            else None
+        )
+        model = _load_diffusers(path, scheduler, prediction_type, net_shape, note)
     elif path.is_dir() or path.suffix in (".pt", ".pth", ".safetensors"):
         model = load_checkpoint(path, ema=ema, trust_pickle=trust_pickle, param=_param(process, target, time_scale))
         if model.info["kind"] == "difflens" and (process or target or time_scale):
@@ -165,7 +187,34 @@ def load_checkpoint(
     return LoadedModel(NetDenoiser(net, saved, meta.get("shape")), info)
 
 
+def _is_pickle_container(path: Path) -> bool:
+    """Whether the file is a torch zip archive (with its data.pkl) or starts with a well-formed pickle.
+
+    Only parsed (pickletools.genops), never executed, so this is safe on untrusted files."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return False
+                for _ in pickletools.genops(zf.read(name)):
+                    pass
+            return True
+        with path.open("rb") as fh:
+            if fh.read(1) != b"\x80":  # protocol ≥ 2 pickles (all torch.save formats) start with PROTO
+                return False
+            fh.seek(0)
+            for _ in pickletools.genops(fh):  # the first pickle only: stops at its STOP opcode
+                pass
+        return True
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError):
+        return False
+
+
 def _torch_load(path: Path, trust_pickle: bool):
+    """torch.load, safely: weights only unless ``trust_pickle``; every failure is one line."""
+    if not _is_pickle_container(path):
+        raise DifflensError(f"model {path}: not a checkpoint (not a zip/pickle file)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -174,12 +223,20 @@ def _torch_load(path: Path, trust_pickle: bool):
                 f"model {path}: the file holds pickled Python objects; load it only if you trust it "
                 "(--trust-pickle), or save a state dict instead"
             ) from None
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise DifflensError(f"model {path}: cannot read the checkpoint ({exc})") from None
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for damaged files; report them in one line
+        raise DifflensError(f"model {path}: cannot read the checkpoint ({_first_line(exc)})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # unpickling runs arbitrary code: any error, reported in one line
+        raise DifflensError(f"model {path}: cannot read the checkpoint ({_first_line(exc)})") from None
     if not callable(obj):
         raise DifflensError(f"model {path}: the pickled object is a {type(obj).__name__}, not a network")
     return obj
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _load_state(net, path: Path) -> None:
@@ -247,47 +304,135 @@ def _load_callable(spec: str):
 
 
 DIFFUSERS_TARGETS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+PREDICTION_NAMES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}  # difflens names accepted too
 
 
 def _is_diffusers_dir(path: Path) -> bool:
     if (path / "model_index.json").exists() or (path / "unet" / "config.json").exists():
         return True
     cfg = path / "config.json"
-    return cfg.exists() and "_class_name" in json.loads(cfg.read_text())
+    return cfg.exists() and "_class_name" in _read_json(cfg, "model config")
 
 
-def _load_diffusers(path: Path, scheduler: str | Path | None, target: str | None, shape) -> LoadedModel:
+def _read_json(path: Path, what: str) -> dict:
     try:
-        from diffusers import DDPMScheduler, UNet2DModel
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DifflensError(f"{what} {path}: not a readable JSON file ({exc})") from None
+    if not isinstance(obj, dict):
+        raise DifflensError(f"{what} {path}: not a JSON object")
+    return obj
+
+
+def _scheduler_config_path(unet_dir: Path, scheduler: str | Path | None) -> Path | None:
+    """The scheduler config: ``scheduler`` (a scheduler_config.json, a folder holding one, or a pipeline
+    folder), else where a diffusers pipeline keeps it beside its UNet (``PIPE/scheduler/``), else None."""
+    if scheduler is not None:
+        given = Path(scheduler)
+        if given.is_dir():
+            found = next(
+                (
+                    c
+                    for c in (given / "scheduler_config.json", given / "scheduler" / "scheduler_config.json")
+                    if c.is_file()
+                ),
+                None,
+            )
+            if found is None:
+                raise DifflensError(f"scheduler {given}: the folder holds no scheduler_config.json (nor scheduler/)")
+            return found
+        if not given.is_file():
+            raise DifflensError(f"scheduler config {given}: no such file or folder")
+        return given
+    beside = (unet_dir.parent / "scheduler" / "scheduler_config.json", unet_dir / "scheduler_config.json")
+    return next((c for c in beside if c.is_file()), None)
+
+
+def _load_diffusers(
+    path: Path, scheduler: str | Path | None, prediction_type: str | None, shape, note: str | None
+) -> LoadedModel:
+    try:
+        from diffusers import UNet2DModel
     except ImportError:
         raise DifflensError("diffusers models need the diffusers package (pip install diffusers)") from None
     if not path.is_dir():
         raise DifflensError(f"model diffusers:{path}: no such folder")
     unet_dir = path / "unet" if (path / "unet" / "config.json").exists() else path
+    if not (unet_dir / "config.json").is_file():
+        raise DifflensError(f"model diffusers:{path}: no config.json (give a pipeline folder or its unet/ folder)")
+    found = _scheduler_config_path(unet_dir, scheduler)
+    if found is None and prediction_type is None:
+        raise DifflensError(
+            f"model diffusers:{path}: no scheduler config beside the UNet (looked for "
+            f"{unet_dir.parent / 'scheduler' / 'scheduler_config.json'}); pass --scheduler DIR|FILE, or "
+            "--prediction-type to assume diffusers' default DDPM schedule (linear β 1e-4…0.02, 1000 steps)"
+        )
+    sched = _ddpm_scheduler(_read_json(found, "scheduler config") if found else {}, found)
     try:
-        unet = UNet2DModel.from_pretrained(str(unet_dir))
-    except (OSError, ValueError) as exc:
-        raise DifflensError(f"model {path}: cannot load a UNet2DModel ({exc})") from None
-    candidates = (
-        [Path(scheduler)]
-        if scheduler
-        else [path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"]
-    )
-    found = next((c for c in candidates if c.exists()), None)
-    if scheduler and found is None:
-        raise DifflensError(f"scheduler config {scheduler}: no such file")
-    sched = DDPMScheduler.from_config(json.loads(found.read_text())) if found else DDPMScheduler()
-    return diffusers_denoiser(unet, sched, target, shape, info={"kind": "diffusers", "scheduler": str(found)})
+        unet = UNet2DModel.from_pretrained(str(unet_dir), low_cpu_mem_usage=False)
+    except (OSError, ValueError, TypeError) as exc:
+        raise DifflensError(f"model {unet_dir}: cannot load a UNet2DModel ({_first_line(exc)})") from None
+    info = {"kind": "diffusers", "unet": str(unet_dir), "scheduler_config": str(found) if found else None}
+    if found is None:
+        assumed = "no scheduler config: diffusers' default DDPM schedule assumed (linear β 1e-4…0.02, 1000 steps)"
+        note = f"{assumed}; {note}" if note else assumed
+    if note:
+        info["note"] = note
+    return diffusers_denoiser(unet, sched, prediction_type, shape, info=info)
 
 
-def diffusers_denoiser(unet, scheduler, target: str | None = None, shape=None, info: dict | None = None) -> LoadedModel:
-    """A diffusers UNet2DModel with a DDPM-family scheduler as a VE-form denoiser."""
-    pred = scheduler.config.prediction_type
-    if target is None and pred not in DIFFUSERS_TARGETS:
+def _ddpm_scheduler(cfg: dict, where: Path | None):
+    """The training noise schedule of a DDPM-family scheduler config (any class that defines its noise by a
+    β schedule: DDPM, DDIM, PNDM, Euler, DPM-Solver…), as diffusers' DDPMScheduler computes it."""
+    import diffusers
+
+    name = cfg.get("_class_name")
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if cls is not None and "beta_schedule" not in inspect.signature(cls.__init__).parameters:
+        raise DifflensError(
+            f"scheduler config {where}: {name} does not define a discrete β schedule; "
+            "difflens reads DDPM-family schedulers (DDPM, DDIM, PNDM, Euler, DPM-Solver…)"
+        )
+    if cfg.get("timestep_type", "discrete") != "discrete":
+        raise DifflensError(
+            f"scheduler config {where}: timestep_type {cfg['timestep_type']!r} (continuous time input) is not "
+            "supported; wrap the UNet as a callable with its own parametrization"
+        )
+    if cfg.get("rescale_betas_zero_snr"):
+        raise DifflensError(
+            f"scheduler config {where}: zero terminal SNR schedules (rescale_betas_zero_snr) are not supported"
+        )
+    known = inspect.signature(diffusers.DDPMScheduler.__init__).parameters
+    try:
+        return diffusers.DDPMScheduler(**{k: v for k, v in cfg.items() if k in known})
+    except (NotImplementedError, ValueError, TypeError) as exc:
+        raise DifflensError(f"scheduler config {where}: cannot build its noise schedule ({exc})") from None
+
+
+def diffusers_denoiser(
+    unet, scheduler, prediction_type: str | None = None, shape=None, info: dict | None = None
+) -> LoadedModel:
+    """A diffusers UNet2DModel with a DDPM-family scheduler as a VE-form denoiser.
+
+    ``prediction_type`` (epsilon / v_prediction / sample, or eps / v / x0) overrides the scheduler's.
+    The info records what was read: prediction type, β schedule, number of training timesteps."""
+    cfg = scheduler.config
+    pred = PREDICTION_NAMES.get(prediction_type, prediction_type) if prediction_type else cfg.prediction_type
+    if pred not in DIFFUSERS_TARGETS:
         raise DifflensError(f"unsupported diffusers prediction_type {pred!r}; use {', '.join(DIFFUSERS_TARGETS)}")
     process = DiscreteVP(tuple(float(a) for a in scheduler.alphas_cumprod))
-    param = Parametrization(process, target or DIFFUSERS_TARGETS[pred])
-    cfg = unet.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, list | tuple) else (cfg.sample_size, cfg.sample_size)
-    net_shape = shape or (cfg.in_channels, *size)
-    return LoadedModel(NetDenoiser(unet, param, net_shape), {**(info or {}), "prediction_type": pred})
+    param = Parametrization(process, DIFFUSERS_TARGETS[pred])
+    ucfg = unet.config
+    size = ucfg.sample_size if isinstance(ucfg.sample_size, list | tuple) else (ucfg.sample_size, ucfg.sample_size)
+    net_shape = shape or (ucfg.in_channels, *size)
+    trained = cfg.get("trained_betas") is not None
+    ends = not trained and cfg.beta_schedule in ("linear", "scaled_linear", "sigmoid")  # cosine ignores β ends
+    read = {
+        "prediction_type": pred,
+        "prediction_type_from": "argument" if prediction_type else "scheduler config",
+        "beta_schedule": "trained_betas" if trained else cfg.beta_schedule,
+        "beta_start": float(cfg.beta_start) if ends else None,
+        "beta_end": float(cfg.beta_end) if ends else None,
+        "num_train_timesteps": int(len(scheduler.alphas_cumprod)),
+    }
+    return LoadedModel(NetDenoiser(unet, param, net_shape), {**(info or {}), **read})
