@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from difflens.data import check_same_layout
 from difflens.diffusion.precond import DiscreteVP, Parametrization
 from difflens.errors import DifflensError
 from difflens.models.adapters import NetDenoiser, OracleDenoiser
@@ -79,6 +80,7 @@ def load_denoiser(
             model.info["note"] = "a difflens run's own parametrization is used; process/target set report units only"
         if model.denoiser.shape is None and net_shape is not None:
             model.denoiser.shape = net_shape
+        check_same_layout(model.denoiser.shape or (), net_shape or (), f"model {spec} inputs", "data")
     elif ":" in spec:
         net = _load_callable(spec)
         if checkpoint is not None:
@@ -289,5 +291,6 @@ def diffusers_denoiser(unet, scheduler, target: str | None = None, shape=None, i
     param = Parametrization(process, target or DIFFUSERS_TARGETS[pred])
     cfg = unet.config
     size = cfg.sample_size if isinstance(cfg.sample_size, list | tuple) else (cfg.sample_size, cfg.sample_size)
+    check_same_layout(shape or (), (cfg.in_channels, *size), "data", "the UNet's inputs")
     net_shape = shape or (cfg.in_channels, *size)
     return LoadedModel(NetDenoiser(unet, param, net_shape), {**(info or {}), "prediction_type": pred})
