@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from difflens import DifflensError
 from difflens.analysis import memorization as mm
 from difflens.cli import app
-from difflens.data import check_same_layout, convert, load
+from difflens.data import as_dataset, check_same_layout, convert, load
 from difflens.data.layout import channels_last
 
 H, W = 6, 5
@@ -70,7 +70,9 @@ def test_same_images_as_npy_folder_and_zarr_hash_alike(tmp_path):
     gfolder = _folder(tmp_path / "grey", grey)
     np.save(tmp_path / "g1.npy", grey[:, None])
     np.save(tmp_path / "g.npy", grey)
-    hashes = {load(str(p)).stats.hash for p in (gfolder, tmp_path / "g1.npy", tmp_path / "g.npy")}
+    np.save(tmp_path / "g3.npy", grey[..., None])  # (N, H, W, 1): channel-last grey
+    specs = (gfolder, tmp_path / "g1.npy", tmp_path / "g.npy", tmp_path / "g3.npy")
+    hashes = {load(str(p)).stats.hash for p in specs}
     assert len(hashes) == 1 and load(str(gfolder)).layout == "HW"
 
 
@@ -132,6 +134,7 @@ def test_inputs_of_one_command_with_another_layout_are_refused(tmp_path):
     folder = _folder(tmp_path / "train", train)
     ds = load(str(folder))
     hwc = torch.from_numpy(train.astype(np.float32) / 127.5 - 1.0)  # (N, H, W, 3): same size, other order
+    assert as_dataset(hwc).layout == "HWC"  # wrapped as it is, and said so
     with pytest.raises(DifflensError, match="different layout"):
         mm.memorization(hwc, ds)
     assert mm.memorization(hwc.permute(0, 3, 1, 2), ds).memorization_ratio == 1.0
@@ -188,4 +191,5 @@ def test_integer_data_not_in_0_255_gets_a_scaling_note(tmp_path):
         full = load(str(tmp_path / "d.npy"), scale="minmax")  # asked for: no note
         np.save(tmp_path / "u.npy", np.array([[0, 255], [128, 64]], dtype=np.uint8))
         u = load(str(tmp_path / "u.npy"))
-    assert not full.notes and not u.notes and "notes" not in u.summary()
+        dark = load(str(_folder(tmp_path / "dark", _colour_images(3, seed=6) // 4)))  # image files: 0…255 as read
+    assert not full.notes and not u.notes and not dark.notes and "notes" not in u.summary()

@@ -38,7 +38,11 @@ def channels_last(sample_shape: tuple[int, ...], spec: str, layout: str = "auto"
 
 
 def layout_name(shape: tuple[int, ...]) -> str:
-    """The layout of a sample shape as a Dataset presents it: flat, HW, CHW, or ND for anything else."""
+    """The layout of a sample shape as a Dataset presents it: flat, HW, CHW, or ND for more axes.
+
+    Loaders never present HWC; an in-memory (N, H, W, C) array wrapped as it is says so."""
+    if len(shape) == 3 and shape[-1] in CHANNELS and shape[0] not in CHANNELS:
+        return "HWC"
     return {1: "flat", 2: "HW", 3: "CHW"}.get(len(shape), "ND")
 
 

@@ -187,7 +187,8 @@ def _layout_note(array, spec: str, layout: str) -> tuple[bool, tuple[str, ...]]:
 
 
 def _scale_note(ds: Dataset, scale: str) -> str | None:
-    """A note (and a warning) when integer data scaled as 0…255 intensities does not look like them."""
+    """A note (and a warning) when integer data scaled as 0…255 intensities does not look like them:
+    values outside 0…255, or none above 127 (e.g. digits' 0…16 would land in [−1, −0.87])."""
     if scale != "auto" or ds.array.dtype.kind not in "iub" or ds.scale != (1.0 / 127.5, -1.0):
         return None
     lo, hi = ((v + 1.0) * 127.5 for v in (ds.stats.minimum, ds.stats.maximum))  # back to the stored values
@@ -214,6 +215,6 @@ def load(spec: str = "digits", scale: str = "auto", layout: str = "auto") -> Dat
     last, notes = _layout_note(array, spec, layout) if from_file else (False, ())
     ds = Dataset(array, spec, scale_for(array, spec, scale, image_like), labels=labels, channels_last=last)
     ds.stats  # noqa: B018 - validates (NaN/Inf) and hashes in one pass, cached for later use
-    note = _scale_note(ds, scale)
+    note = _scale_note(ds, scale) if from_file else None  # image files are 0…255 by definition
     ds.notes = (*notes, note) if note else notes
     return ds
