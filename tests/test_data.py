@@ -61,8 +61,9 @@ def test_image_folder(tmp_path):
         Image.fromarray(im).save(tmp_path / f"{i}.png")
     (tmp_path / "notes.txt").write_text("not an image")
     ds = load(str(tmp_path))
-    assert (ds.n, ds.shape) == (3, (5, 6, 3))
-    assert np.allclose(ds.rows(0, 3).numpy(), imgs.reshape(3, -1) / 127.5 - 1.0, atol=1e-6)
+    assert (ds.n, ds.shape, ds.layout) == (3, (3, 5, 6), "CHW")  # channel-first, as torch models use
+    chw = imgs.transpose(0, 3, 1, 2).reshape(3, -1)
+    assert np.allclose(ds.rows(0, 3).numpy(), chw / 127.5 - 1.0, atol=1e-6)
 
 
 def test_ragged_and_unreadable_images(tmp_path):

@@ -83,7 +83,7 @@ def test_convert_streams_an_image_folder(tmp_path):
     result = CliRunner().invoke(app, ["convert", str(folder), str(tmp_path / "i.zarr"), "--chunk-rows", "3"])
     assert result.exit_code == 0, result.output
     z, ref = data.load(str(tmp_path / "i.zarr")), data.load(str(folder))
-    assert z.array.dtype == np.uint8 and z.shape == (6, 5, 3)
+    assert z.array.dtype == np.uint8 and z.shape == (3, 6, 5)  # written channel-first
     assert torch.equal(z.rows(0, 7), ref.rows(0, 7))
     Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(folder / "9.png")
     bad = CliRunner().invoke(app, ["convert", str(folder), str(tmp_path / "j.zarr")])

@@ -238,6 +238,7 @@ def denoise(
     ds = load_data(data, scale)
     if q.ndim == 1 or q.size == 0 or q[0].size != ds.dim:
         raise DifflensError(f"queries {queries} have shape {q.shape}; need (B, ...) with {ds.dim} values per query")
+    data_mod.check_same_layout(q.shape[1:], ds.shape, "queries", "the data")
     with open_engine(workers, scheduler) as engine:
         kernel = {"chunk_size": chunk_size, "engine": engine, "precision": kernel_precision(precision, fast_tol)}
         result = oracle.denoise(q.reshape(len(q), -1), ds, sigma, temperature, **kernel)
@@ -419,6 +420,9 @@ def diagnose_cmd(
         loaded = load_denoiser("oracle", data=train_ds)
     elif loaded is not None and loaded.denoiser.shape is None:
         loaded.denoiser.shape = default_shape(ds.shape)
+    data_mod.check_same_layout(
+        getattr(loaded and loaded.denoiser, "shape", None) or (), ds.shape, "model inputs", "data"
+    )
     if loaded is not None and loaded.info.get("data") and loaded.info["data"]["hash"] != train_ds.stats.hash:
         console.print("[yellow]warning:[/] these training data differ from the run's (other data spec or split)")
     logged = dg.log_units(from_log) if from_log is not None else None
@@ -724,6 +728,7 @@ def memorization_cmd(
     gen = load_data(samples, scale)
     if gen.dim != ds.dim:
         raise DifflensError(f"samples have {gen.dim} values each but the training data has {ds.dim}")
+    data_mod.check_same_layout(gen.shape, ds.shape, "samples", "the training data")
     fmap = gap_mod.load_callable(feature) if feature else None
     x = gen.rows(0, gen.n)
     with progress() as bar:
@@ -799,6 +804,7 @@ def gap_cmd(
     for m in loaded.values():
         if getattr(m.denoiser, "shape", 1) is None:
             m.denoiser.shape = default_shape(full.shape)
+        data_mod.check_same_layout(getattr(m.denoiser, "shape", None) or (), full.shape, "model inputs", "data")
     dens = {
         (Path(s).name if s in loaded and Path(s).exists() else s): (
             loaded[s].denoiser if s in loaded else gap_mod.resolve_denoiser(s, train)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from difflens.data import Dataset, as_dataset
+from difflens.data import Dataset, as_dataset, check_same_layout
 from difflens.errors import DifflensError
 
 ERRORS = ("mse", "l2")
@@ -128,6 +128,8 @@ def generalization_gap(
     sig = np.asarray(sigmas, dtype=np.float64).reshape(-1)
     if sig.size == 0 or np.any(sig <= 0) or not np.all(np.isfinite(sig)):
         raise DifflensError("noise levels must be finite and > 0")
+    if isinstance(train, Dataset) and isinstance(val, Dataset):
+        check_same_layout(val.shape, train.shape, "val samples", "training samples")
     y_tr = _split_images(train, max_images, seed, 0)
     y_va = _split_images(val, max_images, seed, 1)
     if y_tr.shape[1] != y_va.shape[1]:

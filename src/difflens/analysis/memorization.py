@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from difflens.data import Dataset, as_dataset
+from difflens.data import Dataset, as_dataset, check_same_layout
 from difflens.errors import DifflensError
 from difflens.kernel import oracle
 
@@ -79,6 +79,7 @@ def nearest(
     if backend not in BACKENDS:
         raise DifflensError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     data = as_dataset(data)
+    check_same_layout(tuple(getattr(queries, "shape", ()))[1:], data.shape, "samples", "the training data")
     q_raw = oracle.check_queries(queries, data.dim)
     if not 1 <= k <= data.n:
         raise DifflensError(f"need 1 ≤ k ≤ number of training samples ({data.n}), got k={k}")

@@ -1,5 +1,6 @@
 """``difflens convert``: any data spec — or an image folder, streamed file by file — as a chunked zarr
-array whose attributes remember the value scaling, so ``PATH.zarr`` loads to the same values."""
+array whose attributes remember the value scaling and the (channel-first) image layout, so ``PATH.zarr``
+loads to the same values in the same order."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import numpy as np
 
 from difflens.data.images import image_files, read_image
 from difflens.data.sources import load, scale_for
-from difflens.data.storage import SCALE_ATTR
+from difflens.data.storage import LAYOUT_ATTR, SCALE_ATTR
 from difflens.errors import DifflensError
 
 
 class _Source:
     """Rows of what ``convert`` reads: an image folder (streamed) or any loaded Dataset."""
 
-    def __init__(self, spec: str, scale: str):
+    def __init__(self, spec: str, scale: str, layout: str):
         folder = Path(spec)
         self.files = image_files(folder) if folder.is_dir() and folder.suffix != ".zarr" else None
         if self.files is not None:
@@ -30,7 +31,7 @@ class _Source:
             self.shape, self.dtype = (len(self.files), *first.shape), np.dtype(np.uint8)
             self.scale = scale_for(first, spec, scale, image_like=True)
         else:
-            ds = load(spec, scale)
+            ds = load(spec, scale, layout)
             if ds.indices is not None:
                 raise DifflensError(f"{spec}: cannot convert a subset")
             self.ds = ds
@@ -38,7 +39,8 @@ class _Source:
 
     def block(self, start: int, stop: int) -> np.ndarray:
         if self.files is None:
-            return np.asarray(self.ds.array[start:stop])
+            block = np.asarray(self.ds.array[start:stop])
+            return np.moveaxis(block, -1, 1) if self.ds.channels_last else block  # written channel-first
         out = np.empty((stop - start, *self.shape[1:]), dtype=np.uint8)
         for i, path in enumerate(self.files[start:stop]):
             a = read_image(path)
@@ -55,11 +57,14 @@ def convert(
     dest: str | Path,
     *,
     scale: str = "auto",
+    layout: str = "auto",
     chunk_rows: int | None = None,
     overwrite: bool = False,
     on_rows: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Write a data spec as a chunked zarr array at ``dest`` (raw values + their scaling).
+
+    Images are written channel-first (``layout`` as in ``load``), and the zarr says so.
 
     The array is written under a temporary name and renamed at the end, so ``dest`` exists only
     when complete. ``on_rows(k, n)`` is called after each block of k of the n rows (progress)."""
@@ -70,7 +75,7 @@ def convert(
         raise DifflensError(f"destination must end in .zarr, got {dest}")
     if dest.exists() and not overwrite:
         raise DifflensError(f"{dest} exists; pass --overwrite to replace it")
-    src = _Source(spec, scale)
+    src = _Source(spec, scale, layout)
     row_bytes = max(1, int(np.prod(src.shape[1:])) * src.dtype.itemsize)
     rows = chunk_rows or int(max(1, min(src.shape[0], (16 << 20) // row_bytes)))  # ~16 MB chunks
     if rows < 1:
@@ -79,6 +84,8 @@ def convert(
     shutil.rmtree(tmp, ignore_errors=True)
     z = zarr.create_array(store=str(tmp), shape=src.shape, chunks=(rows, *src.shape[1:]), dtype=src.dtype)
     z.attrs.update({SCALE_ATTR: list(src.scale), "source": spec})
+    if len(src.shape) == 4:  # images, always written channel-first: no guessing when read back
+        z.attrs[LAYOUT_ATTR] = "CHW"
     for start in range(0, src.shape[0], rows):
         stop = min(start + rows, src.shape[0])
         z[start:stop] = src.block(start, stop)

@@ -6,6 +6,7 @@ A Dataset is what the kernel reads (``difflens.kernel`` row-source protocol): ``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from difflens.data import storage
+from difflens.data.layout import canonical, layout_name
 from difflens.errors import DifflensError
 from difflens.kernel.state import row_sq_norms
 
@@ -34,17 +36,24 @@ class DataStats:
 
 @dataclass
 class Dataset:
-    """N samples of shape ``shape`` backed by an array (possibly a memmap), scaled by x·a + b."""
+    """N samples of shape ``shape`` backed by an array (possibly a memmap), scaled by x·a + b.
+
+    ``channels_last``: the array stores (N, H, W, C) images, presented (and flattened) as (C, H, W)
+    (see ``difflens.data.layout``). ``notes`` say how the values were read (layout, scaling)."""
 
     array: np.ndarray
     spec: str = "array"
     scale: tuple[float, float] = (1.0, 0.0)
     indices: np.ndarray | None = None
     labels: np.ndarray | None = field(default=None, repr=False)
+    channels_last: bool = False
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.array.ndim == 1:
             self.array = self.array.reshape(-1, 1)
+        if self.channels_last and self.array.ndim != 4:
+            raise DifflensError(f"{self.spec}: channel-last samples must be (H, W, C), got {self.array.shape[1:]}")
         if self.array.dtype.kind not in "fiub":
             raise DifflensError(f"{self.spec}: data must be numeric, got dtype {self.array.dtype}")
         if len(self) == 0:
@@ -68,7 +77,14 @@ class Dataset:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape[1:])
+        """The per-sample shape: (C, H, W) for colour images however they are stored."""
+        stored = tuple(self.array.shape[1:])
+        return (stored[2], stored[0], stored[1]) if self.channels_last else stored
+
+    @property
+    def layout(self) -> str:
+        """flat, HW (grey images), CHW (channel-first images) or ND (see ``difflens.data.layout``)."""
+        return layout_name(self.shape)
 
     @property
     def dim(self) -> int:
@@ -76,7 +92,10 @@ class Dataset:
 
     def _convert(self, block: np.ndarray) -> torch.Tensor:
         a, b = self.scale
-        x = np.asarray(block, dtype=np.float32).reshape(len(block), -1)
+        x = np.asarray(block, dtype=np.float32)
+        if self.channels_last:  # (n, H, W, C) → (n, C, H, W) before flattening
+            x = np.moveaxis(x, -1, 1)
+        x = x.reshape(len(block), -1)
         if (a, b) != (1.0, 0.0):
             x = x * np.float32(a) + np.float32(b)
         if not x.flags.writeable:  # a read-only memmap block: materialise it (torch needs writable memory)
@@ -95,7 +114,7 @@ class Dataset:
         if local and self.indices is not None:
             idx = self.indices[idx]
         order = np.argsort(idx, kind="stable")  # sorted reads are far faster on a memmap
-        out = np.empty((len(idx), *self.shape), dtype=self.array.dtype)
+        out = np.empty((len(idx), *self.array.shape[1:]), dtype=self.array.dtype)
         out[order] = self.array[idx[order]]
         return self._convert(out)
 
@@ -133,7 +152,7 @@ class Dataset:
     def stats(self) -> DataStats:
         """Hash, finiteness check and moments in one streaming pass (cached)."""
         h = hashlib.blake2b(digest_size=16)
-        h.update(repr((self.shape, self.n)).encode())
+        h.update(repr((canonical(self.shape), self.n)).encode())  # (1, H, W) and (H, W) hash alike
         total = np.zeros(self.dim, dtype=np.float64)
         sq_norm = 0.0
         lo, hi = np.inf, -np.inf
@@ -159,7 +178,7 @@ class Dataset:
     def subset(self, positions: np.ndarray, suffix: str) -> Dataset:
         base = self.indices[positions] if self.indices is not None else np.asarray(positions)
         labels = self.labels[positions] if self.labels is not None else None
-        return Dataset(self.array, f"{self.spec}{suffix}", self.scale, np.sort(base), labels)
+        return dataclasses.replace(self, spec=f"{self.spec}{suffix}", indices=np.sort(base), labels=labels)
 
     def split(self, holdout: float, seed: int = 0) -> tuple[Dataset, Dataset]:
         """(train, held-out) with a fraction ``holdout`` held out, chosen by ``seed``."""
@@ -173,7 +192,11 @@ class Dataset:
         return self.subset(train, f"[train {1 - holdout:g}]"), self.subset(held, f"[held {holdout:g}]")
 
     def summary(self) -> dict:
-        return {"spec": self.spec, "n": self.n, "dim": self.dim, "shape": list(self.shape), "hash": self.stats.hash}
+        out = {"spec": self.spec, "n": self.n, "dim": self.dim, "shape": list(self.shape), "layout": self.layout}
+        out["hash"] = self.stats.hash
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
 
 
 def as_dataset(data: Dataset | np.ndarray | torch.Tensor) -> Dataset:

@@ -11,11 +11,16 @@ A data spec names where samples come from:
 * ``toy:NAME[:k=v,...]`` — generated toys: ``circle``, ``gmm``, ``gaussian`` (see ``TOYS``)
 
 Integer arrays (e.g. uint8 images) are scaled from [0, 255] to [−1, 1]; float arrays are used as
-given unless ``scale`` says otherwise (``none``, ``uint8``, ``minmax``).
+given unless ``scale`` says otherwise (``none``, ``uint8``, ``minmax``). Integer data whose values are
+not 0…255 intensities (e.g. 0…16) is scaled the same way, with a note and a warning naming ``--scale``.
+
+Images are channel-first, (C, H, W), or (H, W) when grey (``difflens.data.layout``): image files are
+decoded so; an array stored (N, H, W, C) is read as (N, C, H, W) (``layout`` decides when in doubt).
 """
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -24,6 +29,7 @@ import numpy as np
 from difflens.data import storage
 from difflens.data.dataset import Dataset
 from difflens.data.images import IMAGE_SUFFIXES, image_files, read_image
+from difflens.data.layout import channels_last
 from difflens.errors import DifflensError
 
 SCALES = ("auto", "none", "uint8", "minmax")
@@ -168,11 +174,47 @@ def scale_for(array: np.ndarray, spec: str, scale: str, image_like: bool) -> tup
     return 2.0 / (hi - lo), -1.0 - 2.0 * lo / (hi - lo)
 
 
-def load(spec: str = "digits", scale: str = "auto") -> Dataset:
-    """Open a data spec (see module doc) as a Dataset and check it once (finite, non-empty)."""
+def _layout_note(array, spec: str, layout: str) -> tuple[bool, tuple[str, ...]]:
+    """Whether a stored array holds channel-last images (read as channel-first), and a note saying so."""
+    stored = tuple(array.shape[1:])
+    last = channels_last(
+        stored, spec, (getattr(array, "stored_layout", None) or "auto") if layout == "auto" else layout
+    )
+    if not last:
+        return False, ()
+    h, w, c = stored
+    return True, (f"images stored channel-last (H, W, C) = {stored}; read channel-first as {(c, h, w)}",)
+
+
+def _scale_note(ds: Dataset, scale: str) -> str | None:
+    """A note (and a warning) when integer data scaled as 0…255 intensities does not look like them:
+    values outside 0…255, or none above 127 (e.g. digits' 0…16 would land in [−1, −0.87])."""
+    if scale != "auto" or ds.array.dtype.kind not in "iub" or ds.scale != (1.0 / 127.5, -1.0):
+        return None
+    lo, hi = ((v + 1.0) * 127.5 for v in (ds.stats.minimum, ds.stats.maximum))  # back to the stored values
+    lo, hi = round(lo), round(hi)
+    if lo >= 0 and 128 <= hi <= 255:
+        return None
+    note = (
+        f"integer data with values {lo}…{hi} scaled as 0…255 intensities to [{ds.stats.minimum:.3g}, "
+        f"{ds.stats.maximum:.3g}]; pass --scale minmax (to [−1, 1]) or --scale none (as stored) if that is wrong"
+    )
+    warnings.warn(f"{ds.spec}: {note}", stacklevel=3)
+    return note
+
+
+def load(spec: str = "digits", scale: str = "auto", layout: str = "auto") -> Dataset:
+    """Open a data spec (see module doc) as a Dataset and check it once (finite, non-empty).
+
+    ``layout`` (auto, CHW or HWC) says how an array of (N, a, b, c) samples read from a file is stored;
+    auto tells channel-last images by their trailing 1/3/4 channels and refuses when it cannot tell."""
     array, labels = _load_array(spec)
     folder = not spec.startswith("toy:") and Path(spec).is_dir() and Path(spec).suffix != ".zarr"
     image_like = spec in ("digits", "lfw") or folder
-    ds = Dataset(array, spec, scale_for(array, spec, scale, image_like), labels=labels)
+    from_file = not (image_like or spec.startswith("toy:"))  # files are decoded channel-first already
+    last, notes = _layout_note(array, spec, layout) if from_file else (False, ())
+    ds = Dataset(array, spec, scale_for(array, spec, scale, image_like), labels=labels, channels_last=last)
     ds.stats  # noqa: B018 - validates (NaN/Inf) and hashes in one pass, cached for later use
+    note = _scale_note(ds, scale) if from_file else None  # image files are 0…255 by definition
+    ds.notes = (*notes, note) if note else notes
     return ds

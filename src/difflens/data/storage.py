@@ -16,6 +16,7 @@ import numpy as np
 from difflens.errors import DifflensError
 
 SCALE_ATTR = "difflens_scale"
+LAYOUT_ATTR = "difflens_layout"  # CHW or HWC: how ``convert`` stored (N, a, b, c) samples
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ def reopen(ref):
 class ZarrRows:
     """A zarr array as a Dataset reads it: slices along the first axis and integer row lists.
 
-    Pickles as its path. ``stored_scale`` is the (a, b) of x·a + b recorded by ``convert``."""
+    Pickles as its path. ``stored_scale`` is the (a, b) of x·a + b and ``stored_layout`` the image layout
+    recorded by ``convert`` (None for arrays written otherwise)."""
 
     def __init__(self, path: str | Path):
         import zarr
@@ -67,6 +69,7 @@ class ZarrRows:
             raise DifflensError(f"{path}: need a zarr array of shape (N, ...) with N samples, got {self._z.shape}")
         scale = self._z.attrs.get(SCALE_ATTR)
         self.stored_scale = (float(scale[0]), float(scale[1])) if scale else None
+        self.stored_layout = self._z.attrs.get(LAYOUT_ATTR)
 
     def __reduce__(self):
         return ZarrRows, (self.path,)

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from difflens.data import check_same_layout
 from difflens.diffusion.precond import DiscreteVP, Parametrization
 from difflens.errors import DifflensError
 from difflens.models.adapters import NetDenoiser, OracleDenoiser
@@ -101,6 +102,7 @@ def load_denoiser(
             model.info["note"] = "a difflens run's own parametrization is used; process/target set report units only"
         if model.denoiser.shape is None and net_shape is not None:
             model.denoiser.shape = net_shape
+        check_same_layout(model.denoiser.shape or (), net_shape or (), f"model {spec} inputs", "data")
     elif ":" in spec:
         net = _load_callable(spec)
         if checkpoint is not None:
@@ -424,6 +426,7 @@ def diffusers_denoiser(
     param = Parametrization(process, DIFFUSERS_TARGETS[pred])
     ucfg = unet.config
     size = ucfg.sample_size if isinstance(ucfg.sample_size, list | tuple) else (ucfg.sample_size, ucfg.sample_size)
+    check_same_layout(shape or (), (ucfg.in_channels, *size), "data", "the UNet's inputs")
     net_shape = shape or (ucfg.in_channels, *size)
     trained = cfg.get("trained_betas") is not None
     ends = not trained and cfg.beta_schedule in ("linear", "scaled_linear", "sigmoid")  # cosine ignores β ends
