@@ -14,8 +14,8 @@ from difflens.errors import DifflensError
 from difflens.models import (
     DenoiserAsNet,
     DiscreteVP,
+    EmpiricalDenoiser,
     NetDenoiser,
-    OracleDenoiser,
     Parametrization,
     diffusers_denoiser,
     load_denoiser,
@@ -40,7 +40,7 @@ def _queries(data, sigma, n, seed=0):
 @pytest.mark.parametrize("process", PROCESSES)
 def test_round_trip_every_target(toy, process):
     """The oracle presented as a raw network of any parametrization, wrapped back, is the oracle."""
-    oracle = OracleDenoiser(toy)
+    oracle = EmpiricalDenoiser(toy)
     s = torch.as_tensor(np.geomspace(0.05, 5.0, 12))
     _, x, _ = _queries(toy, s, 12)
     ref = oracle(x, s)
@@ -77,7 +77,7 @@ def test_oracle_loss_equals_optimal_loss(toy, process, target):
     m = 1600
     curve = optimal_loss_curve(toy, sigmas, process=process, target=target, samples=m, seed=5)
     p = Parametrization.of(process, target)
-    net = DenoiserAsNet(OracleDenoiser(toy), p)
+    net = DenoiserAsNet(EmpiricalDenoiser(toy), p)
     for i, s in enumerate(sigmas):
         x0, x, ss = _queries(toy, float(s), m, seed=11 + i)
         net_x, net_t = p.inputs(x, ss)
@@ -141,7 +141,7 @@ def test_diffusers_unet_matches_diffusers_x0(prediction, tmp_path):
 
 def test_oracle_behind_a_diffusers_parametrization_gives_identical_losses(toy):
     ac = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
-    oracle = OracleDenoiser(toy)
+    oracle = EmpiricalDenoiser(toy)
     s = torch.as_tensor([0.1, 0.4, 1.5, 4.0], dtype=torch.float64)
     x0, x, _ = _queries(toy, s, 4)
     ref = ((oracle(x, s) - x0) ** 2).mean(1)

@@ -12,7 +12,7 @@ from difflens.analysis.smoothing import smoothed_target
 from difflens.cli import app
 from difflens.data import load
 from difflens.errors import DifflensError
-from difflens.models import DenoiserAsNet, NetDenoiser, OracleDenoiser, Parametrization, load_denoiser
+from difflens.models import DenoiserAsNet, EmpiricalDenoiser, NetDenoiser, Parametrization, load_denoiser
 from difflens.models.nets import build_net
 from difflens.models.train import SmoothedTargets, TrainConfig, train
 
@@ -139,7 +139,7 @@ def test_bad_flag_combinations(tmp_path, toy_file, flags, message):
 def test_unconditioned_time_input_cannot_be_inverted(toy):
     param = Parametrization.of("edm", "edm", noise_conditioned=False)
     with pytest.raises(DifflensError, match="no noise level"):
-        DenoiserAsNet(OracleDenoiser(toy), param)(torch.zeros(2, toy.dim), torch.zeros(2))
+        DenoiserAsNet(EmpiricalDenoiser(toy), param)(torch.zeros(2, toy.dim), torch.zeros(2))
 
 
 def test_cli_rejects_smooth_temperature_alone(tmp_path, toy_file):
