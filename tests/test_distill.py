@@ -184,3 +184,38 @@ def test_cli_toy_writes_outputs_and_rejects_bad_input(tmp_path):
     assert [r["method"] for r in result["runs"]] == ["specialist", "baseline", "distilled"]
     assert all(len(r["tasks"]) == 2 for r in result["runs"])
     assert (tmp_path / "ok" / "toy.png").exists() and (tmp_path / "ok" / "toy.csv").exists()
+
+
+def test_conditional_denoiser_is_edm_preconditioning_on_the_inputs_device():
+    """CondDenoiser = c_skip·x + c_out·F(c_in·x, ln(σ)/4, c, k) with EDM's coefficients at this σ_d (the
+    shared Parametrization), checked against a float64 hand computation; on the meta device (no host
+    copies possible) it still runs, so its preconditioning never leaves the input's device."""
+    from difflens.lab.distill.models import CondDenoiser
+    from difflens.lab.distill.sampling import sample
+
+    class Lin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(3, 2)
+
+        def forward(self, x, c_noise, cond, task):
+            return self.w(torch.cat([x, cond], 1)) * torch.exp(c_noise)[:, None] + task[:, None]
+
+    den = CondDenoiser(Lin(), (2,), sigma_data=0.7, device="cpu")
+    g = torch.Generator().manual_seed(0)
+    x, cond = torch.randn(5, 2, generator=g), torch.randn(5, 1, generator=g)
+    sigma = torch.tensor([0.01, 0.1, 1.0, 5.0, 40.0])
+    got = den(x, sigma, cond, torch.tensor([0, 1, 0, 1, 1]))
+    assert got.device == torch.device("cpu")
+    s, xd, sd2 = sigma.double()[:, None], x.double(), 0.49
+    w, b = den.net.w.weight.detach().double(), den.net.w.bias.detach().double()
+    f = (torch.cat([xd / (s**2 + sd2).sqrt(), cond.double()], 1) @ w.T + b) * torch.exp(torch.log(s) / 4)
+    f = f + torch.tensor([0, 1, 0, 1, 1], dtype=torch.float64)[:, None]
+    want = sd2 / (s**2 + sd2) * xd + s * 0.7 / (s**2 + sd2).sqrt() * f
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5 * float(want.abs().max()))
+    meta = CondDenoiser(Lin(), (2,), sigma_data=0.7, device="meta")
+    m = torch.device("meta")
+    assert meta(torch.empty(5, 2, device=m), torch.empty(5, device=m), torch.empty(5, 1, device=m), 0).device == m
+    out = sample(den, cond, 1, (2,), steps=3, churn=1.0, generator=torch.Generator().manual_seed(1), device="cpu")
+    again = sample(den, cond, 1, (2,), steps=3, churn=1.0, generator=torch.Generator().manual_seed(1))
+    assert out.device == torch.device("cpu") and out.shape == (5, 2) and torch.equal(out, again)

@@ -103,13 +103,14 @@ def toy_file(tmp_path_factory, toy):
 )
 def test_tiny_runs_with_variants_reload_with_their_settings(tmp_path, toy_file, toy, flags):
     base = train(_cfg(toy_file), tmp_path / "base")
-    summary = train(_cfg(toy_file, **flags), tmp_path / "run")
+    summary = train(_cfg(toy_file, **flags), tmp_path / "run", device="cpu")  # the device plumbing, on the CPU
     assert summary["config"]["noise_unconditioned"] == flags.get("noise_unconditioned", False)
     assert summary["config"]["smooth_below"] == flags.get("smooth_below")
     x = torch.randn(7, toy.dim, generator=torch.Generator().manual_seed(0))
     outs = []
     for spec in (tmp_path / "run", tmp_path / "run" / "ckpt_0000015.pt"):
-        model = load_denoiser(str(spec))
+        model = load_denoiser(str(spec), device="cpu")
+        assert next(model.denoiser.parameters()).device == torch.device("cpu")
         assert model.param.noise_conditioned == (not flags.get("noise_unconditioned", False))
         assert model.info["config"]["smooth_temperature"] == flags.get("smooth_temperature", 1.0)
         outs.append(model.denoiser(x, 0.3))
