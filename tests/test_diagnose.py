@@ -14,7 +14,7 @@ from difflens.analysis import diagnose as dg
 from difflens.analysis.optimal_loss import optimal_loss_curve, recipe_quadrature
 from difflens.cli import app
 from difflens.data import load
-from difflens.models import OracleDenoiser, Parametrization, load_denoiser
+from difflens.models import EmpiricalDenoiser, Parametrization, load_denoiser
 
 runner = CliRunner()
 
@@ -30,7 +30,7 @@ def test_oracle_has_no_excess_and_a_generalization_gap(split):
     units = Parametrization.of("vp", "eps")
     quad = recipe_quadrature("edm", units.process, "eps")
     res = dg.diagnose_model(
-        OracleDenoiser(train), train, held, sigmas, units=units, quad=quad, images=None, samples=720, seed=3
+        EmpiricalDenoiser(train), train, held, sigmas, units=units, quad=quad, images=None, samples=720, seed=3
     )
     for lv in res["levels"]:
         assert abs(lv["excess"]) < 4 * lv["excess_stderr"] + 1e-12, lv

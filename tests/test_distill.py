@@ -13,7 +13,7 @@ from difflens.lab.distill.models import make_denoiser
 from difflens.lab.distill.policy import TASKS, DiffusionPolicy, demonstrations, expert_actions, random_starts, rollout
 from difflens.lab.distill.restore import degrade, psnr_ssim
 from difflens.lab.distill.toy import GaussianTasks, conditional_fit, excess_risk, gaussian_w2_kl
-from difflens.lab.distill.train import Pairs, Scalarization, TrainConfig, train_dsm
+from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, train_dsm
 
 
 def test_tchebycheff_weights_are_the_smooth_max_gradient_and_favour_the_worst_task():
@@ -41,11 +41,11 @@ def test_tchebycheff_training_moves_weight_to_the_hardest_task():
     g = torch.Generator().manual_seed(0)
     data = [Pairs(torch.zeros(512, 1), s * torch.randn(512, 2, generator=g)) for s in (0.1, 1.0)]
     net = make_denoiser((2,), (1,), num_tasks=2, width=32, depth=2, sigma_data=0.5)
-    log = train_dsm(net, data, config=TrainConfig(steps=100, batch=64), scalarization=Scalarization("tchebycheff"))
+    log = train_dsm(net, data, config=DSMConfig(steps=100, batch=64), scalarization=Scalarization("tchebycheff"))
     w = np.array(log.weights)
     w = w / w.sum(1, keepdims=True)
     assert (w[:, 1] > 0.8).all()
-    lin = train_dsm(net, data, config=TrainConfig(steps=20, batch=64), scalarization=Scalarization("linear"))
+    lin = train_dsm(net, data, config=DSMConfig(steps=20, batch=64), scalarization=Scalarization("linear"))
     assert np.allclose(lin.weights[-1], [0.5, 0.5])
 
 
@@ -77,7 +77,7 @@ def test_training_on_abundant_exact_samples_recovers_the_true_score():
     data = [tasks.pairs(0, 4096, torch.Generator().manual_seed(0))]
     untrained = ModelSpec(width=64, depth=2).build((1,), (1,), 1, 1.0, 0)
     before = excess_risk(untrained, tasks, 0, samples=2048)[0]
-    net, _ = fit_generalist(data, model=ModelSpec(width=64, depth=2), config=TrainConfig(steps=1200, batch=256))
+    net, _ = fit_generalist(data, model=ModelSpec(width=64, depth=2), config=DSMConfig(steps=1200, batch=256))
     after = excess_risk(net, tasks, 0, samples=2048)[0]
     assert after < 0.03 and after < 0.05 * before
 
@@ -87,7 +87,7 @@ def test_pseudo_labels_from_the_true_score_reproduce_the_supervised_generalist()
     g = torch.Generator().manual_seed(0)
     conds = [tasks.conditions(k, 2048, g) for k in range(2)]
     exact = [Pairs(c, tasks.sample(k, c, g)) for k, c in enumerate(conds)]
-    spec, cfg = ModelSpec(width=64, depth=2), TrainConfig(steps=800, batch=128)
+    spec, cfg = ModelSpec(width=64, depth=2), DSMConfig(steps=800, batch=128)
     supervised, _ = fit_generalist(exact, model=spec, config=cfg)
     dist = distill_generalist([tasks.denoiser(k) for k in range(2)], conds, (1,), model=spec, config=cfg)
     for k in range(2):
@@ -184,3 +184,38 @@ def test_cli_toy_writes_outputs_and_rejects_bad_input(tmp_path):
     assert [r["method"] for r in result["runs"]] == ["specialist", "baseline", "distilled"]
     assert all(len(r["tasks"]) == 2 for r in result["runs"])
     assert (tmp_path / "ok" / "toy.png").exists() and (tmp_path / "ok" / "toy.csv").exists()
+
+
+def test_conditional_denoiser_is_edm_preconditioning_on_the_inputs_device():
+    """CondDenoiser = c_skip·x + c_out·F(c_in·x, ln(σ)/4, c, k) with EDM's coefficients at this σ_d (the
+    shared Parametrization), checked against a float64 hand computation; on the meta device (no host
+    copies possible) it still runs, so its preconditioning never leaves the input's device."""
+    from difflens.lab.distill.models import CondDenoiser
+    from difflens.lab.distill.sampling import sample
+
+    class Lin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(3, 2)
+
+        def forward(self, x, c_noise, cond, task):
+            return self.w(torch.cat([x, cond], 1)) * torch.exp(c_noise)[:, None] + task[:, None]
+
+    den = CondDenoiser(Lin(), (2,), sigma_data=0.7, device="cpu")
+    g = torch.Generator().manual_seed(0)
+    x, cond = torch.randn(5, 2, generator=g), torch.randn(5, 1, generator=g)
+    sigma = torch.tensor([0.01, 0.1, 1.0, 5.0, 40.0])
+    got = den(x, sigma, cond, torch.tensor([0, 1, 0, 1, 1]))
+    assert got.device == torch.device("cpu")
+    s, xd, sd2 = sigma.double()[:, None], x.double(), 0.49
+    w, b = den.net.w.weight.detach().double(), den.net.w.bias.detach().double()
+    f = (torch.cat([xd / (s**2 + sd2).sqrt(), cond.double()], 1) @ w.T + b) * torch.exp(torch.log(s) / 4)
+    f = f + torch.tensor([0, 1, 0, 1, 1], dtype=torch.float64)[:, None]
+    want = sd2 / (s**2 + sd2) * xd + s * 0.7 / (s**2 + sd2).sqrt() * f
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5 * float(want.abs().max()))
+    meta = CondDenoiser(Lin(), (2,), sigma_data=0.7, device="meta")
+    m = torch.device("meta")
+    assert meta(torch.empty(5, 2, device=m), torch.empty(5, device=m), torch.empty(5, 1, device=m), 0).device == m
+    out = sample(den, cond, 1, (2,), steps=3, churn=1.0, generator=torch.Generator().manual_seed(1), device="cpu")
+    again = sample(den, cond, 1, (2,), steps=3, churn=1.0, generator=torch.Generator().manual_seed(1))
+    assert out.device == torch.device("cpu") and out.shape == (5, 2) and torch.equal(out, again)

@@ -14,8 +14,8 @@ from difflens.errors import DifflensError
 from difflens.models import (
     DenoiserAsNet,
     DiscreteVP,
+    EmpiricalDenoiser,
     NetDenoiser,
-    OracleDenoiser,
     Parametrization,
     diffusers_denoiser,
     load_denoiser,
@@ -40,7 +40,7 @@ def _queries(data, sigma, n, seed=0):
 @pytest.mark.parametrize("process", PROCESSES)
 def test_round_trip_every_target(toy, process):
     """The oracle presented as a raw network of any parametrization, wrapped back, is the oracle."""
-    oracle = OracleDenoiser(toy)
+    oracle = EmpiricalDenoiser(toy)
     s = torch.as_tensor(np.geomspace(0.05, 5.0, 12))
     _, x, _ = _queries(toy, s, 12)
     ref = oracle(x, s)
@@ -77,7 +77,7 @@ def test_oracle_loss_equals_optimal_loss(toy, process, target):
     m = 1600
     curve = optimal_loss_curve(toy, sigmas, process=process, target=target, samples=m, seed=5)
     p = Parametrization.of(process, target)
-    net = DenoiserAsNet(OracleDenoiser(toy), p)
+    net = DenoiserAsNet(EmpiricalDenoiser(toy), p)
     for i, s in enumerate(sigmas):
         x0, x, ss = _queries(toy, float(s), m, seed=11 + i)
         net_x, net_t = p.inputs(x, ss)
@@ -141,7 +141,7 @@ def test_diffusers_unet_matches_diffusers_x0(prediction, tmp_path):
 
 def test_oracle_behind_a_diffusers_parametrization_gives_identical_losses(toy):
     ac = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
-    oracle = OracleDenoiser(toy)
+    oracle = EmpiricalDenoiser(toy)
     s = torch.as_tensor([0.1, 0.4, 1.5, 4.0], dtype=torch.float64)
     x0, x, _ = _queries(toy, s, 4)
     ref = ((oracle(x, s) - x0) ** 2).mean(1)
@@ -220,3 +220,102 @@ def test_bad_model_specs_give_clear_errors(tmp_path):
         load_denoiser(f"{file}:wrong").denoiser(torch.ones(2, 3), 1.0)
     with pytest.raises(DifflensError, match="cannot be called"):
         load_denoiser("torch.nn:Identity").denoiser(torch.ones(2, 3), 1.0)
+
+
+# ---------------------------------------------------------------- devices: preconditioning stays on x's device
+
+
+def _all_params():
+    ac = tuple(np.cumprod(1 - np.linspace(1e-4, 0.02, 200)))
+    for proc in (*PROCESSES, DiscreteVP(ac)):
+        for target in TARGETS:
+            if not (isinstance(proc, DiscreteVP) and target == "flow"):  # a discrete schedule has no α̇, σ̇
+                yield Parametrization.of(proc, target, time_scale=3.0)
+
+
+def test_precond_coefficients_are_torch_tensors_on_x_device_in_x_dtype():
+    """No NumPy round trip: the coefficients are torch tensors on x's device (explicit device="cpu") in
+    x's dtype, equal to the process formulas evaluated in float64 NumPy (the closed forms)."""
+    device = torch.device("cpu")
+    s64 = torch.as_tensor(np.geomspace(0.01, 40.0, 9), device=device)
+    for p in _all_params():
+        for dtype in (torch.float64, torch.float32):
+            x = torch.ones(9, 2, 3, dtype=dtype, device=device)
+            c = p.coefficients(s64.to(dtype), x)
+            for v in (c.c_skip, c.c_out, c.c_in, c.c_noise):
+                assert torch.is_tensor(v) and v.device == device and v.dtype == dtype
+            assert c.c_in.shape == (9, 1, 1) and c.c_noise.shape == (9,)
+        s = s64.numpy()
+        t = p.process.t_of_s(s)
+        if p.target == "edm":
+            c_in, noise = 1 / np.sqrt(s**2 + 0.25), np.log(s) / 4 * 3.0
+        else:
+            c_in, noise = p.process.alpha(t), t * 3.0
+        c = p.coefficients(s64, torch.ones(9, 3, dtype=torch.float64))
+        np.testing.assert_allclose(c.c_in.numpy().ravel(), c_in, rtol=1e-12)
+        np.testing.assert_allclose(c.c_noise.numpy(), noise, rtol=1e-12, atol=1e-15)
+        x0, eps = np.full(9, 0.3), np.full(9, -1.1)  # x0 = c_skip·x̃ + c_out·y for the target's true y
+        y = p.target_of(torch.as_tensor(x0)[:, None], torch.as_tensor(x0 + s * eps)[:, None], s64).numpy().ravel()
+        np.testing.assert_allclose(c.c_skip.numpy().ravel() * (x0 + s * eps) + c.c_out.numpy().ravel() * y, x0)
+
+
+def test_forward_paths_never_leave_the_inputs_device():
+    """On the meta device nothing can be copied to the host (.numpy(), .cpu(), .item() all fail), so
+    preconditioning, NetDenoiser, DenoiserAsNet and the samplers running there prove the forward paths
+    compute on the input's device."""
+    from difflens.diffusion import samplers
+    from difflens.models.nets import build_net
+
+    meta = torch.device("meta")
+    x = torch.empty(4, 3, device=meta)
+    s = torch.empty(4, dtype=torch.float64, device=meta)
+    for p in _all_params():
+        net_x, net_t = p.inputs(x, s)
+        outs = (net_x, net_t, p.to_x0(x, x, s), p.target_of(x, x, s), p.ve_input(net_x, s), p.sigma_of_time(net_t))
+        assert all(o.device == meta for o in outs), p.describe()
+    net = build_net({"name": "mlp", "dim": 3, "width": 8, "depth": 1})
+    den = NetDenoiser(net, Parametrization.of("vp", "v"), device=meta)
+    assert den(x, 0.5).device == meta and next(den.parameters()).device == meta
+    raw = DenoiserAsNet(lambda x, s: 0.5 * x, Parametrization.of("fm", "flow"))
+    assert raw(x, torch.full((4,), 0.3, device=meta)).device == meta
+    sig = samplers.edm_sigmas(3, 0.01, 5.0)
+    for method in samplers.METHODS:
+        init = samplers.initial_noise(4, 3, 5.0, device=meta)
+        out = samplers.sample(den, init, sig, method=method, device=meta).samples
+        assert out.device == meta and out.shape == (4, 3)
+
+
+def test_net_denoiser_and_samplers_on_an_explicit_cpu_device(toy):
+    """device="cpu" spelled out: the weights and every answer are on the CPU; the answer is EDM's
+    c_skip·x̃ + c_out·F(c_in·x̃, ln(s)/4) computed by hand in float64 (float32 rounding apart)."""
+    from difflens.diffusion import samplers
+
+    lin = torch.nn.Linear(3, 3).double()
+
+    class F(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin.float()
+
+        def forward(self, x, t):
+            return self.lin(x) * torch.cos(t)[:, None]
+
+    den = NetDenoiser(F(), Parametrization.of("edm", "edm"), device="cpu")
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    s = torch.as_tensor(np.geomspace(0.05, 20.0, 6))
+    got = den(x, s)
+    assert got.device == torch.device("cpu") and got.dtype == torch.float32
+    xd, sd = x.double(), s[:, None]
+    w, b = lin.weight.detach().double(), lin.bias.detach().double()
+    c_skip, c_out, c_in = 0.25 / (sd**2 + 0.25), sd * 0.5 / (sd**2 + 0.25).sqrt(), 1 / (sd**2 + 0.25).sqrt()
+    want = c_skip * xd + c_out * ((c_in * xd) @ w.T + b) * torch.cos(torch.log(sd) / 4)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5 * float(want.abs().max()))
+    sig = samplers.edm_sigmas(4, 0.01, 5.0)
+    init = samplers.initial_noise(5, toy.dim, 5.0, seed=2, device="cpu")
+    for method in samplers.METHODS:
+        explicit = samplers.sample(EmpiricalDenoiser(toy, device="cpu"), init, sig, method=method, device="cpu")
+        assert explicit.samples.device == torch.device("cpu") and explicit.samples.dtype == torch.float64
+        default = samplers.sample(EmpiricalDenoiser(toy), init, sig, method=method)
+        assert torch.equal(explicit.samples, default.samples)  # the same seeded draws on every device
+    loaded = load_denoiser("oracle", data=toy, device="cpu").denoiser
+    assert loaded(init.float(), 1.0).device == torch.device("cpu")

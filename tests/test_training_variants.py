@@ -12,7 +12,7 @@ from difflens.analysis.smoothing import smoothed_target
 from difflens.cli import app
 from difflens.data import load
 from difflens.errors import DifflensError
-from difflens.models import DenoiserAsNet, NetDenoiser, OracleDenoiser, Parametrization, load_denoiser
+from difflens.models import DenoiserAsNet, EmpiricalDenoiser, NetDenoiser, Parametrization, load_denoiser
 from difflens.models.nets import build_net
 from difflens.models.train import SmoothedTargets, TrainConfig, train
 
@@ -103,13 +103,14 @@ def toy_file(tmp_path_factory, toy):
 )
 def test_tiny_runs_with_variants_reload_with_their_settings(tmp_path, toy_file, toy, flags):
     base = train(_cfg(toy_file), tmp_path / "base")
-    summary = train(_cfg(toy_file, **flags), tmp_path / "run")
+    summary = train(_cfg(toy_file, **flags), tmp_path / "run", device="cpu")  # the device plumbing, on the CPU
     assert summary["config"]["noise_unconditioned"] == flags.get("noise_unconditioned", False)
     assert summary["config"]["smooth_below"] == flags.get("smooth_below")
     x = torch.randn(7, toy.dim, generator=torch.Generator().manual_seed(0))
     outs = []
     for spec in (tmp_path / "run", tmp_path / "run" / "ckpt_0000015.pt"):
-        model = load_denoiser(str(spec))
+        model = load_denoiser(str(spec), device="cpu")
+        assert next(model.denoiser.parameters()).device == torch.device("cpu")
         assert model.param.noise_conditioned == (not flags.get("noise_unconditioned", False))
         assert model.info["config"]["smooth_temperature"] == flags.get("smooth_temperature", 1.0)
         outs.append(model.denoiser(x, 0.3))
@@ -139,7 +140,7 @@ def test_bad_flag_combinations(tmp_path, toy_file, flags, message):
 def test_unconditioned_time_input_cannot_be_inverted(toy):
     param = Parametrization.of("edm", "edm", noise_conditioned=False)
     with pytest.raises(DifflensError, match="no noise level"):
-        DenoiserAsNet(OracleDenoiser(toy), param)(torch.zeros(2, toy.dim), torch.zeros(2))
+        DenoiserAsNet(EmpiricalDenoiser(toy), param)(torch.zeros(2, toy.dim), torch.zeros(2))
 
 
 def test_cli_rejects_smooth_temperature_alone(tmp_path, toy_file):

@@ -1,12 +1,8 @@
 """Memorization of generated samples: exact nearest training samples and the d1/d2 ratio test.
 
 A generated sample is *memorized* when d1/d2 < 1/3, d1 and d2 its L2 distances to the nearest and
-second-nearest training samples (Gu et al.; docs/method.md, "Memorization and generalization gap").
-Distances are found by streaming the
-training set in chunks: each chunk proposes a few candidates per query (a float32 GEMM in torch, or
-a faiss flat index), the running candidate lists merge, and the final candidates are re-measured in
-float64 — so near-copies (d1 ≈ 0) get exact distances instead of the cancellation error of
-‖a‖² + ‖b‖² − 2a·b. Distances may be taken in a feature space given by a callable.
+second-nearest training samples (Gu et al.; docs/method.md). The exact streamed search, optionally in
+a feature space, is the kernel's ``nearest`` (``difflens.kernel.neighbours``).
 """
 
 from __future__ import annotations
@@ -16,106 +12,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from difflens.data import Dataset, as_dataset, check_same_layout
 from difflens.errors import DifflensError
-from difflens.kernel import oracle
+from difflens.kernel.neighbours import Feature, Neighbours, nearest
 
-Feature = Callable[[torch.Tensor], torch.Tensor]
-BACKENDS = ("auto", "torch", "faiss")
-_FAISS_MIN_WORK = 50_000_000  # queries × training points above which "auto" picks faiss
-
-
-@dataclass
-class Neighbours:
-    """The k nearest training samples of each query: distances (B, k) float64, ascending, and indices."""
-
-    dist: np.ndarray
-    index: np.ndarray
-
-
-def _features(x: torch.Tensor, feature: Feature | None) -> torch.Tensor:
-    if feature is None:
-        return x.float()
-    f = torch.as_tensor(feature(x))
-    if f.ndim != 2 or len(f) != len(x):
-        raise DifflensError(f"the feature map must return (n, F) for n inputs, got shape {tuple(f.shape)}")
-    return f.float()
-
-
-def _chunk_candidates(q: torch.Tensor, q_sq: torch.Tensor, f: torch.Tensor, k: int, backend: str):
-    """Approximate (float32) squared distances and local indices of the k closest rows of one chunk."""
-    k = min(k, len(f))
-    if backend == "faiss":
-        import faiss
-
-        index = faiss.IndexFlatL2(f.shape[1])
-        index.add(np.ascontiguousarray(f.numpy(), dtype=np.float32))
-        d, i = index.search(np.ascontiguousarray(q.numpy(), dtype=np.float32), k)
-        return torch.from_numpy(d).double(), torch.from_numpy(i).long()
-    d = (q_sq[:, None] + (f * f).sum(1)[None, :] - 2.0 * (q @ f.T)).double()
-    d, i = torch.topk(d, k, dim=1, largest=False)
-    return d, i
-
-
-def nearest(
-    queries,
-    data,
-    k: int = 2,
-    *,
-    feature: Feature | None = None,
-    backend: str = "auto",
-    candidates: int = 8,
-    chunk_size: int | None = None,
-    query_batch: int = 4096,
-    on_chunk: Callable[[int], None] | None = None,
-) -> Neighbours:
-    """Exact k nearest training samples of each query (L2, in feature space if ``feature`` is given).
-
-    Each chunk proposes ``k + candidates`` rows per query; the survivors are re-measured in float64,
-    which makes the result exact unless more than ``candidates`` rows tie with the true k-th one
-    within float32 rounding. ``on_chunk(rows)`` is called after each data chunk."""
-    if backend not in BACKENDS:
-        raise DifflensError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    data = as_dataset(data)
-    check_same_layout(tuple(getattr(queries, "shape", ()))[1:], data.shape, "samples", "the training data")
-    q_raw = oracle.check_queries(queries, data.dim)
-    if not 1 <= k <= data.n:
-        raise DifflensError(f"need 1 ≤ k ≤ number of training samples ({data.n}), got k={k}")
-    if backend == "auto":
-        backend = "faiss" if len(q_raw) * data.n >= _FAISS_MIN_WORK else "torch"
-    q_feat = _features(q_raw, feature)
-    rows = chunk_size or oracle.default_chunk_rows(q_feat.shape[1], min(len(q_feat), query_batch))
-    keep = k + max(0, candidates)
-    best_d = torch.full((len(q_feat), 0), np.inf, dtype=torch.float64)
-    best_i = torch.zeros((len(q_feat), 0), dtype=torch.long)
-    q_sq = (q_feat * q_feat).sum(1)
-    for index, x in oracle.data_chunks(data, rows):
-        f = _features(x, feature)
-        if f.shape[1] != q_feat.shape[1]:
-            raise DifflensError("the feature map returns different sizes for queries and training samples")
-        parts = [
-            _chunk_candidates(q_feat[i : i + query_batch], q_sq[i : i + query_batch], f, keep, backend)
-            for i in range(0, len(q_feat), query_batch)
-        ]
-        d = torch.cat([p[0] for p in parts])
-        i = index[torch.cat([p[1] for p in parts])]
-        best_d, order = torch.topk(torch.cat([best_d, d], 1), min(keep, best_d.shape[1] + d.shape[1]), 1, False)
-        best_i = torch.cat([best_i, i], 1).gather(1, order)
-        if on_chunk is not None:
-            on_chunk(len(x))
-    exact = _exact_distances(q_feat, best_i, data, feature)
-    exact, order = torch.sort(exact, dim=1)
-    return Neighbours(exact[:, :k].numpy(), best_i.gather(1, order)[:, :k].numpy())
-
-
-def _exact_distances(q_feat: torch.Tensor, idx: torch.Tensor, data: Dataset, feature: Feature | None) -> torch.Tensor:
-    """float64 distances from each query to its candidate rows (B, c)."""
-    flat = idx.reshape(-1).numpy()
-    uniq, inverse = np.unique(flat, return_inverse=True)
-    f = _features(data.take(uniq), feature).double()[torch.from_numpy(inverse)].reshape(*idx.shape, -1)
-    return torch.linalg.vector_norm(f - q_feat.double()[:, None, :], dim=-1)
+__all__ = [
+    "Feature",
+    "Memorization",
+    "Neighbours",
+    "image_grid",
+    "is_image_shape",
+    "memorization",
+    "nearest",
+    "plot_memorized",
+    "plot_nn_distances",
+    "to_image",
+]
 
 
 @dataclass
@@ -181,6 +94,7 @@ def memorization(
     data = as_dataset(data)
     if data.n < 2:
         raise DifflensError("the memorization ratio needs at least 2 training samples")
+    check_same_layout(tuple(getattr(samples, "shape", ()))[1:], data.shape, "samples", "the training data")
     nb = nearest(samples, data, 2, feature=feature, backend=backend, chunk_size=chunk_size, on_chunk=on_chunk)
     return Memorization(nb.dist[:, 0], nb.dist[:, 1], nb.index[:, 0], nb.index[:, 1], float(threshold))
 

@@ -2,11 +2,12 @@
 
 The empirical optimal denoiser puts all posterior weight on the nearest training point as s → 0, so
 closed-form samplers reproduce training points ("sampling collapse"). Two remedies, both as
-denoisers ``D(x (B, D), sigma) -> x0_hat`` in VE form that plug into :mod:`difflens.samplers`:
+denoisers ``D(x (B, D), sigma) -> x0_hat`` in VE form that plug into :mod:`difflens.diffusion.samplers`:
 
-* :class:`EmpiricalDenoiser` — the posterior mean at temperature T(s) = T·max(s_c/s, 1) (raise T at
-  all levels, or only below a collapse level s_c), optionally truncated to each query's K nearest
-  training points. T = 1, no s_c, no K is the exact empirical optimal denoiser.
+* :class:`EmpiricalDenoiser` (the kernel as a denoiser, from ``difflens.models.empirical``) — the
+  posterior mean at temperature T(s) = T·max(s_c/s, 1) (raise T at all levels, or only below a
+  collapse level s_c), optionally truncated to each query's K nearest training points. T = 1, no
+  s_c, no K is the exact empirical optimal denoiser.
 * :class:`UnconditionedMixture` — the minimizer of a noise-unconditioned network: the score of
   p_MN(x) ∝ Σ_i Σ_j σ_i² N(x; x_j, σ_i² I) over the training noise levels σ_i. Its weights are a
   softmax over (i, j) of −(D−2)·ln σ_i − ‖x − x_j‖²/(2σ_i²); they factor into a softmax over
@@ -24,63 +25,19 @@ import math
 import numpy as np
 import torch
 
-from difflens.analysis.memorization import nearest
 from difflens.data import as_dataset
 from difflens.diffusion import samplers
 from difflens.errors import DifflensError
 from difflens.kernel import oracle
+from difflens.models.empirical import EmpiricalDenoiser
 
-
-class EmpiricalDenoiser:
-    """Temperature-smoothed (and optionally K-nearest truncated) empirical optimal denoiser."""
-
-    def __init__(
-        self,
-        data,
-        temperature: float = 1.0,
-        collapse_sigma: float | None = None,
-        k: int | None = None,
-        chunk_size: int | None = None,
-    ):
-        self.data = as_dataset(data)
-        if not temperature > 0:
-            raise DifflensError(f"temperature must be > 0, got {temperature}")
-        if collapse_sigma is not None and not collapse_sigma > 0:
-            raise DifflensError(f"the collapse level s_c must be > 0, got {collapse_sigma}")
-        if k is not None and not 1 <= k <= self.data.n:
-            raise DifflensError(f"K must be in 1…{self.data.n} (the training set size), got {k}")
-        self.temperature = float(temperature)
-        self.collapse_sigma = collapse_sigma
-        self.k = k
-        self.chunk_size = chunk_size
-
-    def temperature_at(self, sigma: torch.Tensor) -> torch.Tensor:
-        """T(s) = T·max(s_c/s, 1) (just T without a collapse level)."""
-        t = torch.full_like(sigma, self.temperature)
-        if self.collapse_sigma is not None:
-            t = t * torch.clamp(self.collapse_sigma / sigma, min=1.0)
-        return t
-
-    def posterior(self, x: torch.Tensor, sigma) -> oracle.Posterior:
-        """Posterior statistics at T(s); with K, each query's posterior over its exact K nearest training
-        points (one kernel call per query, restricted with ``include``)."""
-        x = torch.as_tensor(x).reshape(len(x), -1)
-        s = oracle.as_sigma(sigma, len(x))
-        t = self.temperature_at(s)
-        if self.k is None or self.k == self.data.n:
-            return oracle.posterior(x, self.data, s, t, chunk_size=self.chunk_size)
-        idx = nearest(x, self.data, self.k, chunk_size=self.chunk_size).index
-        parts = [
-            oracle.posterior(x[b : b + 1], self.data, s[b : b + 1], t[b : b + 1], include=np.sort(idx[b]))
-            for b in range(len(x))
-        ]
-        return oracle.Posterior(
-            *(torch.cat([getattr(p, f) for p in parts]) for f in oracle.Posterior.__dataclass_fields__)
-        )
-
-    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        x = torch.as_tensor(x)
-        return self.posterior(x, sigma).mean.to(x.dtype if x.is_floating_point() else torch.float32).reshape(x.shape)
+__all__ = [
+    "EmpiricalDenoiser",
+    "UnconditionedMixture",
+    "expansion_factor",
+    "smoothed_target",
+    "summarize_expansion",
+]
 
 
 def smoothed_target(x_noisy, sigma, data, temperature: float = 1.0, collapse_sigma: float | None = None, k=None):
@@ -158,19 +115,19 @@ def expansion_factor(
         raise DifflensError("the trajectory has no recorded states (sample with record=True)")
     if method not in ("euler", "heun"):
         raise DifflensError(f"expansion factors use an ODE step (euler or heun), got {method!r}")
-    gen = samplers._generator(seed, 2)
+    gen = samplers.seeded_generator(seed, 2)
     sig = [float(v) for v in trajectory.sigmas]
     out = []
     for k, x in enumerate(trajectory.states):
         s, s_next = sig[k], sig[k + 1]
         if s_next == 0:
             break
-        u = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        u = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
         u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True)
         y = x + eps * s * u
         both = samplers.ode_step(denoiser, torch.cat([x, y]), s, s_next, method)
         xn, yn = both[: len(x)], both[len(x) :]
-        out.append((torch.linalg.vector_norm(yn - xn, dim=1) / (eps * s)).numpy())
+        out.append((torch.linalg.vector_norm(yn - xn, dim=1) / (eps * s)).cpu().numpy())
     return np.stack(out)
 
 

@@ -4,6 +4,8 @@ Every optimal quantity depends on the process only through the VE-equivalent noi
 s = σ/α. A process is a tiny class giving α, σ, their time derivatives and the inverse t(s);
 a target is one row of ``TARGETS`` giving the factor r with J^target = r · J^x0
 (docs/method.md, "Processes and targets").
+Every formula takes NumPy values (computed in float64) or torch tensors (computed in torch on their
+device and dtype), so the preconditioning of a model's forward pass never leaves the model's device.
 """
 
 from __future__ import annotations
@@ -13,33 +15,45 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from difflens.errors import DifflensError
 
-ArrayLike = float | np.ndarray
+ArrayLike = float | np.ndarray | torch.Tensor
+
+
+def _xp(t: ArrayLike):
+    """The array namespace of t: torch for tensors, else NumPy (sqrt, exp, log, log1p, cos, sin, arccos, …)."""
+    return torch if torch.is_tensor(t) else np
+
+
+def _arr(t: ArrayLike):
+    """t as a float array: a tensor as it is (its device and dtype), anything else as NumPy float64."""
+    return t if torch.is_tensor(t) else np.asarray(t, dtype=np.float64)
 
 
 class Process:
-    """α(t), σ(t), their derivatives and t(s). Subclasses fill in the formulas; t is a float array."""
+    """α(t), σ(t), their derivatives and t(s). Subclasses fill in the formulas; t is a float array
+    (NumPy, or a torch tensor computed on its device)."""
 
     name = ""
 
-    def alpha(self, t: ArrayLike) -> np.ndarray:
+    def alpha(self, t: ArrayLike) -> ArrayLike:
         raise NotImplementedError
 
-    def sigma(self, t: ArrayLike) -> np.ndarray:
+    def sigma(self, t: ArrayLike) -> ArrayLike:
         raise NotImplementedError
 
-    def dalpha(self, t: ArrayLike) -> np.ndarray:
+    def dalpha(self, t: ArrayLike) -> ArrayLike:
         raise NotImplementedError
 
-    def dsigma(self, t: ArrayLike) -> np.ndarray:
+    def dsigma(self, t: ArrayLike) -> ArrayLike:
         raise NotImplementedError
 
-    def t_of_s(self, s: ArrayLike) -> np.ndarray:
+    def t_of_s(self, s: ArrayLike) -> ArrayLike:
         raise NotImplementedError
 
-    def s_of_t(self, t: ArrayLike) -> np.ndarray:
+    def s_of_t(self, t: ArrayLike) -> ArrayLike:
         """VE-equivalent noise level s = σ/α."""
         return self.sigma(t) / self.alpha(t)
 
@@ -48,10 +62,10 @@ class _UnitAlpha(Process):
     """Processes that only add noise (α = 1): x_t is already in VE form."""
 
     def alpha(self, t):
-        return np.ones_like(np.asarray(t, dtype=np.float64))
+        return _xp(t).ones_like(_arr(t))
 
     def dalpha(self, t):
-        return np.zeros_like(np.asarray(t, dtype=np.float64))
+        return _xp(t).zeros_like(_arr(t))
 
 
 @dataclass(frozen=True)
@@ -63,29 +77,29 @@ class VE(_UnitAlpha):
     name = "ve"
 
     def sigma(self, t):
-        return self.sigma_min * (self.sigma_max / self.sigma_min) ** np.asarray(t, dtype=np.float64)
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** _arr(t)
 
     def dsigma(self, t):
         return self.sigma(t) * math.log(self.sigma_max / self.sigma_min)
 
     def t_of_s(self, s):
-        return np.log(np.asarray(s, dtype=np.float64) / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+        return _xp(s).log(_arr(s) / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
 
 
 class _VPBase(Process):
     """Variance preserving: α = √ᾱ, σ = √(1−ᾱ); subclasses give ᾱ(t) and dᾱ/dt on t ∈ (0, 1]."""
 
-    def abar(self, t) -> np.ndarray:
+    def abar(self, t: ArrayLike) -> ArrayLike:
         raise NotImplementedError
 
-    def dabar(self, t) -> np.ndarray:
+    def dabar(self, t: ArrayLike) -> ArrayLike:
         raise NotImplementedError
 
     def alpha(self, t):
-        return np.sqrt(self.abar(t))
+        return _xp(t).sqrt(self.abar(t))
 
     def sigma(self, t):
-        return np.sqrt(1.0 - self.abar(t))
+        return _xp(t).sqrt(1.0 - self.abar(t))
 
     def dalpha(self, t):
         return self.dabar(t) / (2.0 * self.alpha(t))
@@ -103,17 +117,18 @@ class VPLinear(_VPBase):
     name = "vp"
 
     def abar(self, t):
-        t = np.asarray(t, dtype=np.float64)
-        return np.exp(-self.beta_min * t - 0.5 * (self.beta_max - self.beta_min) * t**2)
+        t = _arr(t)
+        return _xp(t).exp(-self.beta_min * t - 0.5 * (self.beta_max - self.beta_min) * t**2)
 
     def dabar(self, t):
-        t = np.asarray(t, dtype=np.float64)
+        t = _arr(t)
         return -(self.beta_min + (self.beta_max - self.beta_min) * t) * self.abar(t)
 
     def t_of_s(self, s):
-        log_inv_abar = np.log1p(np.asarray(s, dtype=np.float64) ** 2)  # ᾱ = 1/(1+s²)
+        xp = _xp(s)
+        log_inv_abar = xp.log1p(_arr(s) ** 2)  # ᾱ = 1/(1+s²)
         d = self.beta_max - self.beta_min
-        return (-self.beta_min + np.sqrt(self.beta_min**2 + 2.0 * d * log_inv_abar)) / d
+        return (-self.beta_min + xp.sqrt(self.beta_min**2 + 2.0 * d * log_inv_abar)) / d
 
 
 @dataclass(frozen=True)
@@ -124,18 +139,19 @@ class VPCosine(_VPBase):
     name = "vp-cosine"
 
     def _f(self, t):
-        return np.cos(0.5 * np.pi * (np.asarray(t, dtype=np.float64) + self.offset) / (1 + self.offset)) ** 2
+        return _xp(t).cos(0.5 * np.pi * (_arr(t) + self.offset) / (1 + self.offset)) ** 2
 
     def abar(self, t):
         return self._f(t) / self._f(0.0)
 
     def dabar(self, t):
-        u = 0.5 * np.pi * (np.asarray(t, dtype=np.float64) + self.offset) / (1 + self.offset)
-        return -np.sin(2 * u) * 0.5 * np.pi / (1 + self.offset) / self._f(0.0)
+        u = 0.5 * np.pi * (_arr(t) + self.offset) / (1 + self.offset)
+        return -_xp(t).sin(2 * u) * 0.5 * np.pi / (1 + self.offset) / self._f(0.0)
 
     def t_of_s(self, s):
-        root = np.sqrt(self._f(0.0) / (1.0 + np.asarray(s, dtype=np.float64) ** 2))
-        return (1 + self.offset) * np.arccos(root) * 2.0 / np.pi - self.offset
+        xp = _xp(s)
+        root = xp.sqrt(self._f(0.0) / (1.0 + _arr(s) ** 2))
+        return (1 + self.offset) * xp.arccos(root) * 2.0 / np.pi - self.offset
 
 
 @dataclass(frozen=True)
@@ -145,13 +161,13 @@ class EDM(_UnitAlpha):
     name = "edm"
 
     def sigma(self, t):
-        return np.asarray(t, dtype=np.float64)
+        return _arr(t)
 
     def dsigma(self, t):
-        return np.ones_like(np.asarray(t, dtype=np.float64))
+        return _xp(t).ones_like(_arr(t))
 
     def t_of_s(self, s):
-        return np.asarray(s, dtype=np.float64)
+        return _arr(s)
 
 
 @dataclass(frozen=True)
@@ -161,19 +177,19 @@ class FlowMatching(Process):
     name = "fm"
 
     def alpha(self, t):
-        return 1.0 - np.asarray(t, dtype=np.float64)
+        return 1.0 - _arr(t)
 
     def dalpha(self, t):
-        return -np.ones_like(np.asarray(t, dtype=np.float64))
+        return -_xp(t).ones_like(_arr(t))
 
     def sigma(self, t):
-        return np.asarray(t, dtype=np.float64)
+        return _arr(t)
 
     def dsigma(self, t):
-        return np.ones_like(np.asarray(t, dtype=np.float64))
+        return _xp(t).ones_like(_arr(t))
 
     def t_of_s(self, s):
-        s = np.asarray(s, dtype=np.float64)
+        s = _arr(s)
         return s / (1.0 + s)
 
 
@@ -188,14 +204,23 @@ PROCESSES: dict[str, Callable[[], Process]] = {
 SIGMA_DATA = 0.5  # EDM's σ_data, used by the EDM F target and the EDM training recipe
 
 
-def edm_c_out(s: ArrayLike, sigma_data: float = SIGMA_DATA) -> np.ndarray:
-    s = np.asarray(s, dtype=np.float64)
-    return s * sigma_data / np.sqrt(s**2 + sigma_data**2)
+def edm_coefficients(s: ArrayLike, sigma_data: float = SIGMA_DATA):
+    """EDM's preconditioning (Karras et al. 2022, Table 1) at VE level s: (c_skip, c_out, c_in), with
+    x0 = c_skip·x̃ + c_out·F(c_in·x̃, ln(s)/4). In s's namespace (NumPy float64, or torch on s's device)."""
+    s = _arr(s)
+    sd2 = sigma_data**2
+    root = _xp(s).sqrt(s**2 + sd2)
+    return sd2 / (s**2 + sd2), s * sigma_data / root, 1 / root
+
+
+def edm_c_out(s: ArrayLike, sigma_data: float = SIGMA_DATA) -> ArrayLike:
+    """c_out(s) = s·σ_d/√(s² + σ_d²): an x0 error δ is an error δ/c_out in the units of EDM's F."""
+    return edm_coefficients(s, sigma_data)[1]
 
 
 # J^target_t = r_t · J^x0_t. Each row: (process, t) -> r (docs/method.md, "Processes and targets").
-TARGETS: dict[str, Callable[[Process, np.ndarray], np.ndarray]] = {
-    "x0": lambda p, t: np.ones_like(t),
+TARGETS: dict[str, Callable[[Process, ArrayLike], ArrayLike]] = {
+    "x0": lambda p, t: _xp(t).ones_like(t),
     "eps": lambda p, t: (p.alpha(t) / p.sigma(t)) ** 2,
     "score": lambda p, t: p.alpha(t) ** 2 / p.sigma(t) ** 4,
     "v": lambda p, t: (p.alpha(t) ** 2 + p.sigma(t) ** 2) ** 2 / p.sigma(t) ** 2,

@@ -1,10 +1,12 @@
-"""Samplers for any denoiser ``D(x (B, D), sigma) -> x0_hat (B, D)`` in VE form (x = x0 + s·ε).
+"""Samplers for any ``Denoiser`` D(x (B, D), sigma) → x0_hat (B, D) in VE form (x = x0 + s·ε).
 
 The score is (D(x, s) − x)/s². ODE: EDM's probability-flow sampler dx/ds = (x − D(x, s))/s on the
-ρ = 7 noise discretization, Euler or Heun (second order, Karras et al. 2022). SDE: the reverse VE SDE
+ρ = 7 noise discretization, Euler or Heun (second order, Karras et al. 2022), optionally with EDM's
+stochastic churn (Algorithm 2). SDE: the reverse VE SDE
 by ancestral steps, optionally with Langevin corrector steps (predictor–corrector, Song et al. 2021).
 The last step always goes to s = 0 with x ← D(x, s_last). ``record=True`` keeps every state, so
-trajectories can be plotted and analysed (trajectory overlap, expansion factors).
+trajectories can be plotted and analysed (trajectory overlap, expansion factors). States live on
+the chosen device; random draws come from a CPU generator, so a seed gives the same samples on any device.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from difflens.diffusion.denoiser import Denoiser, wide_dtype
 from difflens.errors import DifflensError
 
-Denoiser = Callable[[torch.Tensor, float | torch.Tensor], torch.Tensor]
 METHODS = ("euler", "heun", "sde", "pc")
 
 
@@ -82,10 +84,10 @@ def sde_step(
     var = s * s - s_next * s_next
     score = (_d(denoiser, x, s) - x) / (s * s)
     noise = s_next * math.sqrt(var) / s
-    x = x + var * score + noise * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    x = x + var * score + noise * _randn(x, generator)
     for _ in range(corrector_steps):
         score = (_d(denoiser, x, s_next) - x) / (s_next * s_next)
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        z = _randn(x, generator)
         ratio = torch.linalg.vector_norm(z, dim=1) / torch.linalg.vector_norm(score, dim=1).clamp_min(1e-30)
         eps = (2.0 * (snr * ratio) ** 2)[:, None]
         x = x + eps * score + torch.sqrt(2.0 * eps) * z
@@ -100,26 +102,43 @@ def sample(
     *,
     method: str = "heun",
     seed: int = 0,
+    generator: torch.Generator | None = None,
+    churn: float = 0.0,
     corrector_steps: int = 1,
     snr: float = 0.16,
     record: bool = False,
     on_step: Callable[[int], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> Trajectory:
     """Run a sampler from x_init (already at noise level sigmas[0]) down the grid ``sigmas`` (ending in 0).
 
     method: euler / heun (probability-flow ODE), sde (reverse SDE), pc (SDE + ``corrector_steps``
-    Langevin steps per level with signal-to-noise ``snr``). Deterministic given ``seed``."""
+    Langevin steps per level with signal-to-noise ``snr``). ``churn`` > 0 (ODE methods) raises each
+    level s to s·(1 + γ), γ = min(churn/steps, √2 − 1), by fresh noise before the step (EDM's
+    S_churn, spread over all steps). Deterministic given ``seed`` (or a CPU ``generator``, which then
+    supplies the noise). States are float64 (float32 on a device without float64) on ``device``."""
     if method not in METHODS:
         raise DifflensError(f"unknown sampler {method!r}; choose one of {', '.join(METHODS)}")
     sig = [float(v) for v in torch.as_tensor(sigmas, dtype=torch.float64)]
     if len(sig) < 2 or sig[-1] != 0 or any(a <= b for a, b in zip(sig, sig[1:], strict=False)):
         raise DifflensError("sampler noise levels must decrease strictly and end in 0")
-    x = torch.as_tensor(x_init).double().reshape(len(x_init), -1).clone()
-    gen = _generator(seed, 1)  # a stream apart from initial_noise's, or the noise would repeat x_T
+    if churn < 0 or (churn > 0 and method not in ("euler", "heun")):
+        raise DifflensError(
+            f"churn must be ≥ 0 and applies to the ODE samplers (euler, heun), got {churn} for {method}"
+        )
+    device = torch.device(device)
+    x = torch.as_tensor(x_init).to(device=device, dtype=wide_dtype(device)).reshape(len(x_init), -1).clone()
+    # seed: a stream apart from initial_noise's, or the noise would repeat x_T
+    gen = generator if generator is not None else seeded_generator(seed, 1)
+    gamma = min(churn / (len(sig) - 1), math.sqrt(2) - 1) if churn > 0 else 0.0
     states = []
     for k, (s, s_next) in enumerate(zip(sig[:-1], sig[1:], strict=True)):
         if record:
             states.append(x.clone())
+        if gamma > 0:
+            s_hat = s * (1 + gamma)
+            x = x + math.sqrt(s_hat**2 - s**2) * _randn(x, gen)
+            s = s_hat
         if method in ("euler", "heun"):
             x = ode_step(denoiser, x, s, s_next, method)
         else:
@@ -129,11 +148,20 @@ def sample(
     return Trajectory(x, torch.tensor(sig, dtype=torch.float64), states)
 
 
-def initial_noise(n: int, dim: int, sigma_max: float, seed: int = 0) -> torch.Tensor:
-    """x_T = sigma_max · ε, seeded (float64)."""
-    return sigma_max * torch.randn(n, dim, generator=_generator(seed, 0), dtype=torch.float64)
+def initial_noise(
+    n: int, dim: int, sigma_max: float, seed: int = 0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """x_T = sigma_max · ε, seeded (float64, float32 on a device without it), on ``device``."""
+    eps = torch.randn(n, dim, generator=seeded_generator(seed, 0), dtype=torch.float64)
+    device = torch.device(device)
+    return (sigma_max * eps).to(device=device, dtype=wide_dtype(device))
 
 
-def _generator(seed: int, stream: int) -> torch.Generator:
-    """Independent torch streams from one user seed."""
+def _randn(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``, drawn on the CPU generator (float64) and moved to like's device."""
+    return torch.randn(like.shape, generator=generator, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
+
+
+def seeded_generator(seed: int, stream: int) -> torch.Generator:
+    """Independent CPU torch streams from one user seed (stream 0: initial noise, 1: sampler noise)."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, stream]).generate_state(1)[0]))

@@ -4,7 +4,8 @@ The math: docs/method.md, "Memorization and generalization gap".
 
 Data: points on a circle, split alternately into train and val. Denoisers (all ``D(x, sigma)``):
 
-* :class:`Optimal` — the empirical optimal denoiser y*(x, s) of the training points (the kernel).
+* ``Optimal`` — the empirical optimal denoiser y*(x, s) of the training points: the kernel as a
+  denoiser, ``difflens.models.EmpiricalDenoiser``, under the toy's name.
 * :class:`Blurred` — the error-prone y_δ: the optimal denoiser of the training data blurred by
   N(0, δ²I), y_δ(x, s) = (δ²·x + s²·y*(x, s̃)) / (s² + δ²) with s̃² = s² + δ².
 * :class:`Guided` — D = D₊ + w·(D₊ − D₋) for a better (δ₊) and a worse (δ₋) blurred denoiser.
@@ -21,6 +22,7 @@ import torch
 from difflens.analysis.gap import GapCurve, generalization_gap
 from difflens.errors import DifflensError
 from difflens.kernel import oracle
+from difflens.models.empirical import EmpiricalDenoiser
 
 SWEEPS = ("delta", "density", "guidance")
 
@@ -46,15 +48,7 @@ def alternate_split(x) -> tuple[torch.Tensor, torch.Tensor]:
     return x[0::2].clone(), x[1::2].clone()
 
 
-class Optimal:
-    """y*(x, s): posterior mean over the training points."""
-
-    def __init__(self, data):
-        self.data = torch.as_tensor(data).float()
-
-    def __call__(self, x, sigma):
-        x = torch.as_tensor(x)
-        return oracle.posterior(x, self.data, oracle.as_sigma(sigma, len(x))).mean.to(x.dtype)
+Optimal = EmpiricalDenoiser  # y*(x, s), the posterior mean over the training points
 
 
 class Blurred:
@@ -63,14 +57,14 @@ class Blurred:
     def __init__(self, data, delta: float):
         if not delta >= 0:
             raise DifflensError(f"δ must be ≥ 0, got {delta}")
-        self.data = torch.as_tensor(data).float()
+        self.optimal = EmpiricalDenoiser(torch.as_tensor(data).float())
         self.delta = float(delta)
 
     def __call__(self, x, sigma):
         x = torch.as_tensor(x)
         s2 = oracle.as_sigma(sigma, len(x)) ** 2
         d2 = self.delta**2
-        y = oracle.posterior(x, self.data, torch.sqrt(s2 + d2)).mean
+        y = self.optimal.posterior(x, torch.sqrt(s2 + d2)).mean
         return ((d2 * x.double() + s2[:, None] * y) / (s2 + d2)[:, None]).to(x.dtype)
 
 

@@ -34,7 +34,8 @@ from torch import nn
 from difflens.data import check_same_layout
 from difflens.diffusion.precond import DiscreteVP, Parametrization
 from difflens.errors import DifflensError
-from difflens.models.adapters import NetDenoiser, OracleDenoiser
+from difflens.models.adapters import NetDenoiser
+from difflens.models.empirical import EmpiricalDenoiser
 from difflens.models.nets import build_net, count_params
 
 CHECKPOINT_FORMAT = "difflens-checkpoint/1"
@@ -70,8 +71,10 @@ def load_denoiser(
     prediction_type: str | None = None,
     ema: bool = True,
     trust_pickle: bool = False,
+    device: torch.device | str = "cpu",
 ) -> LoadedModel:
-    """Open a model spec (see module doc) as a VE-form denoiser in eval mode.
+    """Open a model spec (see module doc) as a VE-form denoiser in eval mode, on ``device`` (a network's
+    weights are moved there; the oracle's kernel runs there).
 
     diffusers models: ``scheduler`` is a scheduler_config.json, its folder or a pipeline folder (default:
     ``../scheduler/`` beside the UNet); ``prediction_type`` overrides the config's. For diffusers models
@@ -86,7 +89,7 @@ def load_denoiser(
     if spec == "oracle":
         if data is None:
             raise DifflensError("the oracle model needs training data")
-        return LoadedModel(OracleDenoiser(data), {"spec": spec, "kind": "oracle"})
+        return LoadedModel(EmpiricalDenoiser(data, device=device), {"spec": spec, "kind": "oracle"})
     data_shape = tuple(data.shape) if data is not None else None
     net_shape = tuple(shape) if shape else (default_shape(data_shape) if data_shape else None)
     if is_diffusers:
@@ -114,7 +117,7 @@ def load_denoiser(
             f"model {spec!r}: not found; use oracle, a run folder or checkpoint (.pt/.safetensors), "
             "diffusers:DIR, or a callable module:attr / file.py:attr"
         )
-    model.denoiser.eval()
+    model.denoiser.to(torch.device(device)).eval()
     model.info.setdefault("spec", spec)
     model.info["param"] = model.param.describe() if model.param else None
     model.info["parameters"] = count_params(model.denoiser)

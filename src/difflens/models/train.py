@@ -10,7 +10,9 @@ Two variants against memorization (Zhou, Zhang & Wright; docs/method.md, "Smooth
 the network a constant time input (``Parametrization(noise_conditioned=False)``: the preconditioning
 around it still uses s, the network cannot see it), and ``smooth_below = s_c`` regresses samples
 with s < s_c on the temperature-smoothed empirical denoiser E_T(s)[x0 | x̃], T(s) = T·max(s_c/s, 1)
-(``smoothing.EmpiricalDenoiser``, the kernel), instead of their own x0.
+(``models.empirical.EmpiricalDenoiser``, the kernel), instead of their own x0. ``device`` is where the
+network trains (and the smoothing kernel runs); random draws come from a CPU generator, so a seed
+gives the same run on any device.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from difflens.analysis.smoothing import EmpiricalDenoiser
 from difflens.data import Dataset, load
 from difflens.diffusion import schedules as sched
+from difflens.diffusion.denoiser import wide_dtype
 from difflens.diffusion.precond import Parametrization
 from difflens.errors import DifflensError
+from difflens.models.empirical import EmpiricalDenoiser
 from difflens.models.load import CHECKPOINT_FORMAT, checkpoint_meta
 from difflens.models.nets import build_net, count_params, image_shape
 from difflens.report import write_json
@@ -136,13 +139,13 @@ def _check(cfg: TrainConfig) -> None:
 class SmoothedTargets:
     """Regression x0 for training samples: E_T(s)[x0 | x̃] from the kernel where s < s_c, x0 itself above.
 
-    T(s) = T·max(s_c/s, 1) as in ``smoothing.EmpiricalDenoiser`` (so T = 1 is continuous at s_c, where
-    the exact empirical denoiser is what x0 regresses to on average); the posterior is over the
-    training split."""
+    T(s) = T·max(s_c/s, 1) as in ``EmpiricalDenoiser`` (so T = 1 is continuous at s_c, where the exact
+    empirical denoiser is what x0 regresses to on average); the posterior is over the training split,
+    computed on ``device``."""
 
-    def __init__(self, data: Dataset, temperature: float, below: float):
+    def __init__(self, data: Dataset, temperature: float, below: float, device: torch.device | str = "cpu"):
         self.below = float(below)
-        self.denoiser = EmpiricalDenoiser(data, temperature, below)
+        self.denoiser = EmpiricalDenoiser(data, temperature, below, device=device)
 
     def __call__(self, x0: torch.Tensor, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         low = s < self.below
@@ -190,12 +193,17 @@ def _save_atomic(obj, path: Path) -> None:
 
 
 def train(
-    cfg: TrainConfig, out: Path, on_step: Callable[[int, float], None] | None = None, threads: int | None = None
+    cfg: TrainConfig,
+    out: Path,
+    on_step: Callable[[int, float], None] | None = None,
+    threads: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> dict:
-    """Train per ``cfg``; write metrics.jsonl, ckpt_*.pt, model.safetensors and train.json in ``out``."""
+    """Train per ``cfg`` on ``device``; write metrics.jsonl, ckpt_*.pt, model.safetensors and train.json in ``out``."""
     from safetensors.torch import save_file
 
     _check(cfg)
+    device = torch.device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if threads:
@@ -204,11 +212,11 @@ def train(
     param = Parametrization.of(cfg.process, cfg.target, cfg.time_scale, not cfg.noise_unconditioned)
     arch, shape = make_arch(cfg, train_ds)
     torch.manual_seed(cfg.seed)
-    net = build_net(arch)
+    net = build_net(arch).to(device)
     ema = copy.deepcopy(net).requires_grad_(False)
     schedule = make_schedule(cfg, param, train_ds)
-    smoother = SmoothedTargets(train_ds, cfg.smooth_temperature, cfg.smooth_below) if cfg.smooth_below else None
-    x_all = train_ds.rows(0, train_ds.n).reshape(train_ds.n, *shape)
+    smoother = SmoothedTargets(train_ds, cfg.smooth_temperature, cfg.smooth_below, device) if cfg.smooth_below else None
+    x_all = train_ds.rows(0, train_ds.n).reshape(train_ds.n, *shape).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     bins = LevelBins(*LOG_BINS)
@@ -222,52 +230,53 @@ def train(
         "data": train_ds.summary(),
         "parameters": count_params(net),
     }
-    metrics = (out / "metrics.jsonl").open("w")
     start, running = time.time(), 0.0
-    for step in range(1, cfg.steps + 1):
-        idx = torch.randint(0, train_ds.n, (cfg.batch,), generator=gen)
-        x0 = x_all[idx]
-        s = schedule.sample(cfg.batch, gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        x = x0 + s.float().reshape(-1, *([1] * (x0.ndim - 1))) * noise
-        net_x, net_t = param.inputs(x, s)
-        y = param.target_of(smoother(x0, x, s) if smoother else x0, x, s)
-        per = ((net(net_x, net_t) - y) ** 2).reshape(cfg.batch, -1).mean(1)
-        loss = (schedule.weight(s).float() * per).mean()
-        if not torch.isfinite(loss):
-            raise DifflensError(f"training diverged at step {step} (loss {float(loss)}); lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            decay = min(cfg.ema, (1.0 + step) / (10.0 + step))  # warm-up: early averages forget the init
-            for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
-                pe.lerp_(pn, 1.0 - decay)
-        schedule.update(s, per.detach())
-        bins.add(s, per.detach())
-        value = loss.item()
-        running += value
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            n_avg = step % cfg.log_every or cfg.log_every
-            rec = {"step": step, "loss": running / n_avg, "time": time.time() - start}
-            rec["units"] = {"process": cfg.process, "target": cfg.target}
-            metrics.write(json.dumps({**rec, "levels": bins.flush()}) + "\n")
-            metrics.flush()
-            running = 0.0
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            state = {
-                **meta,
-                "step": step,
-                "schedule_state": getattr(schedule, "state_dict", dict)(),
-                "state_dict": net.state_dict(),
-                "ema_state_dict": ema.state_dict(),
-            }
-            _save_atomic(state, out / f"ckpt_{step:07d}.pt")
-        if on_step is not None:
-            on_step(step, value)
-    metrics.close()
+    with (out / "metrics.jsonl").open("w") as metrics:
+        for step in range(1, cfg.steps + 1):
+            idx = torch.randint(0, train_ds.n, (cfg.batch,), generator=gen)
+            x0 = x_all[idx.to(device)]
+            s = schedule.sample(cfg.batch, gen)  # float64 on the CPU, where the schedule keeps its statistics
+            s_dev = s.to(device=device, dtype=wide_dtype(device))
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            x = x0 + s_dev.float().reshape(-1, *([1] * (x0.ndim - 1))) * noise
+            net_x, net_t = param.inputs(x, s_dev)
+            y = param.target_of(smoother(x0, x, s_dev) if smoother else x0, x, s_dev)
+            per = ((net(net_x, net_t) - y) ** 2).reshape(cfg.batch, -1).mean(1)
+            loss = (schedule.weight(s).float().to(device) * per).mean()
+            if not torch.isfinite(loss):
+                raise DifflensError(f"training diverged at step {step} (loss {float(loss)}); lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                decay = min(cfg.ema, (1.0 + step) / (10.0 + step))  # warm-up: early averages forget the init
+                for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
+                    pe.lerp_(pn, 1.0 - decay)
+            per_cpu = per.detach().cpu()
+            schedule.update(s, per_cpu)
+            bins.add(s, per_cpu)
+            value = loss.item()
+            running += value
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                n_avg = step % cfg.log_every or cfg.log_every
+                rec = {"step": step, "loss": running / n_avg, "time": time.time() - start}
+                rec["units"] = {"process": cfg.process, "target": cfg.target}
+                metrics.write(json.dumps({**rec, "levels": bins.flush()}) + "\n")
+                metrics.flush()
+                running = 0.0
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                state = {
+                    **meta,
+                    "step": step,
+                    "schedule_state": getattr(schedule, "state_dict", dict)(),
+                    "state_dict": net.state_dict(),
+                    "ema_state_dict": ema.state_dict(),
+                }
+                _save_atomic(state, out / f"ckpt_{step:07d}.pt")
+            if on_step is not None:
+                on_step(step, value)
     final = {**meta, "step": cfg.steps, "schedule_state": getattr(schedule, "state_dict", dict)()}
-    tensors = {k: v.contiguous() for k, v in ema.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
     tmp = out / ".model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"difflens": json.dumps(checkpoint_meta(final))})
     os.replace(tmp, out / "model.safetensors")

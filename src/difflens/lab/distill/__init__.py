@@ -18,14 +18,14 @@ from difflens.lab.distill.core import (
     pareto_weights,
     pseudo_label,
 )
-from difflens.lab.distill.train import Pairs, Scalarization, TrainConfig, train_dsm
+from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, train_dsm
 
 __all__ = [
     "ModelSpec",
     "Pairs",
     "SamplerSpec",
     "Scalarization",
-    "TrainConfig",
+    "DSMConfig",
     "distill_generalist",
     "fit_generalist",
     "fit_specialists",

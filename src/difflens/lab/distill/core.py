@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from difflens.errors import DifflensError
-from difflens.lab.distill.models import Denoiser, make_denoiser
+from difflens.lab.distill.models import CondDenoiser, make_denoiser
 from difflens.lab.distill.sampling import sample
-from difflens.lab.distill.train import Pairs, Scalarization, TrainConfig, TrainLog, derive_seed, eval_dsm, train_dsm
+from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, TrainLog, derive_seed, eval_dsm, train_dsm
 
 Progress = Callable[[int], None] | None
 
@@ -30,7 +30,7 @@ class ModelSpec:
     width: int = 128
     depth: int = 3
 
-    def build(self, x_shape, cond_shape, num_tasks: int, sigma_data: float, seed: int) -> Denoiser:
+    def build(self, x_shape, cond_shape, num_tasks: int, sigma_data: float, seed: int) -> CondDenoiser:
         return make_denoiser(
             tuple(x_shape),
             tuple(cond_shape),
@@ -94,13 +94,13 @@ def fit_specialists(
     pairs: Sequence[Pairs],
     *,
     model: ModelSpec | None = None,
-    config: TrainConfig | None = None,
+    config: DSMConfig | None = None,
     seed: int = 0,
     progress: Progress = None,
-) -> list[Denoiser]:
+) -> list[CondDenoiser]:
     """Stage 1: one single-task denoiser per task, trained by DSM on that task's pairs only."""
     model = model or ModelSpec(width=64, depth=2)
-    config = config or TrainConfig()
+    config = config or DSMConfig()
     x_shape, c_shape = _shapes(pairs)
     out = []
     for k, p in enumerate(pairs):
@@ -110,8 +110,8 @@ def fit_specialists(
     return out
 
 
-def _reseed(config: TrainConfig, seed: int) -> TrainConfig:
-    return TrainConfig(**{**config.__dict__, "seed": seed})
+def _reseed(config: DSMConfig, seed: int) -> DSMConfig:
+    return DSMConfig(**{**config.__dict__, "seed": seed})
 
 
 def pseudo_label(
@@ -136,18 +136,18 @@ def fit_generalist(
     data: Sequence[Pairs],
     *,
     model: ModelSpec | None = None,
-    config: TrainConfig | None = None,
+    config: DSMConfig | None = None,
     scalarization: Scalarization | None = None,
     seed: int = 0,
     progress: Progress = None,
-) -> tuple[Denoiser, TrainLog]:
+) -> tuple[CondDenoiser, TrainLog]:
     """One task-conditional denoiser on K tasks' pairs (task id k = position). On the real pairs alone
     this is the baseline; on pseudo-pairs it is the distilled generalist."""
     model = model or ModelSpec()
     x_shape, c_shape = _shapes(data)
     net = model.build(x_shape, c_shape, len(data), data_sigma(data), seed)
     log = train_dsm(
-        net, list(data), config=_reseed(config or TrainConfig(), seed), scalarization=scalarization, progress=progress
+        net, list(data), config=_reseed(config or DSMConfig(), seed), scalarization=scalarization, progress=progress
     )
     return net, log
 
@@ -156,7 +156,7 @@ def fit_generalist(
 class Distilled:
     """A distilled generalist with its pseudo-labelled training data and training log."""
 
-    generalist: Denoiser
+    generalist: CondDenoiser
     pseudo: list[Pairs]
     log: TrainLog
     ideal: list[float] | None
@@ -169,7 +169,7 @@ def distill_generalist(
     *,
     pairs: Sequence[Pairs] | None = None,
     model: ModelSpec | None = None,
-    config: TrainConfig | None = None,
+    config: DSMConfig | None = None,
     scalarization: Scalarization | None = None,
     ideal: str | None = None,
     sampler: SamplerSpec | None = None,
@@ -190,7 +190,7 @@ def distill_generalist(
     train = [p + q for p, q in zip(pseudo, pairs, strict=True)] if pairs is not None else pseudo
     z = None
     if ideal == "specialist":
-        cfg = config or TrainConfig()
+        cfg = config or DSMConfig()
         z = [float(eval_dsm(s, [p], config=cfg)[0]) for s, p in zip(specialists, pseudo, strict=True)]
         base = scalarization or Scalarization("tchebycheff")
         scalarization = Scalarization(base.kind, base.lam, smooth=base.smooth, ideal=z, momentum=base.momentum)
@@ -223,11 +223,11 @@ def pareto_weights(k: int, points: int = 2) -> list[list[float]]:
 def pareto_sweep(
     data: Sequence[Pairs],
     weight_grid: Sequence[Sequence[float]],
-    evaluate: Callable[[Denoiser], Sequence[float]],
+    evaluate: Callable[[CondDenoiser], Sequence[float]],
     *,
     kind: str = "linear",
     model: ModelSpec | None = None,
-    config: TrainConfig | None = None,
+    config: DSMConfig | None = None,
     seed: int = 0,
     progress: Progress = None,
 ) -> list[dict]:

@@ -1,9 +1,10 @@
 """Small conditional denoisers: D(x; σ, c, k) with a condition c and a task id k as inputs.
 
-The networks predict EDM's F; ``Denoiser`` wraps one in EDM preconditioning (Karras et al. 2022):
-D = c_skip·x + c_out·F(c_in·x, c_noise, c, k) with c_skip = σ_d²/(σ²+σ_d²), c_out = σ·σ_d/√(σ²+σ_d²),
-c_in = 1/√(σ²+σ_d²), c_noise = ln(σ)/4. Every denoiser in this package (trained or analytic) has the
-call signature ``denoiser(x, sigma, cond, task) -> E[x0 | x, c, k]`` with x in VE form x0 + σ·ε.
+The networks predict EDM's F; ``CondDenoiser`` wraps one in EDM preconditioning (Karras et al. 2022),
+the shared ``Parametrization`` with the ``edm`` target and this data's σ_d:
+D = c_skip·x + c_out·F(c_in·x, c_noise, c, k) (docs/method.md). Every denoiser in this package
+(trained or analytic) has the call signature ``denoiser(x, sigma, cond, task) -> E[x0 | x, c, k]``
+with x in VE form x0 + σ·ε; ``bind(cond, task)`` turns one into a plain ``Denoiser`` for the samplers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import math
 import torch
 from torch import nn
 
+from difflens.diffusion.precond import Parametrization
+from difflens.diffusion.processes import EDM
 from difflens.errors import DifflensError
+from difflens.models import Denoiser
 
 
 class FourierEmbedding(nn.Module):
@@ -77,31 +81,46 @@ class CondConv(nn.Module):
         return self.out(nn.functional.silu(h))
 
 
-class Denoiser(nn.Module):
+class CondDenoiser(nn.Module):
     """EDM-preconditioned wrapper: ``denoiser(x, sigma, cond, task)`` → estimate of E[x0 | x, c, k].
 
-    ``x_shape`` is the shape of one sample; the wrapper reshapes flat inputs for image networks."""
+    ``x_shape`` is the shape of one sample; the wrapper reshapes flat inputs for image networks. The
+    levels are taken in x's dtype and the preconditioning runs on x's device (``device``: where the
+    network is moved)."""
 
-    def __init__(self, net: nn.Module, x_shape: tuple[int, ...], sigma_data: float = 0.5):
+    def __init__(
+        self, net: nn.Module, x_shape: tuple[int, ...], sigma_data: float = 0.5, device: torch.device | str = "cpu"
+    ):
         super().__init__()
         if not sigma_data > 0:
             raise DifflensError(f"sigma_data must be > 0, got {sigma_data}")
-        self.net = net
+        self.net = net.to(device)
         self.x_shape = tuple(x_shape)
-        self.sigma_data = float(sigma_data)
+        self.param = Parametrization(EDM(), "edm", sigma_data=float(sigma_data))
+
+    @property
+    def sigma_data(self) -> float:
+        return self.param.sigma_data
 
     def forward(self, x, sigma, cond, task):
         b = len(x)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(b)
         task = torch.as_tensor(task, dtype=torch.long, device=x.device).reshape(-1).expand(b)
-        s = sigma.reshape(b, *([1] * len(self.x_shape)))
         xs = x.reshape(b, *self.x_shape)
-        sd2 = self.sigma_data**2
-        c_skip = sd2 / (s**2 + sd2)
-        c_out = s * self.sigma_data / (s**2 + sd2).sqrt()
-        c_in = 1 / (s**2 + sd2).sqrt()
-        f = self.net(c_in * xs, sigma.log() / 4, cond, task)
-        return (c_skip * xs + c_out * f).reshape(x.shape)
+        net_x, c_noise = self.param.inputs(xs, sigma)
+        return self.param.to_x0(self.net(net_x, c_noise, cond, task), xs, sigma).reshape(x.shape)
+
+
+def bind(denoiser, cond: torch.Tensor, task) -> Denoiser:
+    """A conditional ``denoiser(x, sigma, cond, task)`` with its condition rows and task fixed, as a plain
+    ``Denoiser`` (x, sigma) → x̂0 for the samplers: x is passed in float32, sigma as one value per row."""
+    b = len(cond)
+    task = torch.as_tensor(task, dtype=torch.long).reshape(-1).expand(b)
+
+    def bound(x: torch.Tensor, sigma) -> torch.Tensor:
+        return denoiser(x.float(), torch.full((b,), float(sigma), device=x.device), cond, task)
+
+    return bound
 
 
 def make_denoiser(
@@ -114,7 +133,8 @@ def make_denoiser(
     depth: int = 3,
     sigma_data: float = 0.5,
     seed: int = 0,
-) -> Denoiser:
+    device: torch.device | str = "cpu",
+) -> CondDenoiser:
     """A fresh conditional denoiser: ``arch`` 'mlp' (flat vectors) or 'conv' (x_shape and cond_shape (C, H, W))."""
     torch.manual_seed(seed)
     if arch == "mlp":
@@ -125,8 +145,4 @@ def make_denoiser(
         net = CondConv(x_shape[0], cond_shape[0], num_tasks, width, depth)
     else:
         raise DifflensError(f"unknown arch {arch!r}; choose mlp or conv")
-    return Denoiser(net, x_shape, sigma_data)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return CondDenoiser(net, x_shape, sigma_data, device)

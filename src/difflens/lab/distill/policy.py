@@ -18,8 +18,8 @@ import torch
 
 from difflens.errors import DifflensError
 from difflens.lab.distill.core import ModelSpec, SamplerSpec, fit_generalist, fit_specialists, pseudo_label
-from difflens.lab.distill.models import count_parameters
-from difflens.lab.distill.train import Pairs, Scalarization, TrainConfig, derive_seed, train_dsm
+from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, derive_seed, train_dsm
+from difflens.models.nets import count_params
 
 GOAL_RADIUS = 0.1
 
@@ -233,8 +233,8 @@ def run_policy(cfg: PolicyConfig, progress: Callable[[int], None] | None = None)
     sampler = SamplerSpec(steps=cfg.sampler_steps, clip=1.0)
     spec_model = ModelSpec(width=cfg.specialist_width, depth=cfg.specialist_depth)
     gen_model = ModelSpec(width=cfg.width, depth=cfg.depth)
-    spec_cfg = TrainConfig(steps=cfg.specialist_steps, batch=cfg.batch)
-    gen_cfg = TrainConfig(steps=cfg.steps, batch=cfg.batch)
+    spec_cfg = DSMConfig(steps=cfg.specialist_steps, batch=cfg.batch)
+    gen_cfg = DSMConfig(steps=cfg.steps, batch=cfg.batch)
     scal = Scalarization(cfg.scalarization)
     eval_ids = np.repeat(np.arange(k), cfg.eval_episodes)
     eval_starts = random_starts(tasks, eval_ids, np.random.default_rng(derive_seed(cfg.seed, "eval-starts")))
@@ -270,11 +270,11 @@ def run_policy(cfg: PolicyConfig, progress: Callable[[int], None] | None = None)
         demos = demonstrations(tasks, n, rng, cfg.horizon)
         sizes = [len(p) for p in demos]
         specs = fit_specialists(demos, model=spec_model, config=spec_cfg, seed=cfg.seed, progress=progress)
-        record("specialist", n, cfg.specialist_width, specs, count_parameters(specs[0]), {"pairs": sizes})
+        record("specialist", n, cfg.specialist_width, specs, count_params(specs[0]), {"pairs": sizes})
         base, _ = fit_generalist(
             demos, model=gen_model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress
         )
-        record("baseline", n, cfg.width, base, count_parameters(base), {"pairs": sizes})
+        record("baseline", n, cfg.width, base, count_params(base), {"pairs": sizes})
         conds = [random_states(tasks, t, cfg.unlabeled, rng) for t in range(k)]
         data = pseudo_label(specs, conds, (2,), sampler=sampler, seed=cfg.seed + 3)
         if cfg.mix_real:
@@ -282,7 +282,7 @@ def run_policy(cfg: PolicyConfig, progress: Callable[[int], None] | None = None)
         gen, _ = fit_generalist(
             data, model=gen_model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress
         )
-        record("distilled", n, cfg.width, gen, count_parameters(gen), {"pairs": sizes})
+        record("distilled", n, cfg.width, gen, count_params(gen), {"pairs": sizes})
         if cfg.relabel_rounds:
             spec_policy = DiffusionPolicy(specs, sampler, seed=cfg.seed + 21)
             ids = np.repeat(np.arange(k), cfg.relabel_episodes)
@@ -298,11 +298,11 @@ def run_policy(cfg: PolicyConfig, progress: Callable[[int], None] | None = None)
                 train_dsm(
                     gen,
                     data,
-                    config=TrainConfig(steps=cfg.relabel_steps, batch=cfg.batch, lr=cfg.relabel_lr, seed=cfg.seed + r),
+                    config=DSMConfig(steps=cfg.relabel_steps, batch=cfg.batch, lr=cfg.relabel_lr, seed=cfg.seed + r),
                     scalarization=scal,
                     progress=progress,
                 )
-            record("distilled+relabel", n, cfg.width, gen, count_parameters(gen), {"pairs": sizes})
+            record("distilled+relabel", n, cfg.width, gen, count_params(gen), {"pairs": sizes})
     config = asdict(cfg)
     config["tasks"] = [asdict(t) for t in tasks]
     return {"experiment": "policy", "config": config, "task_names": [t.name for t in tasks], "runs": runs}

@@ -23,8 +23,8 @@ from difflens.lab.distill.core import (
     fit_specialists,
     pseudo_label,
 )
-from difflens.lab.distill.models import count_parameters
-from difflens.lab.distill.train import Pairs, Scalarization, TrainConfig, derive_seed
+from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, derive_seed
+from difflens.models.nets import count_params
 
 SIDE = 8
 
@@ -127,8 +127,8 @@ def run_restore(cfg: RestoreConfig, progress: Callable[[int], None] | None = Non
     sampler = SamplerSpec(steps=cfg.sampler_steps, clip=1.0)
     spec_model = ModelSpec(cfg.arch, cfg.specialist_width, cfg.specialist_depth)
     gen_model = ModelSpec(cfg.arch, cfg.width, cfg.depth)
-    spec_cfg = TrainConfig(steps=cfg.specialist_steps, batch=cfg.batch)
-    gen_cfg = TrainConfig(steps=cfg.steps, batch=cfg.batch)
+    spec_cfg = DSMConfig(steps=cfg.specialist_steps, batch=cfg.batch)
+    gen_cfg = DSMConfig(steps=cfg.steps, batch=cfg.batch)
     scal = Scalarization(cfg.scalarization)
 
     def shaped(p: Pairs) -> Pairs:
@@ -158,11 +158,11 @@ def run_restore(cfg: RestoreConfig, progress: Callable[[int], None] | None = Non
     for n in cfg.pairs:
         pairs = [shaped(p.take(slice(0, n))) for p in labelled]
         specs = fit_specialists(pairs, model=spec_model, config=spec_cfg, seed=cfg.seed, progress=progress)
-        record("specialist", n, None, cfg.specialist_width, specs, count_parameters(specs[0]))
+        record("specialist", n, None, cfg.specialist_width, specs, count_params(specs[0]))
         base, _ = fit_generalist(
             pairs, model=gen_model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress
         )
-        record("baseline", n, None, cfg.width, base, count_parameters(base))
+        record("baseline", n, None, cfg.width, base, count_params(base))
         pseudo = pseudo_label(specs, unlabeled, x_shape, sampler=sampler, seed=cfg.seed + 3)
         dist = distill_generalist(
             specs,
@@ -176,7 +176,7 @@ def run_restore(cfg: RestoreConfig, progress: Callable[[int], None] | None = Non
             seed=cfg.seed,
             progress=progress,
         )
-        record("distilled", n, cfg.unlabeled, cfg.width, dist.generalist, count_parameters(dist.generalist))
+        record("distilled", n, cfg.unlabeled, cfg.width, dist.generalist, count_params(dist.generalist))
     if cfg.oracle:
         full = [shaped(Pairs(c, x)) for c, x in zip(unlabeled, hidden, strict=True)]
         net, _ = fit_generalist(
@@ -188,7 +188,7 @@ def run_restore(cfg: RestoreConfig, progress: Callable[[int], None] | None = Non
                 "n": None,
                 "unlabeled": cfg.unlabeled,
                 "width": cfg.width,
-                "params": count_parameters(net),
+                "params": count_params(net),
                 "tasks": metrics(net),
             }
         )

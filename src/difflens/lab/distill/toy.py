@@ -25,8 +25,8 @@ from difflens.lab.distill.core import (
     pareto_weights,
     pseudo_label,
 )
-from difflens.lab.distill.models import count_parameters
-from difflens.lab.distill.train import Pairs, Scalarization, TrainConfig, derive_seed, edm_weight
+from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, derive_seed, edm_weight
+from difflens.models.nets import count_params
 
 
 class GaussianTasks:
@@ -187,8 +187,8 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, "data"))
     sampler = SamplerSpec(steps=cfg.sampler_steps)
     spec_model = ModelSpec(width=cfg.specialist_width, depth=cfg.specialist_depth)
-    spec_cfg = TrainConfig(steps=cfg.specialist_steps, batch=cfg.batch)
-    gen_cfg = TrainConfig(steps=cfg.steps, batch=cfg.batch)
+    spec_cfg = DSMConfig(steps=cfg.specialist_steps, batch=cfg.batch)
+    gen_cfg = DSMConfig(steps=cfg.steps, batch=cfg.batch)
     scal = Scalarization(cfg.scalarization, smooth=cfg.smooth)
     max_n, max_un = max(cfg.pairs), max(cfg.unlabeled)
     # nested draws: the n pairs of a smaller n are the first n of the largest set, same for conditions
@@ -240,13 +240,13 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
     for n in cfg.pairs:
         pairs = [p.take(slice(0, n)) for p in all_pairs]
         specs = fit_specialists(pairs, model=spec_model, config=spec_cfg, seed=cfg.seed, progress=progress)
-        record("specialist", n, None, cfg.specialist_width, specs, count_parameters(specs[0]))
+        record("specialist", n, None, cfg.specialist_width, specs, count_params(specs[0]))
         for width in cfg.widths:
             model = ModelSpec(width=width, depth=cfg.depth)
             base, _ = fit_generalist(
                 pairs, model=model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress
             )
-            record("baseline", n, None, width, base, count_parameters(base))
+            record("baseline", n, None, width, base, count_params(base))
         for un in cfg.unlabeled:
             conds = [c[:un] for c in all_conds]
             pseudo = pseudo_label(specs, conds, (cfg.dim,), sampler=sampler, seed=cfg.seed)
@@ -264,7 +264,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
                     seed=cfg.seed,
                     progress=progress,
                 )
-                record("distilled", n, un, width, dist.generalist, count_parameters(dist.generalist))
+                record("distilled", n, un, width, dist.generalist, count_params(dist.generalist))
             if cfg.pareto and n == max_n and un == cfg.unlabeled[0]:
                 grid = pareto_weights(cfg.tasks, cfg.pareto)
                 pareto = {
@@ -296,5 +296,5 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
                     seed=cfg.seed,
                     progress=progress,
                 )
-                record("oracle", None, un, width, net, count_parameters(net))
+                record("oracle", None, un, width, net, count_params(net))
     return {"experiment": "toy", "config": asdict(cfg), "floor": floor, "runs": runs, "pareto": pareto}

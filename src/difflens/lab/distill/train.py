@@ -115,7 +115,7 @@ class Scalarization:
 
 
 @dataclass
-class TrainConfig:
+class DSMConfig:
     """DSM training settings. p_mean defaults to ln(σ_data) − 0.5 (EDM's −1.2 at σ_data = 0.5)."""
 
     steps: int = 2000
@@ -144,7 +144,7 @@ class TrainLog:
         return {"every": self.every, "losses": self.losses, "weights": self.weights}
 
 
-def log_sigma_mean(config: TrainConfig, sigma_data: float) -> float:
+def log_sigma_mean(config: DSMConfig, sigma_data: float) -> float:
     return config.p_mean if config.p_mean is not None else math.log(sigma_data) - 0.5
 
 
@@ -164,27 +164,30 @@ def train_dsm(
     denoiser,
     data: list[Pairs],
     *,
-    config: TrainConfig | None = None,
+    config: DSMConfig | None = None,
     scalarization: Scalarization | None = None,
     progress: Callable[[int], None] | None = None,
     log_every: int = 50,
+    device: torch.device | str = "cpu",
 ) -> TrainLog:
-    """Train ``denoiser`` in place on K tasks (task id k = position in ``data``) by DSM.
+    """Train ``denoiser`` in place on K tasks (task id k = position in ``data``) by DSM, on ``device``.
 
-    Each step draws ``batch`` pairs per task (with replacement), one σ and one ε per pair; Adam with
-    cosine learning-rate decay to 10 %. ``progress(n)`` is called with the steps done since its last call."""
-    config = config or TrainConfig()
+    Each step draws ``batch`` pairs per task (with replacement), one σ and one ε per pair (from a CPU
+    generator, so a seed gives the same run on any device); Adam with cosine learning-rate decay to
+    10 %. ``progress(n)`` is called with the steps done since its last call."""
+    config = config or DSMConfig()
     config.check()
     scalarization = scalarization or Scalarization()
     if not data or any(len(p) == 0 for p in data):
         raise DifflensError("every task needs at least one training pair")
     g = torch.Generator().manual_seed(derive_seed(config.seed, "train"))
+    denoiser.to(device)
     opt = torch.optim.Adam(denoiser.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / config.steps))
     )
     k = len(data)
-    task = torch.arange(k).repeat_interleave(config.batch)
+    task = torch.arange(k).repeat_interleave(config.batch).to(device)
     p_mean = log_sigma_mean(config, denoiser.sigma_data)
     log = TrainLog(log_every)
     denoiser.train()
@@ -192,9 +195,10 @@ def train_dsm(
     for step in range(config.steps):
         idx = [torch.randint(len(p), (config.batch,), generator=g) for p in data]
         x = torch.cat([p.x[i] for p, i in zip(data, idx, strict=True)])
-        cond = torch.cat([p.cond[i] for p, i in zip(data, idx, strict=True)])
-        sigma = (p_mean + config.p_std * torch.randn(len(x), generator=g)).exp()
-        noise = torch.randn(x.shape, generator=g)
+        cond = torch.cat([p.cond[i] for p, i in zip(data, idx, strict=True)]).to(device)
+        sigma = (p_mean + config.p_std * torch.randn(len(x), generator=g)).exp().to(device)
+        noise = torch.randn(x.shape, generator=g).to(device)
+        x = x.to(device)
         per = dsm_loss(denoiser, x, cond, task, sigma, noise)
         losses = per.reshape(k, config.batch).mean(dim=1)
         loss = scalarization(losses)
@@ -217,17 +221,28 @@ def train_dsm(
 
 
 @torch.no_grad()
-def eval_dsm(denoiser, data: list[Pairs], *, config: TrainConfig | None = None, draws: int = 4, seed: int = 1234):
-    """Mean DSM loss per task on fixed noise draws (``draws`` (σ, ε) per pair), as a float64 tensor (K,)."""
-    config = config or TrainConfig()
+def eval_dsm(
+    denoiser,
+    data: list[Pairs],
+    *,
+    config: DSMConfig | None = None,
+    draws: int = 4,
+    seed: int = 1234,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Mean DSM loss per task on fixed noise draws (``draws`` (σ, ε) per pair), as a float64 CPU tensor
+    (K,); the denoiser runs on ``device`` (where it lives)."""
+    config = config or DSMConfig()
     g = torch.Generator().manual_seed(derive_seed(seed, "eval"))
     p_mean = log_sigma_mean(config, denoiser.sigma_data)
     out = []
     for k, p in enumerate(data):
         total = 0.0
         for _ in range(draws):
-            sigma = (p_mean + config.p_std * torch.randn(len(p), generator=g)).exp()
-            noise = torch.randn(p.x.shape, generator=g)
-            total += float(dsm_loss(denoiser, p.x, p.cond, torch.full((len(p),), k), sigma, noise).double().mean())
+            sigma = (p_mean + config.p_std * torch.randn(len(p), generator=g)).exp().to(device)
+            noise = torch.randn(p.x.shape, generator=g).to(device)
+            task = torch.full((len(p),), k, device=device)
+            per = dsm_loss(denoiser, p.x.to(device), p.cond.to(device), task, sigma, noise)
+            total += float(per.double().mean())
         out.append(total / draws)
     return torch.tensor(out, dtype=torch.float64)
