@@ -3,7 +3,7 @@
 Each chunk proposes a few candidates per query (a float32 GEMM in torch, or a faiss flat index), the
 running candidate lists merge, and the final candidates are re-measured in float64 — so near-copies
 (d ≈ 0) get exact distances instead of the cancellation error of ‖a‖² + ‖b‖² − 2a·b
-(docs/method.md, "Memorization"). Distances may be taken in a feature space given by a callable.
+(docs/method.md, "Memorization and generalization gap"). Distances may be taken in a feature space given by a callable.
 Used by the memorization test (d1/d2) and by the K-nearest truncated empirical denoiser.
 """
 

@@ -1,7 +1,7 @@
 """The kernel as a denoiser: the empirical optimal denoiser of a training set, optionally smoothed.
 
 :class:`EmpiricalDenoiser` is the posterior mean E_T[x0 | x̃] over the training points at temperature
-T(s) = T·max(s_c/s, 1) (docs/method.md, "Smoothing the empirical score"): T = 1 with no collapse
+T(s) = T·max(s_c/s, 1) (docs/method.md, "Smoothing"): T = 1 with no collapse
 level s_c and no K is the exact empirical optimal denoiser (the oracle); T > 1 raises the
 temperature at all levels, s_c only below s_c; K truncates each query's posterior to its K nearest
 training points. Every place that needs the kernel as a ``Denoiser`` (the oracle model spec, the
