@@ -183,9 +183,10 @@ def excess_history(models, train: Dataset, sigmas, units: Parametrization, optim
 
 def model_recipe(info: dict, param: Parametrization, recipe: str | None = None):
     """((s, mass, λ_x0), name) of a model's training recipe, for weighted totals: a difflens run's own
-    schedule (with its final state), else ``recipe`` (edm, uniform-t or a CSV; default edm, or
-    uniform timesteps for a discrete DDPM schedule)."""
-    from difflens.analysis.optimal_loss import recipe_quadrature
+    schedule (with its final state), else ``recipe`` (edm, uniform-t or a CSV; default the process's,
+    see optimal_loss.DEFAULT_RECIPES, with uniform timesteps for a discrete DDPM schedule). The totals
+    are in the model's own target units (``param``): its training loss."""
+    from difflens.analysis.optimal_loss import default_recipe, recipe_quadrature
     from difflens.diffusion import schedules as sched
     from difflens.diffusion.precond import DiscreteVP
 
@@ -197,7 +198,7 @@ def model_recipe(info: dict, param: Parametrization, recipe: str | None = None):
         s, mass, weight = schedule.quadrature()
         return (s, mass, weight * param.factor(s)), desc["name"]
     discrete = isinstance(param.process, DiscreteVP)
-    recipe = recipe or ("uniform-t" if discrete else "edm")
+    recipe = recipe or default_recipe(param.process)
     if discrete and recipe == "uniform-t":
         s = param.process.s_of_t(np.arange(len(param.process.alphas_cumprod), dtype=np.float64))
         return (s, np.full(len(s), 1.0 / len(s)), param.factor(s)), "uniform timesteps"
