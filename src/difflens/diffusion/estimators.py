@@ -11,7 +11,9 @@ Adding an estimator is one small class and one row in ``make_estimator``.
 Standard errors: the subset estimators share one random subset across a group of queries, which
 correlates the group's values, so the independent draws are the groups, not the queries. The
 standard error is therefore computed over groups (the cluster formula of ``grouped_stderr``), and
-the groups are kept small enough that a level has at least ``MIN_GROUPS`` of them.
+the groups are kept small enough that a level has at least ``MIN_GROUPS`` of them. Groups rather
+than a fresh subset per query: each group is one kernel call (a round trip on a dask engine), and
+smaller groups also lower the estimate's own variance, which the group standard error accounts for.
 """
 
 from __future__ import annotations
