@@ -124,7 +124,7 @@ def main() -> None:
             summary = train(cfg, out)
             model = load_denoiser(str(out))
             units = model.param
-            quad = recipe_quadrature("edm", units.process, "x0")
+            quad = recipe_quadrature("edm", units.process, "edm")  # EDM-weighted: F-loss units
             res = dg.diagnose_model(
                 model.denoiser, train_ds, held_ds, LEVELS, units=units, quad=quad, images=None, optimal=optimal
             )

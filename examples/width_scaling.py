@@ -47,7 +47,7 @@ def main() -> None:
         out = args.out / f"width{w}"
         summary = train(TrainConfig(**{**base.__dict__, "width": w}), out)
         model = load_denoiser(str(out))
-        quad = recipe_quadrature("edm", model.param.process, "x0")
+        quad = recipe_quadrature("edm", model.param.process, "edm")  # EDM-weighted: F-loss units
         res = dg.diagnose_model(
             model.denoiser, train_ds, None, LEVELS, units=model.param, quad=quad, images=None, optimal=optimal
         )

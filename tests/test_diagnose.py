@@ -37,7 +37,7 @@ def test_oracle_has_no_excess_and_a_generalization_gap(split):
         assert math.isclose(lv["optimal"], lv["factor"] * lv["optimal_x0"])
     small = res["levels"][0]  # the oracle snaps to training points: held-out images are far worse
     assert small["held_x0"] > 2 * small["train_x0"] + 1e-6
-    curve = optimal_loss_curve(train, sigmas, samples=720, seed=3, process="vp", target="eps")
+    curve = optimal_loss_curve(train, sigmas, samples=720, seed=3, process="vp", target="eps", recipe="edm")
     assert math.isclose(res["totals"]["optimal"]["value"], curve.total["edm"]["value"], rel_tol=1e-9)
     text = dg.verdict(res)
     assert "held-out" in text.lower() and "σ" in text

@@ -127,7 +127,7 @@ def test_subset_estimators_converge_to_full_as_l_reaches_n():
 def test_weighted_total_matches_direct_integration():
     sig = np.geomspace(1e-3, 1e3, 200)
     j = 0.3 * sig**2 / (0.3 + sig**2)  # a smooth curve in x0 units
-    quad = ol.recipe_quadrature("edm", get_process("edm"), "x0")
+    quad = ol.recipe_quadrature("edm", get_process("edm"), "edm")  # EDM's F loss: λ = 1/c_out² on x0
     tot = ol.weighted_total(sig, j, np.full_like(j, 0.01), quad)
 
     def integrand(u):
@@ -140,12 +140,61 @@ def test_weighted_total_matches_direct_integration():
     assert 0 < tot["stderr"] < 0.01 * (quad[1] * quad[2]).sum()
 
 
+def lognormal_average(f, lo: float, hi: float) -> float:
+    """∫ f(s) over ln s ~ N(−1.2, 1.2²) (EDM's training levels), for s in [lo, hi]."""
+    return integrate.quad(lambda u: stats.norm.pdf(u, -1.2, 1.2) * f(math.exp(u)), math.log(lo), math.log(hi))[0]
+
+
+@pytest.fixture(scope="module")
+def small():
+    return load("toy:gmm:n=150,k=3,dim=3,std=0.2")
+
+
+def test_vp_eps_total_is_in_eps_units_under_uniform_t_by_default(small):
+    """The weighted total is in the units of the table (ε) and, with no recipe given, uses DDPM's uniform
+    t for vp: Σ Δt · J*_ε(s(t)) with ᾱ(t) = exp(−0.1 t − 9.95 t²), s = √(1/ᾱ − 1) and J*_ε = J*_x0/s²."""
+    sig = np.geomspace(0.02, 20.0, 9)
+    c = curve(small, sig, process="vp", target="eps", samples=64, seed=1)
+    assert c.recipe == "uniform-t" and c.to_dict()["recipe"] == "uniform-t"
+    assert np.allclose(values(c, "optimal_loss"), values(c) / sig**2, rtol=1e-9, atol=0)  # the table: ε units
+    t = (np.arange(200_000) + 0.5) / 200_000
+    s = np.sqrt(np.expm1(0.1 * t + 9.95 * t**2))
+    inside = (s >= sig[0]) & (s <= sig[-1])
+    j_eps = np.interp(np.log(s[inside]), np.log(sig), values(c)) / s[inside] ** 2
+    total = c.total["uniform-t"]
+    assert total["value"] == pytest.approx(j_eps.sum() / len(t), rel=1e-3)
+    assert total["coverage"] == pytest.approx(inside.mean(), abs=1e-3)
+    assert total["units"] == "eps units of vp, per dimension"
+    # an explicit recipe is used as given, still in the table's units
+    c = curve(small, sig, process="vp", target="eps", samples=64, seed=1, recipe="edm")
+    j_eps = lambda s: np.interp(math.log(s), np.log(sig), values(c)) / s**2  # noqa: E731
+    assert c.recipe == "edm" and c.total["edm"]["value"] == pytest.approx(lognormal_average(j_eps, 0.02, 20), rel=1e-3)
+
+
+def test_edm_x0_total_is_in_x0_units_under_the_edm_recipe_by_default(small):
+    sig = np.geomspace(0.02, 20.0, 9)
+    c = curve(small, sig, process="edm", target="x0", samples=64, seed=1)
+    assert c.recipe == "edm"
+    j_x0 = lambda s: np.interp(math.log(s), np.log(sig), values(c))  # noqa: E731
+    assert c.total["edm"]["value"] == pytest.approx(lognormal_average(j_x0, 0.02, 20), rel=1e-3)
+    assert c.total["edm"]["value"] < small.stats.variance  # an x0 loss never exceeds the data variance
+
+
+@pytest.mark.parametrize("process, recipe", [("vp", "uniform-t"), ("vp-cosine", "uniform-t"), ("fm", "uniform-t")])
+def test_default_recipe_follows_the_process(process, recipe):
+    assert ol.default_recipe(process) == recipe and ol.default_recipe(get_process(process)) == recipe
+    assert ol.default_recipe("edm") == ol.default_recipe("ve") == "edm"
+
+
 def test_recipe_table_and_bad_recipes(tmp_path):
     table = tmp_path / "recipe.csv"
     table.write_text("sigma,p,weight\n0.5,1,2\n2.0,3,1\n")
     quad = ol.recipe_quadrature(str(table), get_process("edm"), "x0")
     tot = ol.weighted_total(np.array([0.1, 10.0]), np.array([1.0, 1.0]), np.zeros(2), quad)
     assert tot["value"] == pytest.approx(0.25 * 2 + 0.75 * 1)
+    eps = ol.recipe_quadrature(str(table), get_process("edm"), "eps")  # weights apply to ε losses = x0 / s²
+    tot = ol.weighted_total(np.array([0.1, 10.0]), np.array([1.0, 1.0]), np.zeros(2), eps)
+    assert tot["value"] == pytest.approx(0.25 * 2 / 0.5**2 + 0.75 * 1 / 2.0**2)
     bad = tmp_path / "bad.csv"
     bad.write_text("sigma,prob\n1,1\n")
     with pytest.raises(DifflensError, match="sigma,p"):

@@ -22,6 +22,7 @@ import torch
 from difflens.analysis.optimal_loss import optimal_loss_curve, weighted_total
 from difflens.data import Dataset
 from difflens.diffusion.precond import Parametrization
+from difflens.diffusion.processes import TARGETS, get_process
 from difflens.errors import DifflensError
 from difflens.models.adapters import denoise_batched
 from difflens.report import plt, save_figure
@@ -147,8 +148,10 @@ def diagnose_model(
     seed: int = 0,
     batch_size: int = 512,
     optimal: tuple | None = None,
+    units_text: str | None = None,
 ) -> dict:
-    """The full per-level diagnosis of one denoiser (see module doc)."""
+    """The full per-level diagnosis of one denoiser (see module doc). ``units_text`` says which units
+    the losses are in and where they came from (``Units.text``); by default just the units."""
     sigmas = np.sort(np.asarray(sigmas, dtype=np.float64))
     opt, opt_se, info = optimal if optimal is not None else optimal_levels(train, sigmas, samples, seed)
     x_tr = pick_images(train, images, seed)
@@ -159,7 +162,7 @@ def diagnose_model(
         held_err = per_level_errors(denoiser, x_he, fixed_noise(len(x_he), (held.dim,), seed + 1), sigmas, batch_size)
     levels = build_levels(sigmas, units.factor(sigmas), opt, opt_se, train_err, held_err)
     return {
-        "units": units.describe(),
+        "units": {**units.describe(), "description": units_text or describe_units(units)},
         "levels": [asdict(lv) for lv in levels],
         "totals": totals(levels, quad),
         "train_images": len(x_tr),
@@ -181,11 +184,84 @@ def excess_history(models, train: Dataset, sigmas, units: Parametrization, optim
     return {"steps": [st for st, _ in models], "sigmas": [float(s) for s in sigmas], "excess": rows}
 
 
+TARGET_NAMES = {"x0": "x0", "eps": "ε", "score": "score", "v": "v", "flow": "flow", "edm": "EDM F"}
+
+
+def units_phrase(process: str, target: str) -> str:
+    """'ε units of vp'."""
+    return f"{TARGET_NAMES.get(target, target)} units of {process}"
+
+
+def describe_units(param: Parametrization, source: str | None = None) -> str:
+    """'losses in ε units of vp (from the run's checkpoint)': the units of a table of losses."""
+    text = f"losses in {units_phrase(param.process.name, param.target)}"
+    return f"{text} ({source})" if source else text
+
+
+@dataclass(frozen=True)
+class Units:
+    """The units a diagnosis reports in (``report``), the model's own (``own``: its training loss, in
+    which recipe totals are weighted), where each came from, and warnings about the choice."""
+
+    report: Parametrization
+    own: Parametrization
+    source: str
+    own_source: str
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """One line for the verdict, the report and diagnose.json."""
+        text = describe_units(self.report, self.source)
+        if (self.report.process.name, self.report.target) != (self.own.process.name, self.own.target):
+            own = units_phrase(self.own.process.name, self.own.target)
+            text += f"; recipe totals in the model's own {own} ({self.own_source})"
+        return text
+
+
+MODEL_SOURCES = {"difflens": "from the run's checkpoint", "diffusers": "from the diffusers scheduler config"}
+
+
+def resolve_units(
+    model_param: Parametrization | None = None,
+    model_kind: str | None = None,
+    logged: dict | None = None,
+    process: str | None = None,
+    target: str | None = None,
+) -> Units:
+    """Which units a diagnosis uses. A difflens run or a diffusers model knows its own; a metrics.jsonl
+    records its own (``logged``, see ``log_units``) unless --process/--target are given; anything else
+    uses --process/--target (default edm, x0). For runs and diffusers models --process/--target only
+    change the reporting units, never the model's own."""
+    given = "from --process/--target"
+    warnings = []
+    if model_param is not None and model_kind in MODEL_SOURCES:
+        own, own_source = model_param, MODEL_SOURCES[model_kind]
+    elif model_param is not None and (process or target):
+        own, own_source = model_param, given
+    elif logged and not (process or target):
+        own, own_source = Parametrization.of(logged["process"], logged["target"]), "from the log's header"
+    else:
+        own = Parametrization.of(process or "edm", target or "x0")
+        own_source = given if process or target else "the default, edm and x0: give --process/--target if not"
+        if logged and (logged.get("process"), logged.get("target")) != (own.process.name, own.target):
+            warnings.append(
+                f"the log records {units_phrase(logged['process'], logged['target'])}, "
+                f"but --process/--target say {own.process.name}/{own.target}: using the latter"
+            )
+    report, source = own, own_source
+    if model_kind in MODEL_SOURCES and (process or target):
+        proc = get_process(process) if process else own.process
+        report, source = Parametrization(proc, target or own.target), given
+    return Units(report, own, source, own_source, tuple(warnings))
+
+
 def model_recipe(info: dict, param: Parametrization, recipe: str | None = None):
     """((s, mass, λ_x0), name) of a model's training recipe, for weighted totals: a difflens run's own
-    schedule (with its final state), else ``recipe`` (edm, uniform-t or a CSV; default edm, or
-    uniform timesteps for a discrete DDPM schedule)."""
-    from difflens.analysis.optimal_loss import recipe_quadrature
+    schedule (with its final state), else ``recipe`` (edm, uniform-t or a CSV; default the process's,
+    see optimal_loss.DEFAULT_RECIPES, with uniform timesteps for a discrete DDPM schedule). The totals
+    are in the model's own target units (``param``): its training loss."""
+    from difflens.analysis.optimal_loss import default_recipe, recipe_quadrature
     from difflens.diffusion import schedules as sched
     from difflens.diffusion.precond import DiscreteVP
 
@@ -197,7 +273,7 @@ def model_recipe(info: dict, param: Parametrization, recipe: str | None = None):
         s, mass, weight = schedule.quadrature()
         return (s, mass, weight * param.factor(s)), desc["name"]
     discrete = isinstance(param.process, DiscreteVP)
-    recipe = recipe or ("uniform-t" if discrete else "edm")
+    recipe = recipe or default_recipe(param.process)
     if discrete and recipe == "uniform-t":
         s = param.process.s_of_t(np.arange(len(param.process.alphas_cumprod), dtype=np.float64))
         return (s, np.full(len(s), 1.0 / len(s)), param.factor(s)), "uniform timesteps"
@@ -250,10 +326,55 @@ def log_units(path: Path) -> dict | None:
     return units if isinstance(units, dict) else None
 
 
-def diagnose_log(rows: list[dict], train: Dataset, units: Parametrization, quad, samples: int, seed: int) -> dict:
+def log_unit_warnings(
+    sigmas: np.ndarray, loss: np.ndarray, opt: np.ndarray, opt_se: np.ndarray, variance: float, units: Parametrization
+) -> list[str]:
+    """Warnings when logged losses (``units``) are impossible there: below J* (no model beats it on its
+    training data) by more than half of J* and 4 s.e., or over 100× the data variance (an x0 loss above
+    the variance is worse than predicting the mean), each at several levels. Names the target whose
+    units fit the log best (closest to J* in log ratio) when another fits."""
+
+    def problems(param: Parametrization) -> tuple[int, int]:
+        x0 = loss / param.factor(sigmas)
+        return int(np.sum(x0 < 0.5 * opt - 4 * opt_se)), int(np.sum(x0 > 100 * variance))
+
+    several = max(2, math.ceil(0.2 * len(sigmas)))
+    below, above = problems(units)
+    if below < several and above < several:
+        return []
+    what = []
+    if below >= several:
+        what.append(f"below J* by over half and 4 s.e. at {below} of {len(sigmas)} levels")
+    if above >= several:
+        what.append(f"over 100× the data variance at {above} of {len(sigmas)} levels")
+    stated = units_phrase(units.process.name, units.target)
+    ok = (opt > 1e-3 * variance) & (loss > 0)  # where J* is not ~0, the log ratio to J* measures the fit
+    fits = []
+    for target in TARGETS:
+        cand = Parametrization(units.process, target)
+        if target != units.target and max(problems(cand)) < several:
+            ratio = loss[ok] / cand.factor(sigmas[ok]) / opt[ok]
+            fits.append((float(np.abs(np.log(ratio)).mean()) if ok.any() else 0.0, target))
+    head = f"log losses are impossible in {stated} ({'; '.join(what)})"
+    if fits:
+        best = TARGET_NAMES[min(fits)[1]]
+        return [f"{head}: they look like {best} units, not {TARGET_NAMES[units.target]} (check --process/--target)"]
+    return [f"{head}: check the log's units (--process/--target) and that the data match the model's"]
+
+
+def diagnose_log(
+    rows: list[dict],
+    train: Dataset,
+    units: Parametrization,
+    quad,
+    samples: int,
+    seed: int,
+    units_text: str | None = None,
+) -> dict:
     """Logged per-level losses (target units) against the optimal loss at the logged levels.
 
-    The overlay uses each level's loss at the last step that logged it; all steps go to the map."""
+    The overlay uses each level's loss at the last step that logged it; all steps go to the map.
+    ``warnings`` lists signs that the log is not in ``units`` (``log_unit_warnings``)."""
     sigmas = np.unique([r["sigma"] for r in rows])
     opt, opt_se, info = optimal_levels(train, sigmas, samples, seed)
     fac = units.factor(sigmas)
@@ -271,11 +392,13 @@ def diagnose_log(rows: list[dict], train: Dataset, units: Parametrization, quad,
     for r in rows:
         i, j = steps.index(r["step"]), int(np.searchsorted(sigmas, r["sigma"]))
         grid[i, j] = r["loss"] - fac[j] * opt[j]
+    logged = np.array([last[s][1] for s in sigmas])
     return {
-        "units": units.describe(),
+        "units": {**units.describe(), "description": units_text or describe_units(units)},
         "levels": [asdict(lv) for lv in levels],
         "totals": totals(levels, quad),
         "history": {"steps": steps, "sigmas": sigmas.tolist(), "excess": grid.tolist()},
+        "warnings": log_unit_warnings(sigmas, logged, opt, opt_se, info["data_variance"], units),
         **info,
     }
 
@@ -348,7 +471,9 @@ def verdict(result: dict) -> str:
     """One paragraph: how far from optimal the model is, where it underfits most, train vs held-out."""
     lv = result["levels"]
     tot = result["totals"]
-    parts = []
+    units = result["units"]
+    text = units.get("description") or f"losses in {units_phrase(units['process'], units['target'])}"
+    parts = [text[0].upper() + text[1:] + "."]
     t_opt, t_train = tot["optimal"]["value"], tot["train"]["value"]
     t_se = math.hypot(tot["optimal"]["stderr"], tot["train"]["stderr"] if math.isfinite(tot["train"]["stderr"]) else 0)
     if t_opt > 0 and abs(t_train - t_opt) <= 2 * t_se:
@@ -421,6 +546,7 @@ def verdict(result: dict) -> str:
             f"Below σ ≈ {crit:.3g} the optimal loss is nearly zero (the optimal denoiser snaps to training images): "
             "only memorizing could remove the excess there, and a model that generalizes keeps it."
         )
+    parts += [f"Warning: {w}." for w in result.get("warnings", [])]
     return " ".join(parts)
 
 

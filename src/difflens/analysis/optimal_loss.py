@@ -16,7 +16,7 @@ import numpy as np
 
 from difflens.data import as_dataset
 from difflens.diffusion.estimators import estimate_level, level_rng, make_estimator
-from difflens.diffusion.processes import conversion_factor, edm_c_out, get_process, sigma_grid
+from difflens.diffusion.processes import conversion_factor, get_process, sigma_grid
 from difflens.errors import DifflensError
 
 
@@ -39,18 +39,41 @@ class Level:
 
 # ---------------------------------------------------------------- recipes (weighted totals)
 
+# The recipe a total uses when none is given: the one each process is usually trained with.
+#
+#   process            recipe      noise levels                      weight on the target's loss
+#   vp, vp-cosine      uniform-t   t ~ U(0, 1] (DDPM-style)          1
+#   ddpm-discrete      uniform-t   t ~ U(0, 1] of the schedule       1
+#   fm                 uniform-t   t ~ U(0, 1] (rectified flow)      1
+#   edm, ve            edm         ln s ~ N(P_mean, P_std²) (EDM)    1
+DEFAULT_RECIPES = {
+    "vp": "uniform-t",
+    "vp-cosine": "uniform-t",
+    "ddpm-discrete": "uniform-t",
+    "fm": "uniform-t",
+    "edm": "edm",
+    "ve": "edm",
+}
+
+
+def default_recipe(process) -> str:
+    """The recipe of ``DEFAULT_RECIPES`` for a process (or its name); uniform t for any other process."""
+    return DEFAULT_RECIPES.get(getattr(process, "name", process), "uniform-t")
+
 
 def recipe_quadrature(recipe: str, process, target: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(s, mass, λ) so that a recipe's total loss is Σ mass·λ·J*_x0(s).
+    """(s, mass, λ) so that a recipe's total loss in ``target`` units of ``process`` is Σ mass·λ·J*_x0(s).
 
-    ``edm``: ln s ~ N(−1.2, 1.2²), λ = 1/c_out² (EDM's F loss); ``uniform-t``: t ~ U(0, 1] for the
-    chosen process with λ = the target's r_t (e.g. DDPM's ε loss); or a CSV with columns
-    ``sigma,p[,weight]`` (p normalised to sum 1; weight λ defaults to 1)."""
+    A recipe is a distribution of noise levels and a weight w on the loss *in the target's units*:
+    λ = w·r(s), r the target's conversion factor, so a total is always in the units of its per-level
+    table. ``edm``: ln s ~ N(−1.2, 1.2²) (EDM's sampling; with the ``edm`` target, r = 1/c_out² makes
+    it EDM's F loss), w = 1; ``uniform-t``: t ~ U(0, 1] for the chosen process, w = 1 (e.g. DDPM's ε
+    loss); or a CSV with columns ``sigma,p[,weight]`` (p normalised to sum 1; w defaults to 1)."""
     if recipe == "edm":
         u = np.linspace(-1.2 - 6 * 1.2, -1.2 + 6 * 1.2, 4001)
         mass = np.exp(-0.5 * ((u + 1.2) / 1.2) ** 2) / (1.2 * math.sqrt(2 * math.pi)) * (u[1] - u[0])
         s = np.exp(u)
-        return s, mass, 1.0 / edm_c_out(s) ** 2
+        return s, mass, _factor(process, target, s)
     if recipe == "uniform-t":
         edges = np.linspace(0.0, 1.0, 4001)
         t = 0.5 * (edges[1:] + edges[:-1])
@@ -68,7 +91,12 @@ def recipe_quadrature(recipe: str, process, target: str) -> tuple[np.ndarray, np
         raise DifflensError(f"recipe {recipe}: need numeric columns sigma,p[,weight] ({exc})") from None
     if len(s) == 0 or np.any(s <= 0) or np.any(p < 0) or p.sum() <= 0:
         raise DifflensError(f"recipe {recipe}: need rows with sigma > 0 and p ≥ 0 summing to > 0")
-    return s, p / p.sum(), lam
+    return s, p / p.sum(), lam * _factor(process, target, s)
+
+
+def _factor(process, target: str, s: np.ndarray) -> np.ndarray:
+    """r(s): the target's loss over the x0 loss at VE level s."""
+    return conversion_factor(process, target, process.t_of_s(s))
 
 
 def weighted_total(sigmas, values, stderrs, quad: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
@@ -122,7 +150,8 @@ class Curve:
     levels: list[Level]
     data_variance: float
     critical_sigma: float | None
-    total: dict = field(default_factory=dict)
+    total: dict = field(default_factory=dict)  # {recipe: {value, stderr, coverage, units}}
+    recipe: str = ""  # the recipe of ``total`` (given, or the process's default, see DEFAULT_RECIPES)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,7 +174,7 @@ def optimal_loss_curve(
     samples: int = 256,
     seed: int = 0,
     reduction: str = "mean",
-    recipe: str = "edm",
+    recipe: str | None = None,
     chunk_size: int | None = None,
     done: dict[int, Level] | None = None,
     on_level: Callable[[int, Level], None] | None = None,
@@ -156,7 +185,9 @@ def optimal_loss_curve(
 
     ``done`` maps level positions to results already computed (resume); ``on_level`` is called
     as each new level finishes, so callers can persist results as they go. ``engine`` (where the
-    kernel runs, see ``difflens.engines``) and ``precision`` ("exact" or "fast") go to the kernel."""
+    kernel runs, see ``difflens.engines``) and ``precision`` ("exact" or "fast") go to the kernel.
+    The total is in the table's (``target``) units, under ``recipe`` or else the process's default
+    (``DEFAULT_RECIPES``: uniform t for vp, vp-cosine and fm, EDM's log-normal for edm and ve)."""
     data = as_dataset(data)
     sigmas = sigma_grid() if sigmas is None else np.sort(np.asarray(sigmas, dtype=np.float64))
     if sigmas.size == 0 or np.any(~np.isfinite(sigmas)) or np.any(sigmas <= 0):
@@ -168,6 +199,8 @@ def optimal_loss_curve(
     proc = get_process(process)
     est = make_estimator(estimator, data.n, subset, C)
     conversion_factor(proc, target, 0.5)  # validates the target name early
+    recipe = recipe or default_recipe(proc)
+    quad = recipe_quadrature(recipe, proc, target)  # validates the recipe before any level is computed
     reduce_dims = data.dim if reduction == "mean" else 1
     ts = proc.t_of_s(sigmas)
     factors = conversion_factor(proc, target, ts)
@@ -187,7 +220,8 @@ def optimal_loss_curve(
     plateau = data.stats.variance * (data.dim if reduction == "sum" else 1)
     values = np.array([lv.optimal_loss_x0 for lv in levels])
     errs = np.array([lv.stderr_x0 for lv in levels])
-    totals = {recipe: weighted_total(sigmas, values, errs, recipe_quadrature(recipe, proc, target))}
+    units = f"{target} units of {proc.name}" + (", summed over dimensions" if reduction == "sum" else ", per dimension")
+    totals = {recipe: {**weighted_total(sigmas, values, errs, quad), "units": units}}
     return Curve(
         dataset=data.summary(),
         process=proc.name,
@@ -202,4 +236,5 @@ def optimal_loss_curve(
         data_variance=plateau,
         critical_sigma=critical_sigma(sigmas, values, plateau),
         total=totals,
+        recipe=recipe,
     )

@@ -7,6 +7,13 @@ source sample (sources are drawn without replacement, cycling through the data, 
 exact whenever M is a multiple of N). For ``full`` the reported value is its Rao–Blackwellised form
 E[‖x0‖² − ‖μ‖² | x̃] = tr Cov[x0|x̃], lower variance with the same expectation; both are kept.
 Adding an estimator is one small class and one row in ``make_estimator``.
+
+Standard errors: the subset estimators share one random subset across a group of queries, which
+correlates the group's values, so the independent draws are the groups, not the queries. The
+standard error is therefore computed over groups (the cluster formula of ``grouped_stderr``), and
+the groups are kept small enough that a level has at least ``MIN_GROUPS`` of them. Groups rather
+than a fresh subset per query: each group is one kernel call (a round trip on a dask engine), and
+smaller groups also lower the estimate's own variance, which the group standard error accounts for.
 """
 
 from __future__ import annotations
@@ -21,6 +28,10 @@ from difflens.data import Dataset
 from difflens.errors import DifflensError
 from difflens.kernel import oracle
 
+# At least this many independent groups per level, so the standard error over groups has ≥ 15
+# degrees of freedom (its expected value is then within 2 % of the true standard deviation).
+MIN_GROUPS = 16
+
 
 @dataclass
 class Full:
@@ -28,41 +39,58 @@ class Full:
 
     rao_blackwell = True
 
+    def group_size(self, queries: int) -> int:
+        """Queries that share random draws beyond their own (source, ε): none here, every query is independent."""
+        return 1
+
     def __call__(self, data: Dataset, queries, sources, sigma, rng, **kernel) -> oracle.Posterior:
         return oracle.posterior(queries, data, sigma, hint=sources, **kernel)
 
 
+class _Grouped:
+    """Subset estimators: one random subset per group of at most ``group`` consecutive queries."""
+
+    group: int
+    rao_blackwell = False
+
+    def group_size(self, queries: int) -> int:
+        """Queries per shared draw: at most ``group`` (one kernel call each), and small enough for
+        ``MIN_GROUPS`` independent groups (docs/method.md, "Estimators": a shared subset correlates
+        the group's values, so its standard error is taken over groups)."""
+        return max(1, min(self.group, queries // MIN_GROUPS))
+
+
 @dataclass
-class SNIS:
+class SNIS(_Grouped):
     """Posterior over L random points (fresh per group of queries). High variance at small s."""
 
     subset: int
     group: int = 32
-    rao_blackwell = False
 
     def __call__(self, data, queries, sources, sigma, rng, **kernel):
         parts = []
-        for i in range(0, len(queries), self.group):
+        g = self.group_size(len(queries))
+        for i in range(0, len(queries), g):
             idx = np.sort(rng.choice(data.n, size=min(self.subset, data.n), replace=False))
-            q, src = queries[i : i + self.group], sources[i : i + self.group]
+            q, src = queries[i : i + g], sources[i : i + g]
             parts.append(oracle.posterior(q, data, sigma, include=idx, hint=src, **kernel))
         return _cat(parts)
 
 
 @dataclass
-class CDOL:
+class CDOL(_Grouped):
     """Source + L−1 random points, the source's kernel weight divided by C (C = 1: DOL; C → ∞: SNIS)."""
 
     subset: int
     C: float = 1.0
     group: int = 32
-    rao_blackwell = False
 
     def __call__(self, data, queries, sources, sigma, rng, **kernel):
         scale = 1.0 / sigma**2
         parts = []
-        for i in range(0, len(queries), self.group):
-            q, src = queries[i : i + self.group], sources[i : i + self.group]
+        g = self.group_size(len(queries))
+        for i in range(0, len(queries), g):
+            q, src = queries[i : i + g], sources[i : i + g]
             drawn, leave_out = _others_per_query(rng, data.n, self.subset, src)
             xs = data.take(src)
             logit = ((q.double() * xs.double()).sum(1) - 0.5 * (xs.double() ** 2).sum(1)) * scale
@@ -114,6 +142,21 @@ def sources_for_level(n: int, samples: int, rng: np.random.Generator) -> np.ndar
     return np.concatenate([rng.permutation(n) for _ in range(reps)])[:samples]
 
 
+def grouped_stderr(values: torch.Tensor, group: int) -> float:
+    """Standard error of the mean of ``values`` whose consecutive runs of ``group`` share random draws.
+
+    Cluster formula: se² = G/(G−1) · Σ_g (Σ_{i∈g} (y_i − ȳ))² / M² over the G groups (the last may be
+    shorter); with equal groups it is the variance of the group means over G, with ``group`` = 1 the
+    usual s.d./√M. NaN with fewer than two groups."""
+    y = values.double().reshape(-1)
+    m = len(y)
+    groups = -(-m // group)
+    if groups < 2:
+        return math.nan
+    sums = torch.zeros(groups, dtype=torch.float64).index_add_(0, torch.arange(m) // group, y - y.mean())
+    return float(torch.sqrt(groups / (groups - 1) * (sums**2).sum()) / m)
+
+
 def level_rng(seed: int, level: int) -> np.random.Generator:
     """Each level has its own stream, so a resumed run reproduces the levels it recomputes."""
     return np.random.default_rng([seed, level])
@@ -139,7 +182,7 @@ def estimate_level(
     post = estimator(data, queries, src, float(sigma), rng, chunk_size=chunk_size, **kernel)
     paired = ((x0.double() ** 2).sum(1) - (post.mean**2).sum(1)) / reduce_dims
     values = post.trace_cov / reduce_dims if estimator.rao_blackwell else paired
-    stderr = float(values.std(unbiased=True) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    stderr = grouped_stderr(values, estimator.group_size(len(values)))
     conc = {
         "mean_max_weight": float(post.max_weight.mean()),
         "mean_eff_count": float(post.eff_count.mean()),
