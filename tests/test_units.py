@@ -6,7 +6,7 @@ import pytest
 
 from difflens.analysis import diagnose as dg
 from difflens.data import load
-from difflens.models import OracleDenoiser, Parametrization
+from difflens.models import EmpiricalDenoiser, Parametrization
 
 SIGMAS = np.geomspace(0.02, 20.0, 10)
 
@@ -91,13 +91,13 @@ def test_verdict_and_result_state_the_units(train):
     quad, name = dg.model_recipe({}, units.own)
     assert name == "uniform-t"  # the default recipe follows the process
     res = dg.diagnose_model(
-        OracleDenoiser(train), train, None, SIGMAS[3:7], units=units.report, quad=quad, images=64, samples=64,
+        EmpiricalDenoiser(train), train, None, SIGMAS[3:7], units=units.report, quad=quad, images=64, samples=64,
         units_text=units.text,
     )  # fmt: skip
     assert res["units"]["description"] == "losses in ε units of vp (from the run's checkpoint)"
     assert dg.verdict(res).startswith("Losses in ε units of vp (from the run's checkpoint).")
     plain = dg.diagnose_model(
-        OracleDenoiser(train), train, None, SIGMAS[3:7], units=units.report, quad=quad, images=64, samples=64
+        EmpiricalDenoiser(train), train, None, SIGMAS[3:7], units=units.report, quad=quad, images=64, samples=64
     )
     assert dg.verdict(plain).startswith("Losses in ε units of vp.")
 
