@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,12 +28,12 @@ import torch
 
 from difflens.analysis.smoothing import EmpiricalDenoiser
 from difflens.data import Dataset, load
+from difflens.data.files import atomic_path, save_torch, write_json
 from difflens.diffusion import schedules as sched
 from difflens.diffusion.precond import Parametrization
 from difflens.errors import DifflensError
 from difflens.models.load import CHECKPOINT_FORMAT, checkpoint_meta
 from difflens.models.nets import build_net, count_params, image_shape
-from difflens.report import write_json
 
 LOG_BINS = (0.002, 80.0, 32)  # per-level train loss: 32 equal bins in ln s over [0.002, 80]
 
@@ -183,12 +182,6 @@ class LevelBins:
         return rows
 
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train(
     cfg: TrainConfig, out: Path, on_step: Callable[[int, float], None] | None = None, threads: int | None = None
 ) -> dict:
@@ -262,15 +255,14 @@ def train(
                 "state_dict": net.state_dict(),
                 "ema_state_dict": ema.state_dict(),
             }
-            _save_atomic(state, out / f"ckpt_{step:07d}.pt")
+            save_torch(state, out / f"ckpt_{step:07d}.pt")
         if on_step is not None:
             on_step(step, value)
     metrics.close()
     final = {**meta, "step": cfg.steps, "schedule_state": getattr(schedule, "state_dict", dict)()}
     tensors = {k: v.contiguous() for k, v in ema.state_dict().items()}
-    tmp = out / ".model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"difflens": json.dumps(checkpoint_meta(final))})
-    os.replace(tmp, out / "model.safetensors")
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"difflens": json.dumps(checkpoint_meta(final))})
     summary = {
         **checkpoint_meta(final),
         "seconds": time.time() - start,
