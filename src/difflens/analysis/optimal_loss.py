@@ -17,6 +17,7 @@ import numpy as np
 from difflens.data import as_dataset
 from difflens.diffusion.estimators import estimate_level, level_rng, make_estimator
 from difflens.diffusion.processes import conversion_factor, edm_c_out, get_process, sigma_grid
+from difflens.diffusion.schedules import LogNormal
 from difflens.errors import DifflensError
 
 
@@ -43,14 +44,13 @@ class Level:
 def recipe_quadrature(recipe: str, process, target: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(s, mass, λ) so that a recipe's total loss is Σ mass·λ·J*_x0(s).
 
-    ``edm``: ln s ~ N(−1.2, 1.2²), λ = 1/c_out² (EDM's F loss); ``uniform-t``: t ~ U(0, 1] for the
+    ``edm``: EDM's training distribution (``schedules.LogNormal``: ln s ~ N(−1.2, 1.2²)) with
+    λ = 1/c_out² (EDM's F loss); ``uniform-t``: t ~ U(0, 1] for the
     chosen process with λ = the target's r_t (e.g. DDPM's ε loss); or a CSV with columns
     ``sigma,p[,weight]`` (p normalised to sum 1; weight λ defaults to 1)."""
     if recipe == "edm":
-        u = np.linspace(-1.2 - 6 * 1.2, -1.2 + 6 * 1.2, 4001)
-        mass = np.exp(-0.5 * ((u + 1.2) / 1.2) ** 2) / (1.2 * math.sqrt(2 * math.pi)) * (u[1] - u[0])
-        s = np.exp(u)
-        return s, mass, 1.0 / edm_c_out(s) ** 2
+        s, mass, weight = LogNormal().quadrature()
+        return s, mass, weight / edm_c_out(s) ** 2
     if recipe == "uniform-t":
         edges = np.linspace(0.0, 1.0, 4001)
         t = 0.5 * (edges[1:] + edges[:-1])
