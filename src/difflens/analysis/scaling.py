@@ -1,4 +1,4 @@
-"""Scaling-law fits on the loss and on the excess loss (Xu et al., DESIGN §3).
+"""Scaling-law fits on the loss and on the excess loss (Xu et al.; docs/method.md).
 
 Three models of loss J against compute or parameter count C:
 
