@@ -10,7 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from difflens import report
 from difflens.analysis import diagnose as dg
+from difflens.analysis import gap
 from difflens.analysis.optimal_loss import optimal_loss_curve, recipe_quadrature
 from difflens.cli import app
 from difflens.data import load
@@ -166,3 +168,107 @@ def test_cli_bad_inputs_exit_2(tmp_path):
         result = runner.invoke(app, [str(a) for a in args])
         assert result.exit_code == 2, (args, result.output)
         assert "error:" in result.output
+
+
+def test_diagnose_and_gap_measure_on_the_same_images_and_noise(split):
+    """One per-level error and one seeding scheme: diagnose's train/held-out losses are gap's E_train/E_val."""
+    train, held = split
+    sig = [0.1, 1.0]
+    den = OracleDenoiser(train)
+    units = Parametrization.of("edm", "x0")
+    res = dg.diagnose_model(
+        den,
+        train,
+        held,
+        sig,
+        units=units,
+        quad=recipe_quadrature("edm", units.process, "x0"),
+        images=20,
+        seed=5,
+        batch_size=256,
+        optimal=(np.ones(2), np.zeros(2), {}),
+    )
+    (curve,) = gap.generalization_gap(den, train, held, sig, seed=5, max_images=20, paired=False, batch=256)
+    assert [lv["train_x0"] for lv in res["levels"]] == pytest.approx(curve.e_train, rel=1e-12)
+    assert [lv["held_x0"] for lv in res["levels"]] == pytest.approx(curve.e_val, rel=1e-12)
+    # and by hand, in float64, from the documented scheme: images by default_rng([seed, 0]), noise by
+    # SeedSequence([seed, 0])
+    idx = np.sort(np.random.default_rng([5, 0]).choice(train.n, 20, replace=False))
+    y = train.take(idx).double()
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([5, 0]).generate_state(1)[0]))
+    noise = torch.randn(1, 20, train.dim, generator=gen)[0].double()
+    x = (y + 1.0 * noise).float()
+    rows = train.rows(0, train.n).double()
+    logits = -((x.double()[:, None] - rows[None]) ** 2).sum(-1) / 2
+    x0 = torch.softmax(logits, 1) @ rows
+    want = ((x0 - y) ** 2).mean().item()
+    assert res["levels"][1]["train_x0"] == pytest.approx(want, rel=1e-4)  # float32 oracle vs float64
+
+
+def _levels(optimal, train, se):
+    return [
+        {
+            "sigma": s,
+            "optimal": o,
+            "train": t,
+            "held": None,
+            "excess": t - o,
+            "excess_stderr": e,
+            "excess_ratio": (t - o) / o if o > 0 else math.inf,
+        }
+        for s, o, t, e in zip(np.geomspace(0.01, 10, len(optimal)), optimal, train, se, strict=True)
+    ]
+
+
+def test_excess_plot_stays_readable_where_the_optimal_loss_vanishes():
+    """J* → 1e-40 at small σ made the ratio axis reach 1e40: the ratio is clipped, the excess is symlog."""
+    opt = [1e-40, 1e-12, 1e-3, 0.1, 0.5]
+    trn = [0.02, 0.03, 0.04, 0.15, 0.5]
+    result = {"levels": _levels(opt, trn, [1e-3] * 5), "units": {"target": "x0", "process": "edm"}}
+    fig = report.excess_figure(result)
+    excess_ax, ratio_ax = fig.axes
+    lo, hi = report.plots.RATIO_CLIP
+    assert ratio_ax.get_ylim()[0] >= lo / 2 and ratio_ax.get_ylim()[1] <= hi * 2
+    assert excess_ax.get_yscale() == "symlog" and excess_ax.get_ylim()[1] < 1
+    assert r"$J_\theta - J^*$" in excess_ax.get_ylabel() and r"$J_\theta / J^*$" in ratio_ax.get_ylabel()
+    clipped = [line for line in ratio_ax.get_lines() if line.get_marker() == "^"]
+    assert len(clipped) == 1 and len(clipped[0].get_xdata()) == 2  # the two levels with J* ≈ 0, on the edge
+    report.plt.close(fig)
+
+
+def test_html_report_escapes_user_text():
+    result = {
+        "levels": [{**lv, "gap": None} for lv in _levels([0.1], [0.2], [0.01])],
+        "totals": {
+            "optimal": {"value": 0.1, "stderr": 0.01, "coverage": 1.0},
+            "train": {"value": 0.2},
+            "excess": 0.1,
+            "excess_ratio": 1.0,
+        },
+        "verdict": "loss <b>high</b> & rising",
+        "units": {"target": "x0<i>"},
+    }
+    page = report.report_html(result, [], "run <script>alert(1)</script>")
+    assert "<script>" not in page and "<b>high" not in page and "x0<i>" not in page
+    assert "run &lt;script&gt;alert(1)&lt;/script&gt;" in page and "loss &lt;b&gt;high&lt;/b&gt; &amp; rising" in page
+
+
+def test_atomic_writer_leaves_nothing_on_failure_and_replaces_folders(tmp_path):
+    path = tmp_path / "a" / "r.json"
+    report.write_json(path, {"x": math.nan, "y": [1.5, math.inf]})
+    assert json.loads(path.read_text()) == {"x": None, "y": [1.5, None]}
+    with pytest.raises(RuntimeError), report.atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert json.loads(path.read_text())["x"] is None and sorted(p.name for p in path.parent.iterdir()) == ["r.json"]
+    folder = tmp_path / "d.zarr"
+    for content in ("old", "new"):
+        with report.atomic_path(folder) as tmp:
+            tmp.mkdir()
+            (tmp / content).write_text(content)
+    assert [p.name for p in folder.iterdir()] == ["new"] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "a",
+        "d.zarr",
+    ]
+    report.save_torch({"w": torch.ones(2)}, tmp_path / "c.pt")
+    assert torch.equal(torch.load(tmp_path / "c.pt")["w"], torch.ones(2))

@@ -2,6 +2,7 @@
 (recovery of known parameters from synthetic data)."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -129,3 +130,27 @@ def test_offset_fit_on_flat_noisy_losses_does_not_crash():
     fits = groups[0]["fits"]
     assert set(fits) == {"plain", "offset", "excess"}
     assert abs(fits["plain"]["corr"]) < 0.9 and abs(fits["excess"]["corr"]) < 0.9
+
+
+def test_plot_fits_draws_every_group_or_names_those_left_out(monkeypatch, tmp_path):
+    """Thirteen groups: thirteen panels (none silently dropped); beyond MAX_PANELS, a line says which not."""
+    from difflens.analysis import scaling
+
+    figs = []
+    monkeypatch.setattr(scaling, "save_figure", lambda fig, path: figs.append(fig))
+    c = np.geomspace(1e3, 1e6, 5)
+
+    def groups(n):
+        rows = [{"x": x, "loss": 0.1 * s + x**-0.5, "sigma": s, "optimal": 0.1 * s} for s in range(1, n) for x in c]
+        return fit_groups(rows + [{"x": x, "loss": 1 + x**-0.5, "optimal": 1.0} for x in c])
+
+    assert scaling.plot_fits(groups(13), tmp_path / "a.png", "params") == []
+    titles = [ax.get_title() for ax in figs[0].axes if ax.get_title()]
+    assert len(titles) == 13 and titles[0] == "total" and titles[-1] == "σ = 12"
+    left = scaling.plot_fits(groups(30), tmp_path / "b.png", "params")
+    drawn = [ax.get_title() for ax in figs[1].axes if ax.get_title()]
+    assert len(drawn) == scaling.MAX_PANELS and len(left) == 30 - scaling.MAX_PANELS
+    assert drawn[0] == "total" and drawn[-1] == "σ = 29"
+    note = " ".join(t.get_text() for t in figs[1].texts)
+    assert f"{len(left)} of 30 groups not drawn" in note and "scaling.json" in note
+    assert sorted(float(v) for v in re.findall(r"σ=([\d.]+)", note)) == [g["sigma"] for g in left]

@@ -1,10 +1,12 @@
 """Per-level generalization gap and the 2-D toy lab."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
-from difflens.analysis import gap
+from difflens.analysis import gap, model_error
 from difflens.analysis.smoothing import EmpiricalDenoiser
 from difflens.errors import DifflensError
 from difflens.lab import toy
@@ -51,9 +53,9 @@ def test_toy_sweeps_follow_the_paper_trends():
 def test_gap_noise_is_fixed_and_oracle_gap_is_exact():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, 5)).astype(np.float32)
-    a = gap.fixed_noise(10, 5, 2, seed=3, stream=1)
-    assert torch.equal(a, gap.fixed_noise(10, 5, 2, seed=3, stream=1))
-    assert not torch.equal(a, gap.fixed_noise(10, 5, 2, seed=3, stream=0))
+    a = model_error.fixed_noise(10, 5, 2, seed=3, stream=1)
+    assert torch.equal(a, model_error.fixed_noise(10, 5, 2, seed=3, stream=1))
+    assert not torch.equal(a, model_error.fixed_noise(10, 5, 2, seed=3, stream=0))
     sig = [0.01, 1.0, 100.0]
     den = EmpiricalDenoiser(x[:20])
     curves = gap.generalization_gap({"c1": den, "c2": den}, x[:20], x[20:], sig, seed=1)
@@ -63,7 +65,7 @@ def test_gap_noise_is_fixed_and_oracle_gap_is_exact():
     unpaired = gap.generalization_gap(den, x[:20], x[20:], sig, seed=1, paired=False)[0]
     assert unpaired.e_train == curves[0].e_train and unpaired.e_val != curves[0].e_val
     # E_train at one level by hand: per-dim squared error of D(y + s·n) with the fixed noise
-    n = gap.fixed_noise(20, 5, 1, seed=1, stream=0)[0]
+    n = model_error.fixed_noise(20, 5, 1, seed=1, stream=0)[0]
     y = torch.from_numpy(x[:20])
     manual = ((den(y + n, 1.0) - y) ** 2).mean().item()
     assert curves[0].e_train[1] == pytest.approx(manual, rel=1e-5)
@@ -80,9 +82,15 @@ def test_resolve_denoiser_specs(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     q = torch.ones(3, 2)
-    assert torch.equal(gap.resolve_denoiser("py:my_models:make", x)(q, 1.0), torch.zeros(3, 2))
-    assert torch.equal(gap.resolve_denoiser("py:my_models:half", x)(q, 1.0), q / 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the one syntax of models.load: no deprecation warning
+        assert torch.equal(gap.resolve_denoiser("my_models:make", x)(q, 1.0), torch.zeros(3, 2))
+        assert torch.equal(gap.resolve_denoiser(f"{tmp_path}/my_models.py:half", x)(q, 1.0), q / 2)
+    with pytest.warns(FutureWarning, match="py: prefix is deprecated; write 'my_models:half'"):
+        assert torch.equal(gap.resolve_denoiser("py:my_models:half", x)(q, 1.0), q / 2)
     with pytest.raises(DifflensError):
         gap.resolve_denoiser("oracle:X=1", x)
-    with pytest.raises(DifflensError):
+    with pytest.raises(DifflensError, match="no_such_module_xyz"), pytest.warns(FutureWarning):
         gap.resolve_denoiser("py:no_such_module_xyz:f", x)
+    with pytest.raises(DifflensError, match="unknown denoiser"):
+        gap.resolve_denoiser("nothing", x)

@@ -521,6 +521,7 @@ def schedule_cmd(
     """Xu et al.'s optimal-loss schedule: weights w(σ) and sampling density p(σ) as a table and recipe."""
     from difflens import report
     from difflens.analysis import diagnose as dg
+    from difflens.analysis.model_error import split_errors
     from difflens.diffusion import schedules as sched
     from difflens.models import Parametrization, load_denoiser
 
@@ -546,8 +547,7 @@ def schedule_cmd(
         raise DifflensError("give at most one of --model or --from-log")
     if model is not None:
         m = load_denoiser(model, data=ds)
-        x0 = dg.pick_images(ds, images, seed)
-        err = dg.per_level_errors(m.denoiser, x0, dg.fixed_noise(len(x0), (ds.dim,), seed), centers).mean(1)
+        err = split_errors(m.denoiser, ds, centers, images=images, seed=seed).mean(1)
         schedule.set_model_loss(err * param.factor(centers))
     elif from_log is not None:
         rows = dg.read_loss_log(from_log, param.process)

@@ -1,15 +1,15 @@
 """Diagnose a model against the optimal loss: per level, how far above the lowest possible loss it is.
 
 For each noise level s: the model's loss on training images and on held-out images (noise fixed
-per image, shared across levels and checkpoints), the optimal loss J*(s) of the training set
+per image, shared across levels and checkpoints: ``model_error``), the optimal loss J*(s) of the training set
 (difflens.optimal_loss), the excess J_θ − J* and the excess ratio (J_θ − J*)/J*, in x0 units and in
 any target's units; totals weighted by the model's training recipe; across checkpoints, the excess
-over training time. ``report_html`` bundles the plots and a plain-language verdict in one file.
+over training time. ``write_outputs`` writes the tables, the plots (``report.plots``) and an HTML
+page (``report.html``) with a plain-language verdict.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
 import math
@@ -17,15 +17,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from difflens.analysis.model_error import HELD, TRAIN, split_errors
 from difflens.analysis.optimal_loss import optimal_loss_curve, weighted_total
 from difflens.data import Dataset
 from difflens.diffusion.precond import Parametrization
 from difflens.diffusion.processes import TARGETS, get_process
 from difflens.errors import DifflensError
-from difflens.models.adapters import denoise_batched
-from difflens.report import plt, save_figure
+from difflens.report import plot_excess, plot_heatmap, plot_losses, report_html, write_csv, write_json, write_text
 
 
 @dataclass
@@ -49,33 +48,10 @@ class DiagLevel:
     held_x0: float | None
 
 
-def fixed_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """One standard normal draw per image, reused at every level and for every checkpoint."""
-    g = torch.Generator().manual_seed(int(seed))
-    return torch.randn((n, *shape), generator=g)
-
-
-def per_level_errors(denoiser, x0: torch.Tensor, noise: torch.Tensor, sigmas, batch_size: int = 512) -> np.ndarray:
-    """(levels, images) per-dimension squared error ‖D(x0 + s·n, s) − x0‖²/D in x0 units."""
-    out = np.empty((len(sigmas), len(x0)))
-    for i, s in enumerate(sigmas):
-        est = denoise_batched(denoiser, x0 + float(s) * noise, float(s), batch_size)
-        out[i] = ((est.double() - x0.double()) ** 2).reshape(len(x0), -1).mean(1).numpy()
-    return out
-
-
 def _mean_se(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = values.shape[1]
     se = values.std(1, ddof=1) / math.sqrt(n) if n > 1 else np.full(len(values), np.nan)
     return values.mean(1), se
-
-
-def pick_images(data: Dataset, limit: int | None, seed: int) -> torch.Tensor:
-    """Up to ``limit`` images of a split (a seeded random subset when there are more)."""
-    if limit is None or limit >= data.n:
-        return data.rows(0, data.n)
-    idx = np.sort(np.random.default_rng(seed).choice(data.n, size=limit, replace=False))
-    return data.take(idx)
 
 
 def optimal_levels(train: Dataset, sigmas, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -154,32 +130,31 @@ def diagnose_model(
     the losses are in and where they came from (``Units.text``); by default just the units."""
     sigmas = np.sort(np.asarray(sigmas, dtype=np.float64))
     opt, opt_se, info = optimal if optimal is not None else optimal_levels(train, sigmas, samples, seed)
-    x_tr = pick_images(train, images, seed)
-    train_err = per_level_errors(denoiser, x_tr, fixed_noise(len(x_tr), (train.dim,), seed), sigmas, batch_size)
+    train_err = split_errors(denoiser, train, sigmas, images=images, seed=seed, stream=TRAIN, batch=batch_size)
     held_err = None
     if held is not None:
-        x_he = pick_images(held, images, seed)
-        held_err = per_level_errors(denoiser, x_he, fixed_noise(len(x_he), (held.dim,), seed + 1), sigmas, batch_size)
+        held_err = split_errors(denoiser, held, sigmas, images=images, seed=seed, stream=HELD, batch=batch_size)
     levels = build_levels(sigmas, units.factor(sigmas), opt, opt_se, train_err, held_err)
     return {
         "units": {**units.describe(), "description": units_text or describe_units(units)},
         "levels": [asdict(lv) for lv in levels],
         "totals": totals(levels, quad),
-        "train_images": len(x_tr),
+        "train_images": int(train_err.shape[1]),
         "held_images": None if held is None else int(held_err.shape[1]),
         **info,
     }
 
 
 def excess_history(models, train: Dataset, sigmas, units: Parametrization, optimal, **kw) -> dict:
-    """Train excess J_θ − J* (target units) per level for a list of (step, denoiser), same noise."""
+    """Train excess J_θ − J* (target units) per level for a list of (step, denoiser), with the images
+    and noise of ``diagnose_model``'s training split."""
     opt = optimal[0]
-    x_tr = pick_images(train, kw.get("images"), kw.get("seed", 0))
-    noise = fixed_noise(len(x_tr), (train.dim,), kw.get("seed", 0))
     fac = units.factor(sigmas)
     rows = []
     for _, den in models:
-        err = per_level_errors(den, x_tr, noise, sigmas, kw.get("batch_size", 512)).mean(1)
+        err = split_errors(
+            den, train, sigmas, images=kw.get("images"), seed=kw.get("seed", 0), batch=kw.get("batch_size", 512)
+        ).mean(1)
         rows.append((fac * (err - opt)).tolist())
     return {"steps": [st for st, _ in models], "sigmas": [float(s) for s in sigmas], "excess": rows}
 
@@ -403,68 +378,7 @@ def diagnose_log(
     }
 
 
-# ---------------------------------------------------------------- plots, verdict, HTML
-
-
-def plot_losses(result: dict, path: Path, title: str) -> None:
-    """Loss vs σ (log axis): optimal curve, model on train and held-out, excess shaded."""
-    lv = result["levels"]
-    s = np.array([x["sigma"] for x in lv])
-    opt = np.array([x["optimal"] for x in lv])
-    trn = np.array([x["train"] for x in lv])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for ax, log in zip(axes, (False, True), strict=True):
-        ax.plot(s, opt, "k-", lw=2, label="optimal J*")
-        ax.plot(s, trn, "o-", ms=3, color="C0", label="model, train")
-        if lv[0]["held"] is not None:
-            ax.plot(s, [x["held"] for x in lv], "s--", ms=3, color="C1", label="model, held-out")
-        ax.fill_between(s, opt, trn, where=trn >= opt, color="C3", alpha=0.2, label="excess (train − J*)")
-        if result.get("critical_sigma"):
-            ax.axvline(result["critical_sigma"], color="gray", ls=":", lw=1, label="critical σ")
-        ax.set_xscale("log")
-        if log and np.all(trn > 0):
-            ax.set_yscale("log")
-            ax.set_ylim(bottom=max(trn.min() * 1e-3, opt.max() * 1e-6))
-        ax.set_xlabel("noise level σ (VE-equivalent)")
-        ax.set_ylabel(f"loss per dim, target {result['units']['target']} ({result['units']['process']})")
-        ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title)
-    save_figure(fig, path)
-
-
-def plot_excess_ratio(result: dict, path: Path) -> None:
-    lv = [x for x in result["levels"] if x["excess_ratio"] is not None and math.isfinite(x["excess_ratio"])]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot([x["sigma"] for x in lv], [max(x["excess_ratio"], 1e-4) for x in lv], "o-", ms=3)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.axhline(1.0, color="gray", ls="--", lw=1, label="excess = optimal")
-    ax.set_xlabel("noise level σ")
-    ax.set_ylabel("excess ratio (J_θ − J*) / J*  (train)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
-
-
-def plot_heatmap(steps, sigmas, excess, path: Path, units: str) -> None:
-    """Excess loss over training time (rows: checkpoints/steps) and noise level (columns)."""
-    from matplotlib.colors import LogNorm
-
-    grid = np.asarray(excess, dtype=np.float64)
-    positive = grid[np.isfinite(grid) & (grid > 0)]
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(steps) + 2.5))
-    if positive.size:
-        norm = LogNorm(vmin=max(positive.min(), positive.max() * 1e-6), vmax=positive.max())
-        img = ax.imshow(np.where(grid > 0, grid, np.nan), aspect="auto", origin="lower", cmap="magma", norm=norm)
-        fig.colorbar(img, ax=ax, label=f"excess loss J_θ − J* ({units}); ≤ 0 blank")
-    ticks = np.linspace(0, len(sigmas) - 1, min(8, len(sigmas))).astype(int)
-    ax.set_xticks(ticks, [f"{sigmas[i]:.3g}" for i in ticks])
-    rows = np.linspace(0, len(steps) - 1, min(12, len(steps))).astype(int)
-    ax.set_yticks(rows, [str(steps[i]) for i in rows])
-    ax.set_xlabel("noise level σ")
-    ax.set_ylabel("training step")
-    save_figure(fig, path)
+# ---------------------------------------------------------------- verdict and outputs
 
 
 def verdict(result: dict) -> str:
@@ -550,72 +464,19 @@ def verdict(result: dict) -> str:
     return " ".join(parts)
 
 
-def _img(path: Path) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
-
-
-def report_html(result: dict, pngs: list[Path], title: str) -> str:
-    """A self-contained HTML page: verdict, totals, per-level table and the embedded plots."""
-    rows = "".join(
-        "<tr>"
-        + "".join(
-            f"<td>{v:.4g}</td>" if isinstance(v, float) and math.isfinite(v) else f"<td>{'–' if v is None else v}</td>"
-            for v in (
-                lv["sigma"],
-                lv["optimal"],
-                lv["train"],
-                lv["held"],
-                lv["excess"],
-                lv["excess_stderr"],
-                lv["excess_ratio"],
-                lv["gap"],
-            )
-        )
-        + "</tr>"
-        for lv in result["levels"]
-    )
-    t = result["totals"]
-    totals_text = (
-        f"optimal {t['optimal']['value']:.5g} ± {t['optimal']['stderr']:.2g}, model (train) "
-        f"{t['train']['value']:.5g}, excess {t['excess']:.4g} (ratio {t['excess_ratio']:.3g}); "
-        f"recipe mass inside the grid {t['optimal']['coverage']:.1%}"
-    )
-    figs = "".join(f"<figure>{_img(p)}</figure>" for p in pngs)
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
-table{{border-collapse:collapse;font-size:12px}} td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
-p.verdict{{font-size:15px;background:#f4f4f4;padding:1em}}</style>
-</head><body><h1>{title}</h1>
-<p class="verdict">{result["verdict"]}</p>
-<p><b>Totals weighted by the training recipe</b>: {totals_text}</p>
-{figs}
-<h2>Per level ({result["units"]["target"]} units, per dimension)</h2>
-<table><tr><th>σ</th><th>optimal J*</th><th>train</th><th>held-out</th><th>excess</th><th>± s.e.</th>
-<th>excess ratio</th><th>gap (held−train)/train</th></tr>{rows}</table>
-</body></html>
-"""
-
-
 def write_outputs(result: dict, out: Path, title: str) -> list[Path]:
-    """diagnose.json, diagnose.csv, loss.png, excess_ratio.png, heatmap.png (with a history) and
+    """diagnose.json, diagnose.csv, loss.png, excess.png, heatmap.png (with a history) and
     report.html (self-contained); JSON last, so its presence means the run completed."""
-    from difflens.report import write_csv, write_json
-
     out = Path(out)
     result["verdict"] = verdict(result)
-    pngs = [out / "loss.png", out / "excess_ratio.png"]
+    pngs = [out / "loss.png", out / "excess.png"]
     plot_losses(result, pngs[0], title)
-    plot_excess_ratio(result, pngs[1])
+    plot_excess(result, pngs[1])
     hist = result.get("history")
     if hist and len(hist["steps"]) > 1:
         pngs.append(out / "heatmap.png")
         plot_heatmap(hist["steps"], hist["sigmas"], hist["excess"], pngs[-1], result["units"]["target"])
     write_csv(out / "diagnose.csv", result["levels"])
-    html = report_html(result, pngs, title)
-    tmp = out / ".report.html.tmp"
-    tmp.write_text(html)
-    tmp.replace(out / "report.html")
+    write_text(out / "report.html", report_html(result, pngs, title))
     write_json(out / "diagnose.json", result)
     return [out / "diagnose.json", out / "diagnose.csv", *pngs, out / "report.html"]

@@ -3,59 +3,25 @@
 The math: docs/method.md, "Memorization and generalization gap".
 
 E_split(s) = mean over images y of the error of D(y + s·n, s) against y, with the noise n fixed per
-image (and per draw) across all levels and all checkpoints, so differences between levels and
-between checkpoints are not Monte-Carlo noise. G(s) = (E_val(s) − E_train(s)) / E_train(s).
-Errors are per-dimension squared (``mse``, as a training loss) or unsquared L2 (``l2``, the toy
-model's choice), averaged over ``draws`` noise draws per image.
+image (and per draw) across all levels and all checkpoints (``model_error``, whose module doc gives
+the seeding), so differences between levels and between checkpoints are not Monte-Carlo noise.
+G(s) = (E_val(s) − E_train(s)) / E_train(s). Errors are per-dimension squared (``mse``, as a
+training loss) or unsquared L2 (``l2``, the toy model's choice), averaged over ``draws`` noise draws.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
-from difflens.data import Dataset, as_dataset, check_same_layout
+from difflens.analysis.model_error import HELD, TRAIN, fixed_noise, level_errors, pick_images
+from difflens.data import Dataset, check_same_layout, parse_params
 from difflens.errors import DifflensError
-
-ERRORS = ("mse", "l2")
-
-
-def fixed_noise(n: int, dim: int, draws: int = 1, seed: int = 0, stream: int = 0) -> torch.Tensor:
-    """(draws, n, D) standard normal noise, a pure function of (seed, stream): the same for every level
-    and every checkpoint evaluated with that seed (stream 0 = train, 1 = val)."""
-    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, stream]).generate_state(1)[0]))
-    return torch.randn(draws, n, dim, generator=gen, dtype=torch.float32)
-
-
-@torch.no_grad()
-def level_errors(
-    denoiser: Callable,
-    images: torch.Tensor,
-    noise: torch.Tensor,
-    sigma: float,
-    *,
-    error: str = "mse",
-    batch: int = 1024,
-) -> torch.Tensor:
-    """Per-image error at one level, averaged over the noise draws (draws, n, D): (n,) float64."""
-    if error not in ERRORS:
-        raise DifflensError(f"unknown error {error!r}; choose one of {', '.join(ERRORS)}")
-    y_all = images.float()[None].expand(len(noise), -1, -1).reshape(-1, images.shape[1])
-    x_all = y_all + float(sigma) * noise.reshape(-1, images.shape[1])
-    errs = []
-    for i in range(0, len(y_all), batch):
-        y = y_all[i : i + batch]
-        out = torch.as_tensor(denoiser(x_all[i : i + batch], float(sigma))).double()
-        if out.shape != y.shape:
-            raise DifflensError(f"the denoiser returned shape {tuple(out.shape)} for input {tuple(y.shape)}")
-        diff = out - y.double()
-        errs.append((diff * diff).mean(1) if error == "mse" else torch.linalg.vector_norm(diff, dim=1))
-    return torch.cat(errs).reshape(len(noise), len(images)).mean(0)
+from difflens.models.empirical import EmpiricalDenoiser
+from difflens.models.load import load_callable
+from difflens.report import plt, save_figure
 
 
 @dataclass
@@ -95,14 +61,6 @@ class GapCurve:
         }
 
 
-def _split_images(split, max_images: int | None, seed: int, stream: int) -> torch.Tensor:
-    ds = as_dataset(split)
-    if max_images is None or max_images >= ds.n:
-        return ds.rows(0, ds.n)
-    idx = np.sort(np.random.default_rng([seed, stream]).choice(ds.n, max_images, replace=False))
-    return ds.take(idx)
-
-
 def generalization_gap(
     denoisers: dict[str, Callable] | Callable,
     train,
@@ -130,23 +88,23 @@ def generalization_gap(
         raise DifflensError("noise levels must be finite and > 0")
     if isinstance(train, Dataset) and isinstance(val, Dataset):
         check_same_layout(val.shape, train.shape, "val samples", "training samples")
-    y_tr = _split_images(train, max_images, seed, 0)
-    y_va = _split_images(val, max_images, seed, 1)
+    y_tr = pick_images(train, max_images, seed, TRAIN)
+    y_va = pick_images(val, max_images, seed, HELD)
     if y_tr.shape[1] != y_va.shape[1]:
         raise DifflensError(f"train and val samples differ in size ({y_tr.shape[1]} vs {y_va.shape[1]})")
     if paired:
-        noise = fixed_noise(max(len(y_tr), len(y_va)), y_tr.shape[1], draws, seed, 0)
+        noise = fixed_noise(max(len(y_tr), len(y_va)), y_tr.shape[1], draws, seed, TRAIN)
         n_tr, n_va = noise[:, : len(y_tr)], noise[:, : len(y_va)]
     else:
-        n_tr = fixed_noise(len(y_tr), y_tr.shape[1], draws, seed, 0)
-        n_va = fixed_noise(len(y_va), y_va.shape[1], draws, seed, 1)
+        n_tr = fixed_noise(len(y_tr), y_tr.shape[1], draws, seed, TRAIN)
+        n_va = fixed_noise(len(y_va), y_va.shape[1], draws, seed, HELD)
     curves = []
     for label, den in denoisers.items():
         rows = []
         for k, s in enumerate(sig):
-            et = level_errors(den, y_tr, n_tr, s, error=error, batch=batch)
-            ev = level_errors(den, y_va, n_va, s, error=error, batch=batch)
-            rows.append((et.mean().item(), ev.mean().item(), _se(et), _se(ev)))
+            et = level_errors(den, y_tr, n_tr, s, error=error, batch=batch)[0]
+            ev = level_errors(den, y_va, n_va, s, error=error, batch=batch)[0]
+            rows.append((float(et.mean()), float(ev.mean()), _se(et), _se(ev)))
             if on_level is not None:
                 on_level(label, k)
         cols = list(zip(*rows, strict=True))
@@ -154,14 +112,12 @@ def generalization_gap(
     return curves
 
 
-def _se(v: torch.Tensor) -> float:
-    return float(v.std(unbiased=True) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+def _se(v: np.ndarray) -> float:
+    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
 
 
 def plot_gap(curves: list[GapCurve], path, *, title: str = "", legend_title: str = "") -> None:
     """E_train/E_val (left) and G(s) (right) against s for each curve."""
-    from difflens.report import plt, save_figure
-
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for c_i, c in enumerate(curves):
         color = f"C{c_i % 10}"
@@ -188,8 +144,6 @@ def plot_gap(curves: list[GapCurve], path, *, title: str = "", legend_title: str
 
 def plot_gap_over_time(curves: list[GapCurve], path, *, title: str = "") -> None:
     """Across checkpoints (in the given order): the peak gap and the level where it peaks."""
-    from difflens.report import plt, save_figure
-
     fig, a = plt.subplots(figsize=(6, 3.8))
     peaks = [c.to_dict()["peak_gap"] for c in curves]
     a.plot(range(len(curves)), [np.nan if p is None else p for p in peaks], "o-")
@@ -203,32 +157,6 @@ def plot_gap_over_time(curves: list[GapCurve], path, *, title: str = "") -> None
     save_figure(fig, path)
 
 
-def _is_factory(obj) -> bool:
-    """A class or a callable that takes no required arguments builds the object."""
-    try:
-        params = inspect.signature(obj).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return not any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
-
-
-def load_callable(spec: str) -> Callable:
-    """``py:MODULE:NAME`` → the callable it names, or what it builds if NAME is a zero-argument
-    factory (a class or function with no required arguments), importable from the Python path."""
-    if not spec.startswith("py:"):
-        raise DifflensError(f"expected py:MODULE:NAME, got {spec!r}")
-    module, _, name = spec[3:].rpartition(":")
-    try:
-        obj = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise DifflensError(f"cannot import {spec[3:]!r} ({exc})") from None
-    if _is_factory(obj):
-        obj = obj()
-    if not callable(obj):
-        raise DifflensError(f"{spec[3:]!r} is not callable")
-    return obj
-
-
 def is_closed_form(spec: str) -> bool:
     """Specs :func:`resolve_denoiser` builds itself (the rest are trained models)."""
     return spec == "oracle" or spec.startswith(("oracle:", "py:"))
@@ -236,17 +164,14 @@ def is_closed_form(spec: str) -> bool:
 
 def resolve_denoiser(spec: str, train: Dataset) -> Callable:
     """A denoiser from a spec: ``oracle[:T=…,sc=…,k=…]`` (the empirical optimal denoiser of ``train``,
-    optionally smoothed) or ``py:MODULE:NAME`` (see :func:`load_callable`; a callable
-    ``(x (B, D), sigma) -> x0_hat``, e.g. a trained model wrapped by an adapter)."""
-    from difflens import data as data_mod
-    from difflens.analysis.smoothing import EmpiricalDenoiser
-
-    if spec.startswith("py:"):
-        return load_callable(spec)
+    optionally smoothed) or ``MODULE:NAME`` / ``file.py:NAME`` (``models.load.load_callable``; the old
+    ``py:MODULE:NAME`` still works, with a warning): a callable ``(x (B, D), sigma: float) -> x0_hat``."""
     name, _, params = spec.partition(":")
     if name != "oracle":
-        raise DifflensError(f"unknown denoiser {spec!r}: use oracle[:T=…,sc=…,k=…] or py:MODULE:NAME")
-    p = data_mod.parse_params(params, spec)
+        if ":" in spec:
+            return load_callable(spec, "denoiser")
+        raise DifflensError(f"unknown denoiser {spec!r}: use oracle[:T=…,sc=…,k=…] or MODULE:NAME / file.py:NAME")
+    p = parse_params(params, spec)
     unknown = set(p) - {"T", "sc", "k"}
     if unknown:
         raise DifflensError(f"{spec}: unknown oracle parameter(s) {', '.join(sorted(unknown))} (use T, sc, k)")

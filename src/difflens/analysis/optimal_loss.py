@@ -17,6 +17,7 @@ import numpy as np
 from difflens.data import as_dataset
 from difflens.diffusion.estimators import estimate_level, level_rng, make_estimator
 from difflens.diffusion.processes import conversion_factor, get_process, sigma_grid
+from difflens.diffusion.schedules import LogNormal
 from difflens.errors import DifflensError
 
 
@@ -66,14 +67,12 @@ def recipe_quadrature(recipe: str, process, target: str) -> tuple[np.ndarray, np
 
     A recipe is a distribution of noise levels and a weight w on the loss *in the target's units*:
     λ = w·r(s), r the target's conversion factor, so a total is always in the units of its per-level
-    table. ``edm``: ln s ~ N(−1.2, 1.2²) (EDM's sampling; with the ``edm`` target, r = 1/c_out² makes
+    table. ``edm``: ln s ~ N(−1.2, 1.2²) (EDM's sampling, ``schedules.LogNormal``; with the ``edm`` target, r = 1/c_out² makes
     it EDM's F loss), w = 1; ``uniform-t``: t ~ U(0, 1] for the chosen process, w = 1 (e.g. DDPM's ε
     loss); or a CSV with columns ``sigma,p[,weight]`` (p normalised to sum 1; w defaults to 1)."""
     if recipe == "edm":
-        u = np.linspace(-1.2 - 6 * 1.2, -1.2 + 6 * 1.2, 4001)
-        mass = np.exp(-0.5 * ((u + 1.2) / 1.2) ** 2) / (1.2 * math.sqrt(2 * math.pi)) * (u[1] - u[0])
-        s = np.exp(u)
-        return s, mass, _factor(process, target, s)
+        s, mass, weight = LogNormal().quadrature()
+        return s, mass, weight * _factor(process, target, s)
     if recipe == "uniform-t":
         edges = np.linspace(0.0, 1.0, 4001)
         t = 0.5 * (edges[1:] + edges[:-1])

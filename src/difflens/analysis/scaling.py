@@ -254,9 +254,19 @@ def table_from_runs(
     return x, rows
 
 
-def plot_fits(groups: list[dict], path: Path, xlabel: str) -> None:
-    """Log–log panels per group: J with the plain fit, J − J* with the excess fit (and the offset fit)."""
-    groups = groups[:12]
+MAX_PANELS = 24  # beyond this the figure is unreadable; scaling.json keeps every group
+
+
+def plot_fits(groups: list[dict], path: Path, xlabel: str) -> list[dict]:
+    """Log–log panels per group: J with the plain fit, J − J* with the excess fit (and the offset fit).
+
+    With more than ``MAX_PANELS`` groups, evenly spaced ones are drawn (first and last included) and a
+    line under the figure names how many were left out; returns the groups left out of the plot."""
+    keep = (
+        np.unique(np.linspace(0, len(groups) - 1, MAX_PANELS).round().astype(int)) if len(groups) > MAX_PANELS else None
+    )
+    left_out = [] if keep is None else [g for i, g in enumerate(groups) if i not in set(keep.tolist())]
+    groups = groups if keep is None else [groups[i] for i in keep]
     cols = min(3, len(groups))
     rows = -(-len(groups) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
@@ -284,4 +294,17 @@ def plot_fits(groups: list[dict], path: Path, xlabel: str) -> None:
     for ax in list(axes.flat)[len(groups) :]:
         ax.axis("off")
     fig.tight_layout()
+    if left_out:
+        fig.text(
+            0.5,
+            0.0,
+            f"{len(left_out)} of {len(groups) + len(left_out)} groups not drawn ("
+            + ", ".join("total" if g["sigma"] is None else f"σ={g['sigma']:.3g}" for g in left_out)
+            + "); all are in scaling.json",
+            ha="center",
+            va="top",
+            fontsize=8,
+            wrap=True,
+        )
     save_figure(fig, path)
+    return left_out

@@ -27,6 +27,7 @@ from difflens.diffusion.estimators import sources_for_level
 from difflens.diffusion.samplers import Trajectory
 from difflens.errors import DifflensError
 from difflens.kernel import oracle
+from difflens.report import plt, save_figure
 
 
 def overlap_coefficient(a: np.ndarray, b: np.ndarray, bins: int = 20, range_=None) -> float:
@@ -115,8 +116,6 @@ def trajectory_overlap(
 def plot_overlap(levels: list[OverlapLevel], path, *, title: str = "") -> None:
     """Max weight and NN distance (median, quartile band) of sampler states vs noised training samples
     against s, and the overlap scores per level."""
-    from difflens.report import plt, save_figure
-
     s = [lv.sigma for lv in levels]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, field, label in (

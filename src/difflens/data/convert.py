@@ -4,12 +4,12 @@ loads to the same values in the same order."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from difflens.data.files import atomic_path
 from difflens.data.images import image_files, read_image
 from difflens.data.sources import load, scale_for
 from difflens.data.storage import LAYOUT_ATTR, SCALE_ATTR
@@ -80,18 +80,14 @@ def convert(
     rows = chunk_rows or int(max(1, min(src.shape[0], (16 << 20) // row_bytes)))  # ~16 MB chunks
     if rows < 1:
         raise DifflensError(f"--chunk-rows must be ≥ 1, got {rows}")
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    z = zarr.create_array(store=str(tmp), shape=src.shape, chunks=(rows, *src.shape[1:]), dtype=src.dtype)
-    z.attrs.update({SCALE_ATTR: list(src.scale), "source": spec})
-    if len(src.shape) == 4:  # images, always written channel-first: no guessing when read back
-        z.attrs[LAYOUT_ATTR] = "CHW"
-    for start in range(0, src.shape[0], rows):
-        stop = min(start + rows, src.shape[0])
-        z[start:stop] = src.block(start, stop)
-        if on_rows is not None:
-            on_rows(stop - start, src.shape[0])
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    with atomic_path(dest) as tmp:
+        z = zarr.create_array(store=str(tmp), shape=src.shape, chunks=(rows, *src.shape[1:]), dtype=src.dtype)
+        z.attrs.update({SCALE_ATTR: list(src.scale), "source": spec})
+        if len(src.shape) == 4:  # images, always written channel-first: no guessing when read back
+            z.attrs[LAYOUT_ATTR] = "CHW"
+        for start in range(0, src.shape[0], rows):
+            stop = min(start + rows, src.shape[0])
+            z[start:stop] = src.block(start, stop)
+            if on_rows is not None:
+                on_rows(stop - start, src.shape[0])
     return {"dest": str(dest), "shape": list(src.shape), "dtype": src.dtype.str, "chunk_rows": rows, "scale": src.scale}

@@ -24,6 +24,7 @@ import json
 import pickle
 import pickletools
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,7 @@ def load_denoiser(
             model.denoiser.shape = net_shape
         check_same_layout(model.denoiser.shape or (), net_shape or (), f"model {spec} inputs", "data")
     elif ":" in spec:
-        net = _load_callable(spec)
+        net = load_callable(spec)
         if checkpoint is not None:
             _load_state(net, Path(checkpoint))
         param = _param(process, target, time_scale) or Parametrization()
@@ -269,40 +270,56 @@ def _load_state(net, path: Path) -> None:
 # ---------------------------------------------------------------- callables
 
 
-def _load_callable(spec: str):
-    """``module:attr`` or ``path/file.py:attr`` (attr may be dotted); classes are instantiated."""
+def load_callable(spec: str, what: str = "model"):
+    """``module:attr`` or ``path/file.py:attr`` (attr may be dotted; ``py:module:attr`` is a deprecated
+    spelling). Classes are instantiated; a function with no required arguments is a factory, called once."""
+    if spec.startswith("py:"):
+        spec = spec[3:]
+        warnings.warn(
+            f"the py: prefix is deprecated; write {spec!r} (as a --model it gets one σ per row)",
+            FutureWarning,
+            stacklevel=2,
+        )
     where, _, attr = spec.rpartition(":")
     if not where or not attr:
-        raise DifflensError(f"model {spec!r}: use module:attribute or path/file.py:attribute")
+        raise DifflensError(f"{what} {spec!r}: use module:attribute or path/file.py:attribute")
     if where.endswith(".py"):
         file = Path(where)
         if not file.is_file():
-            raise DifflensError(f"model {spec!r}: no such file {file}")
+            raise DifflensError(f"{what} {spec!r}: no such file {file}")
         mod_spec = importlib.util.spec_from_file_location(f"difflens_user_{file.stem}", file)
         module = importlib.util.module_from_spec(mod_spec)
         sys.modules[mod_spec.name] = module
         try:
             mod_spec.loader.exec_module(module)
         except Exception as exc:
-            raise DifflensError(f"model {spec!r}: importing {file} failed ({type(exc).__name__}: {exc})") from None
+            raise DifflensError(f"{what} {spec!r}: importing {file} failed ({type(exc).__name__}: {exc})") from None
     else:
         try:
             module = importlib.import_module(where)
         except ImportError as exc:
-            raise DifflensError(f"model {spec!r}: cannot import module {where!r} ({exc})") from None
+            raise DifflensError(f"{what} {spec!r}: cannot import module {where!r} ({exc})") from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise DifflensError(f"model {spec!r}: {where} has no attribute {attr!r}")
+            raise DifflensError(f"{what} {spec!r}: {where} has no attribute {attr!r}")
         obj = getattr(obj, part)
-    if isinstance(obj, type):
+    if isinstance(obj, type) or _is_factory(obj):
         try:
             obj = obj()
         except TypeError as exc:
-            raise DifflensError(f"model {spec!r}: cannot build {attr}() without arguments ({exc})") from None
+            raise DifflensError(f"{what} {spec!r}: cannot build {attr}() without arguments ({exc})") from None
     if not callable(obj):
-        raise DifflensError(f"model {spec!r}: {attr} is a {type(obj).__name__}, not a network or function")
+        raise DifflensError(f"{what} {spec!r}: {attr} is a {type(obj).__name__}, not a network or function")
     return obj
+
+
+def _is_factory(obj) -> bool:
+    """A plain function that takes no required arguments builds the callable instead of being it."""
+    if not inspect.isfunction(obj):
+        return False
+    params = inspect.signature(obj).parameters.values()
+    return not any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
 # ---------------------------------------------------------------- diffusers

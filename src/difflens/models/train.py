@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from difflens.data import Dataset, load
+from difflens.data.files import atomic_path, save_torch, write_json
 from difflens.diffusion import schedules as sched
 from difflens.diffusion.denoiser import wide_dtype
 from difflens.diffusion.precond import Parametrization
@@ -37,7 +37,6 @@ from difflens.errors import DifflensError
 from difflens.models.empirical import EmpiricalDenoiser
 from difflens.models.load import CHECKPOINT_FORMAT, checkpoint_meta
 from difflens.models.nets import build_net, count_params, image_shape
-from difflens.report import write_json
 
 LOG_BINS = (0.002, 80.0, 32)  # per-level train loss: 32 equal bins in ln s over [0.002, 80]
 
@@ -186,12 +185,6 @@ class LevelBins:
         return rows
 
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train(
     cfg: TrainConfig,
     out: Path,
@@ -272,14 +265,13 @@ def train(
                     "state_dict": net.state_dict(),
                     "ema_state_dict": ema.state_dict(),
                 }
-                _save_atomic(state, out / f"ckpt_{step:07d}.pt")
+                save_torch(state, out / f"ckpt_{step:07d}.pt")
             if on_step is not None:
                 on_step(step, value)
     final = {**meta, "step": cfg.steps, "schedule_state": getattr(schedule, "state_dict", dict)()}
     tensors = {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
-    tmp = out / ".model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"difflens": json.dumps(checkpoint_meta(final))})
-    os.replace(tmp, out / "model.safetensors")
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"difflens": json.dumps(checkpoint_meta(final))})
     summary = {
         **checkpoint_meta(final),
         "seconds": time.time() - start,
