@@ -47,9 +47,8 @@ def posterior_state(
         if center is not None:
             x = x - center.to(x.device)
         sq_norm = None if norms is None else norms(index, x)
-        if x.device != device:
-            x, index = _to(x, device), index.to(device)
-            sq_norm = None if sq_norm is None else _to(sq_norm, device)
+        x, index = _to(x, device), index.to(device)
+        sq_norm = None if sq_norm is None else _to(sq_norm, device)
         lw = None if log_weights is None else log_weights[index]
         parts = [
             step(
@@ -69,7 +68,8 @@ def posterior_state(
 
 
 def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``x`` on ``device``; a host tensor bound for CUDA goes through pinned memory (asynchronous copy)."""
+    """``x`` on ``device`` (itself if already there); a host tensor bound for CUDA goes through pinned
+    memory (asynchronous copy)."""
     if device.type == "cuda" and x.device.type == "cpu":
         return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
