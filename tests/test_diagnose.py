@@ -174,7 +174,7 @@ def test_diagnose_and_gap_measure_on_the_same_images_and_noise(split):
     """One per-level error and one seeding scheme: diagnose's train/held-out losses are gap's E_train/E_val."""
     train, held = split
     sig = [0.1, 1.0]
-    den = OracleDenoiser(train)
+    den = EmpiricalDenoiser(train)
     units = Parametrization.of("edm", "x0")
     res = dg.diagnose_model(
         den,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from difflens import DifflensError, kernel
-from difflens.kernel import oracle
+from difflens.kernel import oracle, screening
 
 
 def brute_force(q, x, sigma, temperature=1.0, log_weights=None, mask=None):
@@ -25,8 +25,11 @@ def brute_force(q, x, sigma, temperature=1.0, log_weights=None, mask=None):
         logits = logits.masked_fill(~mask, -math.inf)
     w = torch.softmax(logits, 1)
     mean = w @ x
-    # the kernel's float32 logits are off by up to ~2⁻²³·(‖q‖‖x‖ + ‖x‖²)/(s²T): weights move that much
-    size = q.norm(dim=1, keepdim=True) * x.norm(dim=1).max() + (x * x).sum(1).max()
+    # the kernel works relative to the data's mean c; its float32 logits are off by up to
+    # ~2⁻²³·(‖q − c‖‖x − c‖ + ‖x − c‖²)/(s²T), and the weights move that much
+    c = x.mean(0)
+    spread = (x - c).norm(dim=1).max()
+    size = (q - c).norm(dim=1, keepdim=True) * spread + spread**2
     logit_err = float((2.0**-23 * size / s2t).max())
     trace = (w * ((x[None] - mean[:, None]) ** 2).sum(-1)).sum(1)
     return dict(
@@ -37,12 +40,14 @@ def brute_force(q, x, sigma, temperature=1.0, log_weights=None, mask=None):
         eff_count=1 / (w**2).sum(1),
         argmax=w.argmax(1),
         logit_err=logit_err,
+        spread=float(spread),
     )
 
 
 def assert_matches(post, ref, scale=1.0):
     tol = 2e-5 * scale
-    assert torch.allclose(post.mean, ref["mean"], atol=tol, rtol=1e-4)
+    # the mean moves by at most (logit error)·max‖x_m − mean‖ ≤ 2·logit_err·spread, plus its own float32 rounding
+    assert torch.allclose(post.mean, ref["mean"], atol=tol + 2 * ref["logit_err"] * ref["spread"], rtol=0)
     assert torch.allclose(post.trace_cov, ref["trace_cov"], atol=tol * scale, rtol=1e-3)
     assert torch.allclose(post.log_norm, ref["log_norm"], atol=1e-3, rtol=1e-5)
     assert torch.allclose(post.max_weight, ref["max_weight"], atol=1e-5 + ref["logit_err"])
@@ -71,13 +76,9 @@ def test_kernel_matches_brute_force(n, d, b, sigma, chunk, seed):
 def test_same_result_for_any_chunk_size_and_query_batch():
     g = torch.Generator().manual_seed(1)
     x, q = torch.randn(150, 16, generator=g), torch.randn(40, 16, generator=g)
-    ref = oracle.posterior(q, x, 0.8, chunk_size=150)
-    for chunk, qb in [(1, 7), (13, 40), (64, 3), (149, 1024)]:
-        post = oracle.posterior(q, x, 0.8, chunk_size=chunk, query_batch=qb)
-        assert torch.allclose(post.mean, ref.mean, atol=1e-6)
-        assert torch.allclose(post.trace_cov, ref.trace_cov, rtol=1e-5, atol=1e-7)
-        assert torch.allclose(post.log_norm, ref.log_norm, atol=1e-5)
-        assert torch.equal(post.argmax, ref.argmax)
+    ref = brute_force(q, x, 0.8)
+    for chunk, qb in [(150, 1024), (1, 7), (13, 40), (64, 3), (149, 1024)]:
+        assert_matches(oracle.posterior(q, x, 0.8, chunk_size=chunk, query_batch=qb), ref)
 
 
 def test_partials_merge_in_any_order():
@@ -99,8 +100,7 @@ def test_temperature_is_s2_times_t_in_the_softmax():
     x, q = torch.randn(60, 4, generator=g), torch.randn(9, 4, generator=g)
     post = oracle.posterior(q, x, 0.3, temperature=4.0, chunk_size=11)
     assert_matches(post, brute_force(q, x, 0.3, temperature=4.0))
-    same = oracle.posterior(q, x, 0.6)
-    assert torch.allclose(post.mean, same.mean, atol=1e-6)
+    assert_matches(oracle.posterior(q, x, 0.6), brute_force(q, x, 0.3, temperature=4.0))  # s²T alone matters
 
 
 def test_per_query_sigma_and_temperature():
@@ -185,9 +185,9 @@ def test_memory_is_bounded_by_chunk_not_n():
     x, q = torch.randn(20_000, 8), torch.randn(16, 8)
     state = kernel.posterior_state(q, kernel.data_chunks(kernel.as_source(x), 100), torch.ones(16))
     assert state.mean.shape == (16, 8)
-    full = oracle.posterior(q, x, 1.0, chunk_size=20_000)
-    small = oracle.posterior(q, x, 1.0, chunk_size=100)
-    assert torch.allclose(full.mean, small.mean, atol=1e-6)
+    ref = brute_force(q, x, 1.0)
+    for rows in (20_000, 100):
+        assert_matches(oracle.posterior(q, x, 1.0, chunk_size=rows), ref)
 
 
 def test_denoise_returns_posterior_mean_in_query_shape():
@@ -195,8 +195,9 @@ def test_denoise_returns_posterior_mean_in_query_shape():
     q = torch.randn(4, 2, 3)
     out = oracle.denoise(q, x.reshape(30, 6), 0.5)
     assert out.shape == q.shape and out.dtype == torch.float32
-    ref = brute_force(q.reshape(4, 6), x.reshape(30, 6), 0.5)["mean"].float().reshape(4, 2, 3)
-    assert torch.allclose(out, ref, atol=1e-5)
+    ref = brute_force(q.reshape(4, 6), x.reshape(30, 6), 0.5)
+    tol = 2e-5 + 2 * ref["logit_err"] * ref["spread"]
+    assert torch.allclose(out.double(), ref["mean"].reshape(4, 2, 3), atol=tol, rtol=2**-23)
 
 
 @pytest.mark.parametrize(
@@ -236,8 +237,8 @@ def test_row_norms_are_cached_per_dataset_without_changing_results():
     x, q = torch.randn(300, 7, generator=g), torch.randn(9, 7, generator=g)
     ds = as_dataset(x)
     first = oracle.posterior(q, ds, 0.4, chunk_size=64)
-    cache = ds.__dict__["_sq_norms"]
-    assert np.allclose(cache, (x.double() ** 2).sum(1).numpy(), rtol=1e-5)
+    cache = ds.__dict__["_sq_norms"]  # of the rows as the kernel reads them: less the data's mean
+    assert np.allclose(cache, ((x.double() - x.double().mean(0)) ** 2).sum(1).numpy(), rtol=1e-5)
     again = oracle.posterior(q, ds, 0.4, chunk_size=64)
     subset = oracle.posterior(q, ds, 0.4, include=np.arange(0, 300, 3), chunk_size=16)
     assert torch.equal(first.mean, again.mean) and torch.equal(first.trace_cov, again.trace_cov)
@@ -245,3 +246,91 @@ def test_row_norms_are_cached_per_dataset_without_changing_results():
     mask = torch.zeros(9, 300, dtype=torch.bool)
     mask[:, ::3] = True
     assert_matches(subset, brute_force(q, x, 0.4, mask=mask))
+
+
+@pytest.mark.parametrize("precision", ["exact", "fast"])
+@pytest.mark.parametrize("sigma", [0.2, 1.0, 4.0])
+def test_accuracy_does_not_depend_on_the_data_offset(precision, sigma):
+    # un-centred data (offset 50, unit variance): ‖q‖² − 2q·x + ‖x‖² in float32 would cancel ~4·10⁴·D
+    # down to ~D, losing ~2⁻²³·8·10⁴/s² per logit; relative to the data's mean the error is as at offset 0
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(500, 24, generator=g) + 50.0
+    q = x[torch.randint(0, 500, (20,), generator=g)] + sigma * torch.randn(20, 24, generator=g)
+    ref = brute_force(q, x, sigma)
+    assert ref["logit_err"] < 1e-3 / sigma**2  # the error model of centred data: offset-free
+    post = oracle.posterior(q, x, sigma, chunk_size=128, precision=precision)
+    assert_matches(post, ref)
+    lw = torch.randn(500, generator=g).double()
+    assert_matches(
+        oracle.posterior(q, x, sigma, log_weights=lw, precision=precision), brute_force(q, x, sigma, 1.0, lw)
+    )
+
+
+def test_kernel_runs_on_the_device_asked_for():
+    g = torch.Generator().manual_seed(8)
+    x, q = torch.randn(200, 6, generator=g), torch.randn(7, 6, generator=g)
+    post = oracle.posterior(q, x, 0.5, device="cpu", chunk_size=64)
+    assert post.mean.device == torch.device("cpu")
+    assert_matches(post, brute_force(q, x, 0.5))
+    assert kernel.resolve_device(None) == torch.device("cpu") == kernel.resolve_device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("cuda", "--device cuda: CUDA is not available on this machine"),
+        ("cuda:3", "--device cuda:3: CUDA is not available on this machine"),
+        ("gpu", "--device gpu: not a device"),
+    ],
+)
+def test_unavailable_device_is_one_clear_error(name, message):
+    with pytest.raises(DifflensError, match="^" + message):
+        kernel.resolve_device(name)
+    with pytest.raises(DifflensError, match="^" + message):
+        oracle.posterior(torch.randn(2, 3), torch.randn(5, 3), 1.0, device=name)
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="checks the refusal on a machine without MPS")
+def test_unavailable_mps_is_one_clear_error():
+    with pytest.raises(DifflensError, match="^--device mps: MPS is not available on this machine"):
+        kernel.resolve_device("mps")
+
+
+def test_fast_on_a_raw_tensor_quantizes_it_once():
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(3000, 32, generator=g)
+    q = x[:50] + 0.1 * torch.randn(50, 32, generator=g)
+    with kernel.counting_work() as first:
+        a = oracle.posterior(q, x, 0.1, precision="fast", chunk_size=1000)
+    with kernel.counting_work() as second:
+        b = oracle.posterior(q, x, 0.1, precision="fast", chunk_size=1000)
+    assert first.quantized_rows == 3000 and second.quantized_rows == 0  # the second call hits the cache
+    assert torch.equal(a.mean, b.mean)
+    assert_matches(b, brute_force(q, x, 0.1))
+    x[0] += 1.0  # modified in place: prepared again, and quantized again
+    with kernel.counting_work() as third:
+        c = oracle.posterior(q, x, 0.1, precision="fast", chunk_size=1000)
+    assert third.quantized_rows == 3000
+    assert_matches(c, brute_force(q, x, 0.1))
+
+
+def test_screen_costs_are_calibrated_once_and_steer_speed_only():
+    costs = screening.calibrated_costs()
+    assert screening.Fast().gather_cost == costs["gather_cost"] and screening.Fast().screen_cost == costs["screen_cost"]
+    assert screening.calibrated_costs() is costs and screening.calibrated_costs.cache_info().misses == 1
+    assert all(math.isfinite(v) and v > 0 for v in costs.values())
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(2000, 16, generator=g) * 0.3 + torch.randn(20, 16, generator=g).repeat(100, 1)
+    q = x[:40] + 0.2 * torch.randn(40, 16, generator=g)
+    ref = brute_force(q, x, 0.2)
+    exact = (oracle.posterior(q, x, 0.2, chunk_size=500).mean - ref["mean"]).abs().max()
+    extremes = [
+        dict(gather_cost=0.0, group_cost=0.0, call_cost=0.0, screen_cost=0.0),
+        dict(gather_cost=1e9, group_cost=1e9, call_cost=1e9, screen_cost=1e9),
+        dict(gather_cost=1e9, group_cost=0.0, call_cost=0.0, screen_cost=1e-9),
+    ]
+    for costs in [{}, *extremes]:
+        post = oracle.posterior(q, x, 0.2, chunk_size=500, precision=screening.Fast(dense_fraction=1.0, **costs))
+        assert (post.mean - ref["mean"]).abs().max() <= 2 * exact + 1e-12  # as close to float64 as exact is
+        assert_matches(post, ref)

@@ -67,9 +67,10 @@ def recipe_quadrature(recipe: str, process, target: str) -> tuple[np.ndarray, np
 
     A recipe is a distribution of noise levels and a weight w on the loss *in the target's units*:
     λ = w·r(s), r the target's conversion factor, so a total is always in the units of its per-level
-    table. ``edm``: ln s ~ N(−1.2, 1.2²) (EDM's sampling, ``schedules.LogNormal``; with the ``edm`` target, r = 1/c_out² makes
-    it EDM's F loss), w = 1; ``uniform-t``: t ~ U(0, 1] for the chosen process, w = 1 (e.g. DDPM's ε
-    loss); or a CSV with columns ``sigma,p[,weight]`` (p normalised to sum 1; w defaults to 1)."""
+    table. ``edm``: ln s ~ N(−1.2, 1.2²) (EDM's sampling, ``schedules.LogNormal``; with the ``edm``
+    target, r = 1/c_out² makes it EDM's F loss), w = 1; ``uniform-t``: t ~ U(0, 1] for the chosen
+    process, w = 1 (e.g. DDPM's ε loss); or a CSV with columns ``sigma,p[,weight]`` (p normalised to
+    sum 1; w defaults to 1)."""
     if recipe == "edm":
         s, mass, weight = LogNormal().quadrature()
         return s, mass, weight * _factor(process, target, s)

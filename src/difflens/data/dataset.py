@@ -32,6 +32,7 @@ class DataStats:
     variance: float  # tr Cov(data) / D: the plateau of J*_x0 at large noise
     minimum: float
     maximum: float
+    mean: np.ndarray | None = field(default=None, compare=False, repr=False)  # (D,) float64 per-value mean
 
 
 @dataclass
@@ -124,8 +125,9 @@ class Dataset:
             yield start, self.rows(start, min(start + rows, len(self)))
 
     def sq_norms(self, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """‖x‖² of the rows at positions ``index`` (``x`` = those rows), remembered across calls so the
-        kernel computes them once per dataset rather than once per noise level."""
+        """‖x‖² of the rows at positions ``index`` as the kernel reads them (``x``: those rows less
+        ``center``), remembered across calls so the kernel computes them once per dataset rather
+        than once per noise level."""
 
         cache = self.__dict__.setdefault("_sq_norms", np.full(len(self), np.nan, dtype=np.float32))
         idx = index.numpy()
@@ -134,6 +136,11 @@ class Dataset:
             known = row_sq_norms(x).numpy()
             cache[idx] = known
         return torch.from_numpy(known)
+
+    @property
+    def center(self) -> torch.Tensor:
+        """The data's mean (from the cached ``stats`` pass), float32: the kernel reads rows relative to it."""
+        return torch.from_numpy(self.stats.mean).float()
 
     @property
     def fingerprint(self) -> str:
@@ -173,6 +180,7 @@ class Dataset:
             variance=max(0.0, (mean_sq - float(mean @ mean)) / self.dim),
             minimum=lo,
             maximum=hi,
+            mean=mean,
         )
 
     def subset(self, positions: np.ndarray, suffix: str) -> Dataset:

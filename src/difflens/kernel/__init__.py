@@ -5,6 +5,7 @@ folded (``fold``) into mergeable per-query states (``state``) exactly or screene
 in-process or on a dask cluster (``engines``); ``oracle`` holds the entry points.
 """
 
+from difflens.kernel.device import resolve_device
 from difflens.kernel.engines import LocalEngine, open_engine
 from difflens.kernel.fold import data_chunks, default_chunk_rows, posterior_state
 from difflens.kernel.oracle import Sigma, denoise, posterior
@@ -31,5 +32,6 @@ __all__ = [
     "open_engine",
     "posterior",
     "posterior_state",
+    "resolve_device",
     "row_sq_norms",
 ]

@@ -29,18 +29,27 @@ def posterior_state(
     step=None,
     norms=None,
     floor: torch.Tensor | None = None,
+    center: torch.Tensor | None = None,
 ) -> PosteriorState:
     """Fold (global index, rows) chunks into one state per query; the loop every engine runs.
 
     ``step`` computes one chunk's partial (default ``chunk_state``; ``screening.Fast`` for fast);
-    ``norms(index, x)`` gives the rows' ‖x‖² (e.g. ``Dataset.sq_norms``, cached across calls);
-    ``floor`` (B,) lower bounds on each query's largest logit go to steps that use them (fast)."""
+    ``center`` (D,) is subtracted from every chunk (the queries are given already shifted by it);
+    ``norms(index, x)`` gives the (centred) rows' ‖x‖² (e.g. ``Dataset.sq_norms``, cached across
+    calls); ``floor`` (B,) lower bounds on each query's largest logit go to steps that use them
+    (fast). Chunks are read where they are and moved to the queries' device (through pinned
+    memory for CUDA)."""
     step = step or chunk_state
     floor = floor if getattr(step, "uses_floor", False) else None
+    device = queries.device
     state = None
     for index, x in chunks:
-        lw = None if log_weights is None else log_weights[index]
+        if center is not None:
+            x = x - center.to(x.device)
         sq_norm = None if norms is None else norms(index, x)
+        x, index = _to(x, device), index.to(device)
+        sq_norm = None if sq_norm is None else _to(sq_norm, device)
+        lw = None if log_weights is None else log_weights[index]
         parts = [
             step(
                 queries[i : i + query_batch],
@@ -55,7 +64,15 @@ def posterior_state(
             for i in range(0, len(queries), query_batch)
         ]
         state = concat_states(parts) if state is None else state.merge(concat_states(parts))
-    return PosteriorState.empty(len(queries), queries.shape[1]) if state is None else state
+    return PosteriorState.empty(len(queries), queries.shape[1], device) if state is None else state
+
+
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device`` (itself if already there); a host tensor bound for CUDA goes through pinned
+    memory (asynchronous copy)."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def data_chunks(

@@ -16,6 +16,7 @@ import torch
 
 from difflens.errors import DifflensError
 from difflens.kernel import engines, screening
+from difflens.kernel.device import resolve_device
 from difflens.kernel.fold import data_chunks, default_chunk_rows
 from difflens.kernel.source import RowSource, as_source
 from difflens.kernel.state import Posterior, PosteriorState
@@ -85,6 +86,7 @@ def posterior(
     engine=None,
     precision="exact",
     hint=None,
+    device: str | torch.device | None = None,
 ) -> Posterior:
     """Posterior over the training set for noisy queries x̃ (VE form) at noise level ``sigma``.
 
@@ -104,12 +106,15 @@ def posterior(
         hint: (B,) or (B, k) training indices likely to carry each query's weight (e.g. the points
             the queries were noised from). Their exact logits let "fast" skip more (with ``extra``,
             whose logits serve alike); the result does not depend on them.
+        device: where the kernel runs (see ``resolve_device``); by default the queries' device.
+            Data chunks are moved there; the results (float64) live there.
     """
 
     data = as_source(data)
-    q = check_queries(queries, data.dim)
-    s = as_sigma(sigma, len(q))
-    t = as_sigma(temperature, len(q))
+    target = _device(queries, device)
+    q = check_queries(queries, data.dim).to(target)
+    s = as_sigma(sigma, len(q)).to(target)
+    t = as_sigma(temperature, len(q)).to(target)
     scale = 1.0 / (s * s * t)
     lw = None
     if log_weights is not None:
@@ -118,19 +123,28 @@ def posterior(
             raise DifflensError(f"log_weights needs one value per training point ({data.n}), got {len(lw)}")
         if torch.isnan(lw).any() or (lw == math.inf).any():
             raise DifflensError("log_weights contain NaN or +inf (−inf, a point with no weight, is fine)")
+        lw = lw.to(target)
     rows = chunk_size or default_chunk_rows(data.dim, min(len(q), query_batch))
     if rows < 1:
         raise DifflensError(f"chunk_size must be ≥ 1, got {rows}")
     exclude = _exclude_matrix(exclude, len(q))
-    step = screening.resolve(precision, data)
+    exclude = None if exclude is None else exclude.to(target)
+    step = screening.resolve(precision, data, target)
     hint = None if hint is None else _check_hint(hint, len(q), data.n)
+    # the kernel works relative to the data's mean: float32 logits then lose digits to the data's
+    # spread only, not to its offset (docs/method.md, "The kernel"); shifted back at the end
+    center = data.center.float()
+    c = center.to(target)
+    qc = q - c
+    if extra is not None:
+        extra = _shifted(extra, q, c, scale)
     floor = None  # lower bounds on the largest logits, for a step that can use them (fast)
     if getattr(step, "uses_floor", False):
-        floor = None if hint is None else _hint_floor(hint, q, data, scale, lw, include, exclude)
+        floor = None if hint is None else _hint_floor(hint, qc, data, center, scale, lw, include, exclude)
         if extra is not None:
             floor = extra.log_max if floor is None else torch.maximum(floor, extra.log_max)
     state = engines.resolve(engine).fold(
-        q,
+        qc,
         data,
         scale,
         log_weights=lw,
@@ -140,10 +154,36 @@ def posterior(
         query_batch=query_batch,
         step=step,
         floor=floor,
+        center=center,
     )
     if extra is not None:
         state = state.merge(extra)
-    return state.finalize((q.double() ** 2).sum(1), scale)
+    post = state.finalize((qc.double() ** 2).sum(1), scale)
+    post.mean += c.double()
+    return post
+
+
+def _device(queries, device) -> torch.device:
+    """Where the kernel runs: ``device`` if given, else the queries' device (CPU for arrays)."""
+    target = resolve_device(device) if device is not None else getattr(queries, "device", torch.device("cpu"))
+    if target.type == "mps":
+        raise DifflensError("the kernel merges its partial sums in float64, which MPS lacks: run it on cpu or cuda")
+    return target
+
+
+def _shifted(extra: PosteriorState, q: torch.Tensor, c: torch.Tensor, scale: torch.Tensor) -> PosteriorState:
+    """``extra`` (logits x̃·x − ‖x‖²/2 per s²T) in the kernel's coordinates relative to c: each logit
+    drops by (x̃·c − ‖c‖²/2)/(s²T), a per-query constant, and the mean moves by −c."""
+    c64 = c.double()
+    drop = ((q.double() @ c64) - 0.5 * c64.square().sum()) * scale
+    fields = {k: getattr(extra, k) for k in extra.__dataclass_fields__}
+    fields["log_max"] = fields["log_max"].to(q.device) - drop
+    fields["mean"] = fields["mean"].to(q.device) - c64
+    if fields["log_floor"] is not None:
+        fields["log_floor"] = fields["log_floor"].to(q.device) - drop
+    for k in ("total", "m2", "sq_total", "argmax", "log_dropped"):
+        fields[k] = None if fields[k] is None else fields[k].to(q.device)
+    return PosteriorState(**fields)
 
 
 def _check_hint(hint, batch: int, n: int) -> torch.Tensor:
@@ -153,16 +193,18 @@ def _check_hint(hint, batch: int, n: int) -> torch.Tensor:
     return h
 
 
-def _hint_floor(h, queries, data: RowSource, scale, log_weights, include, exclude) -> torch.Tensor:
-    """Each query's largest logit over its hinted points h (B, k), in float64: a lower bound on its
-    largest logit over the data (hints outside ``include`` or in ``exclude`` do not count)."""
-    x = data.take(h.reshape(-1).numpy()).double().reshape(*h.shape, -1)
+def _hint_floor(h, queries, data: RowSource, center, scale, log_weights, include, exclude) -> torch.Tensor:
+    """Each query's largest logit over its hinted points h (B, k), in float64 from the centred rows
+    the kernel reads: a lower bound on its largest logit over the data (hints outside ``include``
+    or in ``exclude`` do not count)."""
+    x = (data.take(h.reshape(-1).numpy()) - center).to(queries.device).double().reshape(*h.shape, -1)
+    h = h.to(queries.device)
     logit = ((queries.double()[:, None] * x).sum(-1) - 0.5 * x.square().sum(-1)) * scale[:, None]
     if log_weights is not None:
         logit += log_weights[h]
     valid = torch.ones_like(h, dtype=torch.bool)
     if include is not None:
-        valid &= torch.isin(h, torch.as_tensor(np.asarray(include, dtype=np.int64)))
+        valid &= torch.isin(h, torch.as_tensor(np.asarray(include, dtype=np.int64), device=h.device))
     if exclude is not None:
         valid &= ~(h[:, :, None] == exclude[:, None, :]).any(-1)
     return logit.masked_fill(~valid, -math.inf).amax(1)

@@ -26,20 +26,26 @@ from ``exact`` only by float32 rounding of the kept points and the < ``tol`` dro
 skipped depends on the data and noise: at large noise every point keeps real weight, and a probe of
 1/32 of the queries tells the screen to step aside (exact, plus 1/32 of a screen).
 
-Why int8 and not bfloat16: on x86 CPUs without AMX, bf16 GEMMs run slower than fp32 while int8 (VNNI)
-runs several times faster; ``benchmarks/bench_scale.py`` measures all of them (docs/scale.md).
+Why int8 and not bfloat16: on CPUs without AMX, bf16 GEMMs run slower than fp32 while int8
+(VNNI) runs several times faster; ``benchmarks/bench_scale.py`` measures all of them. The int8/fp32
+ratio varies across CPUs (1.8× to 7.4× on x86), so the cost model's constants are measured once per
+process (``calibrated_costs``, a few ms); they steer speed, never results. The screen runs on the
+CPU only: on another device the step is the exact kernel (CUDA's int8 GEMM has shape constraints,
+MPS has none).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
 from difflens.errors import DifflensError
-from difflens.kernel.state import PosteriorState, chunk_state, gathered_state, row_sq_norms
+from difflens.kernel.state import PosteriorState, _count, chunk_state, gathered_state, row_sq_norms
 
 PRECISIONS = ("exact", "fast")
 SLACK = 1e-6  # relative slack on the float32 screen pass: it rounds by a few 2⁻²⁴ of its terms' magnitudes at most
@@ -99,19 +105,25 @@ class Fast:
     """The screened kernel step: same call signature and results as ``state.chunk_state``.
 
     tol: bound on the posterior mass dropped per query; gather_cost, group_cost, call_cost: the
-    cost model of ``plan`` (relative costs per pair and per call; they steer speed, never results);
-    dense_fraction: when the queries (or a first probe of them) keep more than this fraction of the
-    chunk, the whole batch runs exact; query_levels: int8 levels per query (see ``screen``)."""
+    cost model of ``plan``, and screen_cost: one int8 level's screen in exact passes (None: measured
+    at run time by ``calibrated_costs``; they steer speed, never results); dense_fraction:
+    when the queries (or a first probe of them) keep more than this fraction of the chunk, the
+    whole batch runs exact; query_levels: int8 levels per query (see ``screen``)."""
 
     tol: float = 1e-16
-    gather_cost: float = 50.0
-    group_cost: float = 40.0
-    call_cost: float = 20000.0
+    gather_cost: float | None = None
+    group_cost: float | None = None
+    call_cost: float | None = None
     dense_fraction: float = 0.15
     query_levels: int = 0  # 1, 2, or 0: the probe picks
-    screen_cost: float = 0.25  # one int8 level's screen, in exact passes (measured)
+    screen_cost: float | None = None
     token: str = ""  # identifies the dataset for the cache of quantized chunks
     rows: int = 0  # training points in all (the dropped mass of every chunk adds up); 0: this chunk's
+
+    def __post_init__(self) -> None:
+        unset = [f.name for f in fields(self) if f.name.endswith("_cost") and getattr(self, f.name) is None]
+        for name in unset:
+            setattr(self, name, calibrated_costs()[name])
 
     def prepared(self, data) -> Fast:
         """A copy bound to this dataset (its hash keys the cache of quantized chunks)."""
@@ -287,6 +299,7 @@ class Fast:
         if key is not None and key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
+        _count(quantized_rows=len(x))
         xq, xa, x_sq, x_res = (torch.cat(f) for f in zip(*(quantize(rows) for rows in x.split(4096)), strict=True))
         pad = -len(x) % BLOCK
         rest = (torch.cat([t, t.new_zeros(pad)]) for t in (xa, x_sq, x_res))
@@ -372,12 +385,55 @@ def _at_least(blocks: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tens
     return qi[hit], bi[hit] * BLOCK + offset
 
 
-def resolve(precision, data):
-    """The kernel step for ``precision``: None (exact ``chunk_state``), or a prepared ``Fast``."""
+def resolve(precision, data, device: torch.device | None = None):
+    """The kernel step for ``precision``: None (exact ``chunk_state``), or a prepared ``Fast``.
+
+    Off the CPU the step is exact whatever the precision (see the module doc)."""
     if isinstance(precision, Fast):
-        return precision.prepared(data)
-    if precision == "exact":
+        step = precision.prepared(data)
+    elif precision == "exact":
         return None
-    if precision == "fast":
-        return Fast().prepared(data)
-    raise DifflensError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    elif precision == "fast":
+        step = Fast().prepared(data)
+    else:
+        raise DifflensError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return step if device is None or device.type == "cpu" else None
+
+
+def _best_time(fn, repeats: int = 3) -> float:
+    """The fastest of a few runs of ``fn`` (seconds): the least disturbed by other processes."""
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return max(best, 1e-9)
+
+
+@functools.cache
+def calibrated_costs() -> dict[str, float]:
+    """The cost model's constants measured on this machine, once per process (a few ms).
+
+    On a synthetic chunk (C = 1024 rows of D = 256, 64 queries) it times the exact kernel, one
+    int8 screen, a gather of 32 points per query, a one-pair kernel call and a row gather; each
+    cost is in (query, point) pairs of the exact kernel, clamped to 1/8…8× the values measured
+    on a 2-core AVX-512 machine so that one disturbed timing cannot steer the plan far."""
+    gen = torch.Generator().manual_seed(0)
+    b, c, d, k = 64, 1024, 256, 32
+    x, q = torch.randn(c, d, generator=gen), torch.randn(b, d, generator=gen)
+    scale, index, sq = torch.ones(b, dtype=torch.float64), torch.arange(c), row_sq_norms(x)
+    cols = torch.randint(0, c, (b, k), generator=gen)
+    probe = Fast(tol=1e-6, gather_cost=50.0, group_cost=40.0, call_cost=20000.0, screen_cost=0.25)
+    xq, xa, x_sq, x_res = quantize(x)
+    points = (xq, xa, x_sq, x_res, _main_direction(x))
+    buffer = torch.empty(b * k * d)
+    exact = _best_time(lambda: chunk_state(q, scale, x, index, sq_norm=sq))
+    pair = exact / (b * c)
+    screen = _best_time(lambda: probe._screen_tile(q, scale, x, points, index, None, None, None, 1))
+    gather = _best_time(lambda: gathered_state(q, scale, x, index, cols, sq, None, buffer)) / (b * k)
+    call = _best_time(lambda: chunk_state(q[:1], scale[:1], x[:1], index[:1], sq_norm=sq[:1]))
+    rows = _best_time(lambda: torch.index_select(x, 0, cols.reshape(-1)[:c])) / c
+    measured = {"screen_cost": screen / exact, "gather_cost": gather / pair, "call_cost": call / pair}
+    measured["group_cost"] = rows / pair
+    reference = {"screen_cost": 0.25, "gather_cost": 50.0, "call_cost": 20000.0, "group_cost": 40.0}
+    return {name: min(max(measured[name], ref / 8), ref * 8) for name, ref in reference.items()}

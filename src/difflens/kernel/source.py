@@ -1,7 +1,10 @@
 """Row sources: what the kernel reads, and in-memory arrays prepared once for it.
 
 The kernel needs of its data only ``n``, ``dim``, rows by range (``rows``) and by index (``take``)
-as float32, their squared norms (``sq_norms``, remembered across calls), a ``fingerprint`` that
+as float32, a ``center`` (the data's mean, computed once) which the kernel subtracts from rows and
+queries alike so that float32 logits do not cancel on un-centred data (posteriors are
+shift-equivariant; docs/method.md, "The kernel"), the squared norms of the centred rows
+(``sq_norms``, remembered across calls), a ``fingerprint`` that
 changes whenever the content does (it keys caches such as the fast screen's quantized chunks) and
 whether it pickles as a small file reference (``file_backed``, for a dask cluster).
 ``difflens.data.Dataset`` is one; ``ArraySource`` wraps an in-memory array or tensor. A tensor
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from difflens.errors import DifflensError
+from difflens.kernel.state import row_sq_norms
 
 
 @runtime_checkable
@@ -38,18 +42,23 @@ class RowSource(Protocol):
     @property
     def file_backed(self) -> bool: ...
 
+    @property
+    def center(self) -> torch.Tensor: ...
+
     def rows(self, start: int, stop: int) -> torch.Tensor: ...
 
     def take(self, idx: np.ndarray) -> torch.Tensor: ...
 
-    def sq_norms(self, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor: ...
+    def sq_norms(self, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """‖x‖² of the centred rows x = rows at positions ``index`` − ``center`` (may be remembered)."""
+        ...
 
 
 _SERIAL = itertools.count()
 
 
 class ArraySource:
-    """An (N, ...) in-memory tensor as a row source: float32, flattened, norms computed once."""
+    """An (N, ...) in-memory tensor as a row source: float32, flattened; mean and norms computed once."""
 
     file_backed = False
 
@@ -60,6 +69,7 @@ class ArraySource:
         self.x = x.float().contiguous()
         self.fingerprint = fingerprint
         self._norms: torch.Tensor | None = None
+        self._center: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -69,6 +79,13 @@ class ArraySource:
     def dim(self) -> int:
         return self.x.shape[1]
 
+    @property
+    def center(self) -> torch.Tensor:
+        """The rows' mean (summed in float64), float32."""
+        if self._center is None:
+            self._center = self.x.sum(0, dtype=torch.float64).div_(self.n).float()
+        return self._center
+
     def rows(self, start: int, stop: int) -> torch.Tensor:
         return self.x[start:stop]
 
@@ -77,7 +94,7 @@ class ArraySource:
 
     def sq_norms(self, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self._norms is None:
-            self._norms = torch.linalg.vector_norm(self.x, dim=1).square_()
+            self._norms = torch.cat([row_sq_norms(x - self.center) for x in self.x.split(4096)])
         return self._norms[index]
 
 

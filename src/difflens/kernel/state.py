@@ -24,9 +24,11 @@ from difflens.errors import DifflensError
 
 @dataclass
 class WorkTally:
-    """(query, point) pairs the exact kernel computed while a ``counting_work`` block ran."""
+    """Work done while a ``counting_work`` block ran: (query, point) pairs the exact kernel computed,
+    and data rows the fast screen quantized (rows of a chunk not found in its cache)."""
 
     pairs: int = 0
+    quantized_rows: int = 0
 
 
 _TALLIES: list[WorkTally] = []
@@ -34,8 +36,8 @@ _TALLIES: list[WorkTally] = []
 
 @contextmanager
 def counting_work() -> Iterator[WorkTally]:
-    """Count the (query, point) pairs computed exactly inside the block (tests and benchmarks use it
-    to see what ``precision="fast"`` skipped)."""
+    """Count the work done inside the block (tests and benchmarks use it to see what
+    ``precision="fast"`` skipped, and whether its quantized chunks came from the cache)."""
     tally = WorkTally()
     _TALLIES.append(tally)
     try:
@@ -44,9 +46,10 @@ def counting_work() -> Iterator[WorkTally]:
         _TALLIES.remove(tally)
 
 
-def _count(pairs: int) -> None:
+def _count(pairs: int = 0, quantized_rows: int = 0) -> None:
     for tally in _TALLIES:
         tally.pairs += pairs
+        tally.quantized_rows += quantized_rows
 
 
 @dataclass
@@ -85,15 +88,15 @@ class PosteriorState:
     log_floor: torch.Tensor | None = None
 
     @classmethod
-    def empty(cls, batch: int, dim: int) -> PosteriorState:
-        z = torch.zeros(batch, dtype=torch.float64)
+    def empty(cls, batch: int, dim: int, device: torch.device | None = None) -> PosteriorState:
+        z = torch.zeros(batch, dtype=torch.float64, device=device)
         return cls(
-            torch.full((batch,), -math.inf, dtype=torch.float64),
+            torch.full((batch,), -math.inf, dtype=torch.float64, device=device),
             z,
-            torch.zeros(batch, dim, dtype=torch.float64),
+            torch.zeros(batch, dim, dtype=torch.float64, device=device),
             z.clone(),
             z.clone(),
-            torch.full((batch,), -1, dtype=torch.int64),
+            torch.full((batch,), -1, dtype=torch.int64, device=device),
         )
 
     @classmethod
@@ -215,7 +218,9 @@ def _weighed(g, scale, x, index, log_weights, sq_norm) -> PosteriorState:
     total = rest_total + finite.squeeze(1).double()
     sq_total = torch.linalg.vector_norm(p_rest, dim=1).double().square_() + finite.squeeze(1).double()
     rest = (p_rest @ x if shared else torch.bmm(p_rest[:, None], x).squeeze(1)).double()  # (B, D) second GEMM
-    pick = best if shared else (torch.arange(len(best)), best)  # each query's best point in the chunk
+    pick = (
+        best if shared else (torch.arange(len(best), device=best.device), best)
+    )  # each query's best point in the chunk
     anchor = x[pick].double()
     offset = torch.addcmul(rest, rest_total[:, None], anchor, value=-1.0)  # Σ p_m (x_m − anchor)
     spread = (  # Σ p_m ‖x_m − anchor‖²

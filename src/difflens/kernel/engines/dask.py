@@ -31,10 +31,19 @@ def partitions(n: int, rows: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(cuts, cuts[1:], strict=False))
 
 
-def _fold_part(data, span, include, queries, scale, log_weights, exclude, rows, query_batch, step, floor):
+def _fold_part(data, span, include, queries, scale, log_weights, exclude, rows, query_batch, step, floor, center):
     chunks = data_chunks(data, rows, include, span)
     return posterior_state(
-        queries, chunks, scale, log_weights, exclude, query_batch, step=step, norms=data.sq_norms, floor=floor
+        queries,
+        chunks,
+        scale,
+        log_weights,
+        exclude,
+        query_batch,
+        step=step,
+        norms=data.sq_norms,
+        floor=floor,
+        center=center,
     )
 
 
@@ -111,21 +120,42 @@ class DaskEngine:
             self._scattered[key] = (data, self.client.scatter(data, broadcast=True, hash=False))
         return self._scattered[key][1]
 
-    def fold(self, queries, data, scale, *, log_weights, include, exclude, rows, query_batch, step, floor=None):
+    def fold(
+        self, queries, data, scale, *, log_weights, include, exclude, rows, query_batch, step, floor=None, center=None
+    ):
         n = data.n if include is None else len(include)
         if n < self.min_rows:
             chunks = data_chunks(data, rows, include)
             return posterior_state(
-                queries, chunks, scale, log_weights, exclude, query_batch, step=step, norms=data.sq_norms, floor=floor
+                queries,
+                chunks,
+                scale,
+                log_weights,
+                exclude,
+                query_batch,
+                step=step,
+                norms=data.sq_norms,
+                floor=floor,
+                center=center,
             )
         spans = partitions(n, rows, self.n_workers * self.tasks_per_worker)
         shared = self.client.scatter(
-            [queries, scale, log_weights, exclude, step, include, floor], broadcast=True, hash=False
+            [queries, scale, log_weights, exclude, step, include, floor, center], broadcast=True, hash=False
         )
         remote = self._remote_data(data)
         futures = [
             self.client.submit(
-                _fold_part, remote, span, shared[5], *shared[:4], rows, query_batch, shared[4], shared[6], pure=False
+                _fold_part,
+                remote,
+                span,
+                shared[5],
+                *shared[:4],
+                rows,
+                query_batch,
+                shared[4],
+                shared[6],
+                shared[7],
+                pure=False,
             )
             for span in spans
         ]

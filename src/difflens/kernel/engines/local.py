@@ -8,10 +8,21 @@ from difflens.kernel.fold import data_chunks, posterior_state
 class LocalEngine:
     """Runs ``posterior_state`` over all chunks in this process (torch uses its own threads)."""
 
-    def fold(self, queries, data, scale, *, log_weights, include, exclude, rows, query_batch, step, floor=None):
+    def fold(
+        self, queries, data, scale, *, log_weights, include, exclude, rows, query_batch, step, floor=None, center=None
+    ):
         chunks = data_chunks(data, rows, include)
         return posterior_state(
-            queries, chunks, scale, log_weights, exclude, query_batch, step=step, norms=data.sq_norms, floor=floor
+            queries,
+            chunks,
+            scale,
+            log_weights,
+            exclude,
+            query_batch,
+            step=step,
+            norms=data.sq_norms,
+            floor=floor,
+            center=center,
         )
 
     def close(self) -> None:
