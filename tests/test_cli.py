@@ -14,7 +14,7 @@ from difflens.data import load
 from difflens.kernel import oracle
 
 runner = CliRunner()
-TINY = ["--samples", "16", "--sigmas", "0.05:20:6"]
+TINY = ["--queries-per-level", "16", "--sigmas", "0.05:20:6"]
 
 
 def run(*args):
@@ -80,7 +80,7 @@ def test_denoise_command_matches_the_kernel(tmp_path):
         (["optimal-loss", "--sigmas", "-1,2"], "noise levels must be finite and > 0"),
         (["optimal-loss", "--estimator", "magic"], "magic"),
         (["optimal-loss", "--estimator", "dol", "--subset", "1"], "subset"),
-        (["optimal-loss", "--samples", "1"], "samples"),
+        (["optimal-loss", "--queries-per-level", "1"], "--queries-per-level must be ≥ 2"),
         (["optimal-loss", "--holdout", "2"], "holdout"),
         (["optimal-loss", "--data", "toy:nope"], "unknown toy"),
         (["denoise", "--queries", "missing.npy", "--sigma", "1", "--out", "o.npy"], "cannot read queries"),
@@ -108,5 +108,5 @@ def test_console_script_help_explains_itself():
         [sys.executable, "-m", "difflens.cli", "optimal-loss", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0
-    for word in ("--estimator", "--samples", "--sigmas", "--resume", "--target", "--process"):
+    for word in ("--estimator", "--queries-per-level", "--sigmas", "--resume", "--target", "--process"):
         assert word in out.stdout
