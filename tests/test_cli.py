@@ -183,6 +183,11 @@ DEVICE_COMMANDS = [
     ["memorization", "--samples-file", "q.npy"],
     ["gap"],
     ["smooth", "sample"],
+    ["toy", "gap"],
+    ["toy", "flow"],
+    ["distill", "toy"],
+    ["distill", "restore"],
+    ["distill", "policy"],
 ]
 
 

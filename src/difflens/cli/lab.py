@@ -11,8 +11,10 @@ from rich.table import Table
 
 from difflens.cli.common import (
     Bars,
+    DeviceOpt,
     SamplerName,
     SeedOpt,
+    check_device,
     choice,
     config_options,
     console,
@@ -47,10 +49,12 @@ def toy_gap_cmd(
     draws: int = typer.Option(50, "--draws", "-M", help="Noise draws per point (unsquared L2 error averaged)."),
     sigmas: str = typer.Option("0.001:10:40", help="Noise levels: LO:HI:N log grid or a comma list."),
     seed: int = SeedOpt,
+    device: str = DeviceOpt,
     out: Path = out_opt("runs/toy-gap"),
 ):
     """Gap G(s) of the error-prone denoiser y_δ on a circle, swept over δ, density or guidance weight."""
-    opts = {k: v for k, v in locals().items() if k not in ("out", "values", "sweep")}
+    opts = {k: v for k, v in locals().items() if k not in ("out", "values", "sweep", "device")}
+    opts["device"] = check_device(device)
     with Bars() as bars:
         curves = run_toy_gap(out, float_list(values, "--values"), sweep=sweep.value, progress=bars, **opts)
     _print_gaps(curves)
@@ -74,10 +78,12 @@ def toy_flow_cmd(
     sigma_max: float = typer.Option(10.0, help="Largest sampler noise level."),
     levels: str = typer.Option("0.03,0.1,0.3,1", help="Noise levels at which to draw the flow field."),
     seed: int = SeedOpt,
+    device: str = DeviceOpt,
     out: Path = out_opt("runs/toy-flow"),
 ):
     """Flow-field streamlines, sampler trajectories, memorization and trajectory overlap on the 2-D toy."""
-    opts = {k: v for k, v in locals().items() if k not in ("out", "levels", "denoiser", "sampler")}
+    opts = {k: v for k, v in locals().items() if k not in ("out", "levels", "denoiser", "sampler", "device")}
+    opts["device"] = check_device(device)
     level_list = float_list(levels, "--levels")
     with Bars() as bars:
         result = run_toy_flow(out, level_list, denoiser=denoiser.value, sampler=sampler.value, progress=bars, **opts)
@@ -146,34 +152,42 @@ POLICY_HELP = {
 CHOICES = {"scalarization": ScalarizationName}
 
 
-def _distill(name: str, config, threads: int, out: Path) -> None:
+def _distill(name: str, config, threads: int, device: str, out: Path) -> None:
+    dev = check_device(device)
     with Bars() as bars:
-        result, metrics = run_distill(name, config, out, threads=threads, progress=bars)
+        result, metrics = run_distill(name, config, out, threads=threads, device=dev, progress=bars)
     print_runs(result, metrics)
     console.print(f"wrote {out}/{name}.json, .csv, .png")
 
 
 @config_options(ToyConfig, TOY_HELP, into="config", choices=CHOICES)
 def distill_toy_cmd(
-    config: ToyConfig, threads: int = typer.Option(1, help=THREADS_HELP), out: Path = out_opt("runs/distill-toy")
+    config: ToyConfig,
+    threads: int = typer.Option(1, help=THREADS_HELP),
+    device: str = DeviceOpt,
+    out: Path = out_opt("runs/distill-toy"),
 ):
     """Gaussian conditional tasks with analytic scores: exact excess DSM risk, W2 and KL per task vs n."""
-    _distill("toy", config, threads, out)
+    _distill("toy", config, threads, device, out)
 
 
 @config_options(RestoreConfig, RESTORE_HELP, into="config", choices=CHOICES)
 def distill_restore_cmd(
     config: RestoreConfig,
     threads: int = typer.Option(1, help=THREADS_HELP),
+    device: str = DeviceOpt,
     out: Path = out_opt("runs/distill-restore"),
 ):
     """Digits restoration, one task per degradation: PSNR/SSIM of specialists, baseline and distilled generalist."""
-    _distill("restore", config, threads, out)
+    _distill("restore", config, threads, device, out)
 
 
 @config_options(PolicyConfig, POLICY_HELP, into="config", choices=CHOICES)
 def distill_policy_cmd(
-    config: PolicyConfig, threads: int = typer.Option(1, help=THREADS_HELP), out: Path = out_opt("runs/distill-policy")
+    config: PolicyConfig,
+    threads: int = typer.Option(1, help=THREADS_HELP),
+    device: str = DeviceOpt,
+    out: Path = out_opt("runs/distill-policy"),
 ):
     """Diffusion policies on 2-D point-mass reaching tasks: success rate and return vs demonstrations."""
-    _distill("policy", config, threads, out)
+    _distill("policy", config, threads, device, out)

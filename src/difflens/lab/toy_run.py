@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from difflens import report
 from difflens.analysis import memorization as mm
@@ -33,10 +34,12 @@ def run_toy_gap(
     draws: int = 50,
     sigmas: str = "0.001:10:40",
     seed: int = 0,
+    device: torch.device | None = None,
     progress: Progress = _NO_PROGRESS,
 ) -> list[GapCurve]:
     """G(s) of y_δ swept over ``values`` of δ, the number of points or the guidance weight;
-    writes toy_gap.{json,png}."""
+    writes toy_gap.{json,png}. ``device``: where the toy denoisers would run (``toy.sweep`` takes no
+    ``device`` yet: the one place to pass it)."""
     grid = np.sort(processes.parse_sigmas(sigmas))
     advance = progress(f"{sweep} sweep", len(values) * len(grid))
     curves = toy.sweep(
@@ -84,10 +87,12 @@ def run_toy_flow(
     sigma_min: float = 0.002,
     sigma_max: float = 10.0,
     seed: int = 0,
+    device: torch.device | None = None,
     progress: Progress = _NO_PROGRESS,
 ) -> dict:
     """Flow field at ``levels``, sampler trajectories, memorization and overlap; writes flow.{json,png},
-    overlap.png and samples.npy."""
+    overlap.png and samples.npy. ``device``: where sampling would run (``samplers.sample`` takes no
+    ``device`` yet: the one place to pass it)."""
     if data:
         ds2 = open_data(data, "none")
         train, val = toy.alternate_split(ds2.rows(0, ds2.n))

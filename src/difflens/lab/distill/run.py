@@ -34,9 +34,12 @@ def run_distill(
     out: Path,
     *,
     threads: int = 1,
+    device: torch.device | None = None,
     progress: Callable[..., Callable[..., None]] | None = None,
 ) -> tuple[dict, dict[str, str]]:
-    """Run experiment ``name`` on ``threads`` CPU threads, seeded by ``cfg.seed``; returns (result, metrics)."""
+    """Run experiment ``name`` on ``threads`` CPU threads, seeded by ``cfg.seed``; returns (result, metrics).
+
+    ``device``: where the nets would train (the runners take no ``device`` yet: the one place to pass it)."""
     if threads < 1:
         raise DifflensError(f"--threads must be ≥ 1, got {threads}")
     runner, metrics, plot_kw = EXPERIMENTS[name]
