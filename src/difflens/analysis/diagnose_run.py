@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from difflens.analysis import diagnose as dg
-from difflens.analysis.optimal_loss_run import Progress
+from difflens.analysis.run_support import Progress, no_progress
 from difflens.data import Dataset
 from difflens.data import load as load_data
 from difflens.diffusion.processes import get_process, parse_sigmas
@@ -103,7 +103,7 @@ def run_diagnose(
     batch_size: int = 512,
     seed: int = 0,
     device: torch.device | None = None,
-    progress: Progress | None = None,
+    progress: Progress = no_progress,
     say: Callable[[str], None] = print,
 ) -> tuple[dict, list[Path]]:
     """Model (or logged) loss vs the optimal loss per level; writes diagnose.{json,csv,html,png} to ``out``."""
@@ -140,7 +140,7 @@ def run_diagnose(
         title = f"{from_log.name} vs the optimal loss of {train_ds.spec}"
     else:
         steps = 2 + (len(paths) + 1 if paths else 0)
-        advance = (progress or (lambda *a, **k: lambda n=1: None))("optimal loss, model, checkpoints", steps)
+        advance = progress("optimal loss, model, checkpoints", steps)
         optimal = dg.optimal_levels(train_ds, grid, queries_per_level, seed)
         advance(1)
         result = dg.diagnose_model(

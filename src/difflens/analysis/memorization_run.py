@@ -14,14 +14,12 @@ from difflens.analysis import gap as gap_mod
 from difflens.analysis import memorization as mm
 from difflens.analysis import smoothing, trajectories
 from difflens.analysis.diagnose_run import checkpoint_paths, resolve_split
-from difflens.analysis.optimal_loss_run import Progress, open_data, save_npy
+from difflens.analysis.run_support import Progress, no_progress, open_data, save_npy
 from difflens.data import Dataset
 from difflens.diffusion import processes, samplers
 from difflens.errors import DifflensError
 from difflens.models import load_denoiser
 from difflens.models.load import default_shape
-
-_NO_PROGRESS: Progress = lambda *a, **k: lambda n=1: None  # noqa: E731
 
 
 def memorization_outputs(samples: np.ndarray, ds: Dataset, mem: mm.Memorization, out: Path, top: int) -> list[str]:
@@ -47,7 +45,7 @@ def run_memorization(
     scale: str = "auto",
     chunk_size: int | None = None,
     device: torch.device | None = None,
-    progress: Progress = _NO_PROGRESS,
+    progress: Progress = no_progress,
 ) -> tuple[dict, mm.Memorization, list[str]]:
     """d1/d2 test of generated samples against the training data; writes memorization.{json,npz} and plots.
 
@@ -85,7 +83,7 @@ def run_gap(
     scale: str = "auto",
     seed: int = 0,
     device: torch.device | None = None,
-    progress: Progress = _NO_PROGRESS,
+    progress: Progress = no_progress,
 ) -> list[gap_mod.GapCurve]:
     """G(s) = (E_val − E_train)/E_train per level for denoisers or checkpoints; writes gap.{json,csv,png}.
 
@@ -197,7 +195,7 @@ def run_smooth_sample(
     scale: str = "auto",
     seed: int = 0,
     device: torch.device | None = None,
-    progress: Progress = _NO_PROGRESS,
+    progress: Progress = no_progress,
 ) -> tuple[dict, str, list[str]]:
     """Sample with a closed-form score (or a model); memorization, γ_ex and trajectory overlap. Writes
     smooth.json, samples.npy and plots; returns (result, label, files).

@@ -6,7 +6,6 @@ A run writes ``levels.jsonl`` as levels finish (so Ctrl-C keeps them for ``--res
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -16,48 +15,22 @@ import torch
 
 from difflens import report
 from difflens.analysis import optimal_loss as ol
+from difflens.analysis.run_support import (
+    Interrupted,
+    Progress,
+    check_engine,
+    kernel_precision,
+    no_progress,
+    open_data,
+    save_npy,
+)
 from difflens.data import Dataset
 from difflens.data import load as load_data
 from difflens.diffusion.estimators import make_estimator
 from difflens.diffusion.processes import conversion_factor, get_process, parse_sigmas
 from difflens.errors import DifflensError
-from difflens.kernel import oracle, screening
+from difflens.kernel import oracle
 from difflens.kernel.engines import open_engine
-
-# progress(description, total, completed) -> advance(n): how a caller shows progress (the CLI: rich bars)
-Progress = Callable[..., Callable[..., None]]
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a run whose finished levels are kept on disk for ``--resume``."""
-
-
-def open_data(spec: str, scale: str, holdout: float | None = None, seed: int = 0) -> Dataset:
-    """Open a data spec; with ``holdout``, the training part of a seeded split."""
-    ds = load_data(spec, scale)
-    if holdout:
-        ds, _ = ds.split(holdout, seed)
-    return ds
-
-
-def kernel_precision(precision: str, fast_tol: float):
-    """What ``oracle.posterior`` takes as ``precision``, checked before any work."""
-    if precision == "fast" and not 0 < fast_tol < 1:
-        raise DifflensError(f"--fast-tol must be in (0, 1), got {fast_tol}")
-    return screening.Fast(tol=fast_tol) if precision == "fast" else precision
-
-
-def check_engine(workers: int | None, dask_scheduler: str | None) -> None:
-    if workers is not None and dask_scheduler is not None:
-        raise DifflensError("give --workers (start a local cluster) or --dask-scheduler (attach to one), not both")
-    if workers is not None and workers < 1:
-        raise DifflensError(f"--workers must be ≥ 1, got {workers}")
-
-
-def save_npy(path: Path, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    report._atomic_write(Path(path), buf.getvalue())
 
 
 def run_optimal_loss(
@@ -83,7 +56,7 @@ def run_optimal_loss(
     precision: str = "exact",
     fast_tol: float = 1e-16,
     device: torch.device | None = None,
-    progress: Progress | None = None,
+    progress: Progress = no_progress,
     say: Callable[[str], None] = print,
 ) -> dict:
     """Optimal loss per level (``optimal_loss.{json,csv,png}`` in ``out``); returns the curve as a dict.
@@ -118,7 +91,7 @@ def run_optimal_loss(
         f"[bold]{ds.spec}[/]: N={ds.n}, D={ds.dim}, shape={ds.shape}; {len(grid)} levels × {queries_per_level} "
         f"queries, estimator {estimator}" + (f" (resuming, {len(done)} levels done)" if done else "")
     )
-    advance = (progress or (lambda *a, **k: lambda n=1: None))("noise levels", len(grid), len(done))
+    advance = progress("noise levels", len(grid), len(done))
 
     def on_level(i: int, level: ol.Level) -> None:
         log.append(i, asdict(level))

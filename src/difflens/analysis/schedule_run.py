@@ -13,7 +13,7 @@ import torch
 from difflens import report
 from difflens.analysis import diagnose as dg
 from difflens.analysis import scaling as sc
-from difflens.analysis.optimal_loss_run import Progress, open_data
+from difflens.analysis.run_support import Progress, no_progress, open_data
 from difflens.diffusion import schedules as sched
 from difflens.diffusion.processes import parse_sigmas
 from difflens.errors import DifflensError
@@ -95,7 +95,7 @@ def run_scaling(
     queries_per_level: int = 1024,
     seed: int = 0,
     device: torch.device | None = None,
-    progress: Progress | None = None,
+    progress: Progress = no_progress,
 ) -> tuple[list[dict], list[dict]]:
     """Power-law fits per level (and of totals); writes scaling.{json,csv,png} (and table.csv for ``runs``).
     Returns (groups, flat rows of the fits).
@@ -108,7 +108,7 @@ def run_scaling(
         paths = sorted(glob.glob(runs))
         if not paths:
             raise DifflensError(f"--runs {runs}: no run folders found")
-        advance = (progress or (lambda *a, **k: lambda n=1: None))("runs", len(paths))
+        advance = progress("runs", len(paths))
         xcol, rows = sc.table_from_runs(
             paths,
             parse_sigmas(sigmas),

@@ -13,13 +13,12 @@ from difflens import report
 from difflens.analysis import memorization as mm
 from difflens.analysis import trajectories
 from difflens.analysis.gap import GapCurve, plot_gap
-from difflens.analysis.optimal_loss_run import Progress, open_data, save_npy
+from difflens.analysis.run_support import Progress, no_progress, open_data, save_npy
 from difflens.diffusion import processes, samplers
 from difflens.errors import DifflensError
 from difflens.lab import toy
 
 DENOISERS = ("optimal", "blurred", "guided")
-_NO_PROGRESS: Progress = lambda *a, **k: lambda n=1: None  # noqa: E731
 
 
 def run_toy_gap(
@@ -35,7 +34,7 @@ def run_toy_gap(
     sigmas: str = "0.001:10:40",
     seed: int = 0,
     device: torch.device | None = None,
-    progress: Progress = _NO_PROGRESS,
+    progress: Progress = no_progress,
 ) -> list[GapCurve]:
     """G(s) of y_δ swept over ``values`` of δ, the number of points or the guidance weight;
     writes toy_gap.{json,png}. ``device``: where the toy denoisers would run (``toy.sweep`` takes no
@@ -88,7 +87,7 @@ def run_toy_flow(
     sigma_max: float = 10.0,
     seed: int = 0,
     device: torch.device | None = None,
-    progress: Progress = _NO_PROGRESS,
+    progress: Progress = no_progress,
 ) -> dict:
     """Flow field at ``levels``, sampler trajectories, memorization and overlap; writes flow.{json,png},
     overlap.png and samples.npy. ``device``: where sampling would run (``samplers.sample`` takes no

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from difflens import report
+from difflens.analysis.run_support import Progress, no_progress
 from difflens.errors import DifflensError
 from difflens.lab.distill import report as drep
 from difflens.lab.distill.policy import PolicyConfig, run_policy
@@ -35,7 +36,7 @@ def run_distill(
     *,
     threads: int = 1,
     device: torch.device | None = None,
-    progress: Callable[..., Callable[..., None]] | None = None,
+    progress: Progress = no_progress,
 ) -> tuple[dict, dict[str, str]]:
     """Run experiment ``name`` on ``threads`` CPU threads, seeded by ``cfg.seed``; returns (result, metrics).
 
@@ -45,7 +46,7 @@ def run_distill(
     runner, metrics, plot_kw = EXPERIMENTS[name]
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
-    advance = (progress or (lambda *a, **k: lambda n=1: None))(f"distill {name}: training steps", cfg.units())
+    advance = progress(f"distill {name}: training steps", cfg.units())
     result = runner(cfg, progress=advance)
     if name == "toy":
         if result["pareto"]:
