@@ -1,12 +1,14 @@
 """The command line: the demo job runs, outputs are complete, resume continues, bad input fails cleanly."""
 
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+import typer
 from typer.testing import CliRunner
 
 from difflens.cli import app
@@ -14,7 +16,7 @@ from difflens.data import load
 from difflens.kernel import oracle
 
 runner = CliRunner()
-TINY = ["--samples", "16", "--sigmas", "0.05:20:6"]
+TINY = ["--queries-per-level", "16", "--sigmas", "0.05:20:6"]
 
 
 def run(*args):
@@ -78,9 +80,10 @@ def test_denoise_command_matches_the_kernel(tmp_path):
         (["optimal-loss", "--data", "nope.npy"], "no such file"),
         (["optimal-loss", "--sigmas", "0:1:3"], "noise"),
         (["optimal-loss", "--sigmas", "-1,2"], "noise levels must be finite and > 0"),
+        (["optimal-loss", "--sigmas", "-1:2:3"], "noise levels must be finite and > 0"),
         (["optimal-loss", "--estimator", "magic"], "magic"),
         (["optimal-loss", "--estimator", "dol", "--subset", "1"], "subset"),
-        (["optimal-loss", "--samples", "1"], "samples"),
+        (["optimal-loss", "--queries-per-level", "1"], "--queries-per-level must be ≥ 2"),
         (["optimal-loss", "--holdout", "2"], "holdout"),
         (["optimal-loss", "--data", "toy:nope"], "unknown toy"),
         (["denoise", "--queries", "missing.npy", "--sigma", "1", "--out", "o.npy"], "cannot read queries"),
@@ -108,5 +111,161 @@ def test_console_script_help_explains_itself():
         [sys.executable, "-m", "difflens.cli", "optimal-loss", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0
-    for word in ("--estimator", "--samples", "--sigmas", "--resume", "--target", "--process"):
+    for word in ("--estimator", "--queries-per-level", "--sigmas", "--resume", "--target", "--process"):
         assert word in out.stdout
+
+
+# ---- option names: one meaning per name, old spellings hidden but working for one release
+
+HIDDEN = [
+    (["optimal-loss"], "--samples", "--queries-per-level"),
+    (["optimal-loss"], "-M", "--queries-per-level"),
+    (["optimal-loss"], "--scheduler", "--dask-scheduler"),
+    (["denoise"], "--scheduler", "--dask-scheduler"),
+    (["diagnose"], "--samples", "--queries-per-level"),
+    (["schedule"], "-M", "--queries-per-level"),
+    (["scaling"], "--samples", "--queries-per-level"),
+    (["train"], "--batch", "--batch-size"),
+    (["memorization"], "--samples", "--samples-file"),
+    (["gap"], "--denoiser", "--model"),
+    (["smooth", "sample"], "--samples", "--num-samples"),
+    (["toy", "flow"], "--samples", "--num-samples"),
+    (["toy", "gap"], "-M", "--draws"),
+]
+
+
+@pytest.mark.parametrize("command, old, new", HIDDEN)
+def test_old_spellings_are_hidden_from_help(command, old, new):
+    res = run(*command, "--help")
+    assert res.exit_code == 0
+    assert re.search(rf"(?<![\w-]){re.escape(new)}(?![\w-])", res.output)
+    assert not re.search(rf"(?<![\w-]){re.escape(old)}(?![\w-])", res.output)
+
+
+def test_old_spellings_still_work(tmp_path):
+    data = ["--data", "toy:gmm:n=200", "--sigmas", "0.05:20:4"]
+    for name, count in (("new", ["--queries-per-level", "16"]), ("a", ["--samples", "16"]), ("b", ["-M", "16"])):
+        assert run("optimal-loss", *data, *count, "--out", tmp_path / name).exit_code == 0
+    new = json.loads((tmp_path / "new" / "optimal_loss.json").read_text())
+    assert new["samples"] == 16
+    for name in "ab":
+        assert json.loads((tmp_path / name / "optimal_loss.json").read_text()) == new
+    res = run("optimal-loss", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1", "--out", tmp_path / "c")
+    assert res.exit_code == 2 and "--dask-scheduler" in res.output  # the old spelling reaches the new option
+    res = run("gap", "--denoiser", "nonsense", "--out", tmp_path / "g")
+    assert res.exit_code == 2 and "not found" in res.output
+    np.save(tmp_path / "bad.npy", np.zeros((3, 5), np.float32))
+    res = run("memorization", "--samples", tmp_path / "bad.npy", "--out", tmp_path / "m")
+    assert res.exit_code == 2 and "64" in res.output
+
+
+def test_train_options_are_the_config_dataclass_fields():
+    from difflens.cli.train import TRAIN_HELP
+    from difflens.models.train import TrainConfig
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["train"].params}
+    defaults = TrainConfig()
+    for name in TRAIN_HELP:
+        default = params[name].default
+        assert getattr(default, "value", default) == getattr(defaults, name), name
+    assert params["width"].default == TrainConfig.width  # one default for the API and the CLI
+
+
+# ---- --device: checked before anything runs or is written
+
+DEVICE_COMMANDS = [
+    ["optimal-loss"],
+    ["denoise", "--queries", "q.npy", "--sigma", "1"],
+    ["diagnose", "--model", "oracle"],
+    ["schedule"],
+    ["scaling", "t.csv"],
+    ["train"],
+    ["memorization", "--samples-file", "q.npy"],
+    ["gap"],
+    ["smooth", "sample"],
+    ["toy", "gap"],
+    ["toy", "flow"],
+    ["distill", "toy"],
+    ["distill", "restore"],
+    ["distill", "policy"],
+]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize("command", DEVICE_COMMANDS)
+def test_device_cuda_without_cuda_is_one_line_exit_2(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "q.npy", np.zeros((3, 64), np.float32))
+    res = run(*command, "--device", "cuda", "--out", tmp_path / "out")
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == ["error: --device cuda: CUDA is not available on this machine"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_device_cpu_is_accepted_and_nonsense_is_refused(tmp_path):
+    res = run("optimal-loss", "--data", "toy:gmm:n=50", *TINY, "--device", "cpu", "--out", tmp_path / "a")
+    assert res.exit_code == 0, res.output
+    res = run("optimal-loss", "--device", "tpu9", "--out", tmp_path / "b")
+    assert res.exit_code == 2 and "--device tpu9" in res.output and not (tmp_path / "b").exists()
+
+
+# ---- optimal-loss: every option checked before writing; Ctrl-C keeps the finished levels
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--queries-per-level", "0"], "--queries-per-level must be ≥ 2"),
+        (["--estimator", "dol", "--subset", "1"], "subset"),
+        (["--recipe", "missing.csv"], "missing.csv"),
+        (["--precision", "fast", "--fast-tol", "2"], "tol must be in (0, 1)"),
+        (["--workers", "2", "--dask-scheduler", "tcp://127.0.0.1:1"], "not both"),
+        (["--workers", "0"], "--workers"),
+        (["--sigmas", "-1:2:3"], "must be finite and > 0"),
+        (["--holdout", "2"], "holdout"),
+    ],
+)
+def test_optimal_loss_validates_every_option_before_writing(tmp_path, args, message):
+    out = tmp_path / "run"
+    res = run("optimal-loss", "--data", "toy:gmm:n=50", "--sigmas", "0.1,1", *args, "--out", out)
+    assert res.exit_code == 2 and message in res.output
+    assert not out.exists()  # not even a header-only levels.jsonl
+
+
+def test_ctrl_c_keeps_finished_levels_and_resume_completes(tmp_path, monkeypatch):
+    from difflens.analysis import optimal_loss as ol
+
+    args = ["optimal-loss", "--data", "toy:gmm:n=200", *TINY]
+    assert run(*args, "--out", tmp_path / "full").exit_code == 0
+    real, calls = ol.estimate_level, []
+
+    def interrupted_at_third_level(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(ol, "estimate_level", interrupted_at_third_level)
+    res = run(*args, "--out", tmp_path / "part")
+    assert res.exit_code == 130
+    assert "interrupted — 2 levels kept; rerun with --resume" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "part" / "optimal_loss.json").exists()
+    monkeypatch.setattr(ol, "estimate_level", real)
+    res = run(*args, "--out", tmp_path / "part", "--resume")
+    assert res.exit_code == 0 and "resuming, 2 levels done" in res.output
+    part, full = (json.loads((tmp_path / d / "optimal_loss.json").read_text()) for d in ("part", "full"))
+    assert part == full
+
+
+def test_diagnose_progress_has_a_total(tmp_path):
+    from difflens.analysis.diagnose_run import run_diagnose
+
+    bars = []
+
+    def progress(description, total, completed=0):
+        bars.append([description, total, 0])
+        return lambda n=1: bars[-1].__setitem__(2, bars[-1][2] + n)
+
+    run_diagnose(tmp_path, model="oracle", sigmas="0.5,2", images=8, queries_per_level=8, progress=progress,
+                 say=lambda s: None)  # fmt: skip
+    assert bars and all(total is not None and done == total for _, total, done in bars)

@@ -75,7 +75,7 @@ def _run(*args):
 
 def test_cli_train_diagnose_schedule_scaling(tmp_path):
     run = tmp_path / "run"
-    tiny = ["--steps", 30, "--batch", 32, "--log-every", 10, "--ckpt-every", 15, "--threads", 1]
+    tiny = ["--steps", 30, "--batch-size", 32, "--log-every", 10, "--ckpt-every", 15, "--threads", 1]
     _run("train", "--width", 16, "--depth", 1, *tiny, "--out", run)
     assert sorted(p.name for p in run.iterdir()) == [
         "ckpt_0000015.pt",
@@ -92,7 +92,7 @@ def test_cli_train_diagnose_schedule_scaling(tmp_path):
         assert torch.allclose(a.denoiser(x, 0.5), b.denoiser(x, 0.5), atol=1e-6)  # both the EMA weights
 
     diag = tmp_path / "diag"
-    small = ["--sigmas", "0.05:5:5", "--images", 48, "--samples", 96, "--threads", 1]
+    small = ["--sigmas", "0.05:5:5", "--images", 48, "--queries-per-level", 96, "--threads", 1]
     _run("diagnose", "--model", run, "--checkpoints", run, *small, "--out", diag)
     res = json.loads((diag / "diagnose.json").read_text())
     assert len(res["levels"]) == 5 and res["held_images"] == 48 and res["recipe"] == "edm"
@@ -103,11 +103,13 @@ def test_cli_train_diagnose_schedule_scaling(tmp_path):
     eps = json.loads((tmp_path / "eps" / "diagnose.json").read_text())
     assert eps["units"]["target"] == "eps"
     assert np.allclose([lv["train_x0"] for lv in eps["levels"]], [lv["train_x0"] for lv in res["levels"]])
-    _run("diagnose", "--from-log", run / "metrics.jsonl", "--samples", 64, "--out", tmp_path / "l")
+    _run("diagnose", "--from-log", run / "metrics.jsonl", "--queries-per-level", 64, "--out", tmp_path / "l")
     logged = json.loads((tmp_path / "l" / "diagnose.json").read_text())
     assert logged["units"]["target"] == "edm" and len(logged["history"]["steps"]) == 3  # units read from the log
 
-    _run("schedule", "--from-log", run / "metrics.jsonl", "--bins", 8, "--samples", 64, "--out", tmp_path / "s")
+    _run(
+        "schedule", "--from-log", run / "metrics.jsonl", "--bins", 8, "--queries-per-level", 64, "--out", tmp_path / "s"
+    )
     table = list(csv.DictReader((tmp_path / "s" / "schedule.csv").open()))
     assert len(table) == 8 and math.isclose(sum(float(r["p"]) for r in table), 1.0, rel_tol=1e-6)
     assert (tmp_path / "s" / "schedule.png").exists() and (tmp_path / "s" / "recipe.csv").exists()
@@ -118,7 +120,7 @@ def test_cli_train_diagnose_schedule_scaling(tmp_path):
         for c in np.geomspace(1e3, 1e6, 6):
             for s in (0.1, 1.0):
                 fh.write(f"{c},{0.3 * s + c**-0.5 * math.exp(0.01 * rng.standard_normal())},{s}\n")
-    out = _run("scaling", tmp_path / "t.csv", "--data", "digits", "--samples", 64, "--out", tmp_path / "sc")
+    out = _run("scaling", tmp_path / "t.csv", "--data", "digits", "--queries-per-level", 64, "--out", tmp_path / "sc")
     fits = json.loads((tmp_path / "sc" / "scaling.json").read_text())
     assert [g["sigma"] for g in fits["groups"]] == [0.1, 1.0] and "plain" in fits["groups"][0]["fits"]
     assert "power-law fits" in out.output
@@ -134,7 +136,7 @@ def test_cli_train_diagnose_schedule_scaling(tmp_path):
         "0.5,2",
         "--images",
         32,
-        "--samples",
+        "--queries-per-level",
         64,
         "--out",
         tmp_path / "sr",
@@ -149,10 +151,10 @@ def test_cli_train_diagnose_schedule_scaling(tmp_path):
 def test_cli_optimal_loss_schedule_unet(tmp_path):
     run = tmp_path / "u"
     args = ["--arch", "unet", "--width", 8, "--schedule", "optimal-loss", "--bins", 8, "--steps", 12]
-    _run("train", *args, "--batch", 16, "--log-every", 6, "--ckpt-every", 12, "--threads", 1, "--out", run)
+    _run("train", *args, "--batch-size", 16, "--log-every", 6, "--ckpt-every", 12, "--threads", 1, "--out", run)
     info = load_denoiser(str(run)).info
     assert info["schedule"]["name"] == "optimal-loss" and sum(info["schedule_state"]["counts"]) == 12 * 16
-    _run("diagnose", "-m", run, "--sigmas", "0.1,1", "--images", 16, "--samples", 32, "--out", tmp_path / "d")
+    _run("diagnose", "-m", run, "--sigmas", "0.1,1", "--images", 16, "--queries-per-level", 32, "--out", tmp_path / "d")
     assert json.loads((tmp_path / "d" / "diagnose.json").read_text())["recipe"] == "optimal-loss"
 
 

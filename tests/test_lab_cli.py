@@ -16,7 +16,7 @@ def _run(*args):
 
 def test_smooth_sample_then_memorization(tmp_path):
     out = tmp_path / "smooth"
-    r = _run("smooth", "sample", "--subset", 16, "--samples", 8, "--steps", 8, "--out", out)
+    r = _run("smooth", "sample", "--subset", 16, "--num-samples", 8, "--steps", 8, "--out", out)
     assert r.exit_code == 0, r.output
     res = json.loads((out / "smooth.json").read_text())
     assert res["memorization"]["memorization_ratio"] == 1.0  # the exact empirical score copies training images
@@ -25,7 +25,7 @@ def test_smooth_sample_then_memorization(tmp_path):
         assert (out / f).exists()
     x = np.load(out / "samples.npy")
     assert x.shape == (8, 8, 8)
-    r = _run("memorization", "--samples", out / "samples.npy", "--out", tmp_path / "mem", "--threshold", 0.5)
+    r = _run("memorization", "--samples-file", out / "samples.npy", "--out", tmp_path / "mem", "--threshold", 0.5)
     assert r.exit_code == 0, r.output
     mem = json.loads((tmp_path / "mem" / "memorization.json").read_text())
     assert mem["memorization_ratio"] == 1.0 and mem["threshold"] == 0.5 and mem["nn_distance"]["q50"] < 1e-5
@@ -34,16 +34,16 @@ def test_smooth_sample_then_memorization(tmp_path):
 
 
 def test_gap_and_toy_commands(tmp_path):
-    r = _run("gap", "--denoiser", "oracle", "--denoiser", "oracle:T=4", "--sigmas", "0.05,1,20", "--images", 32,
+    r = _run("gap", "--model", "oracle", "--model", "oracle:T=4", "--sigmas", "0.05,1,20", "--images", 32,
              "--out", tmp_path / "gap")  # fmt: skip
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "gap" / "gap.json").read_text())
     assert [c["label"] for c in res["curves"]] == ["oracle", "oracle:T=4"]
     assert (tmp_path / "gap" / "gap_over_checkpoints.png").exists()
-    r = _run("toy", "gap", "--values", "0.05,0.2", "--sigmas", "0.01:1:5", "-M", 5, "--out", tmp_path / "tg")
+    r = _run("toy", "gap", "--values", "0.05,0.2", "--sigmas", "0.01:1:5", "--draws", 5, "--out", tmp_path / "tg")
     assert r.exit_code == 0, r.output
     assert len(json.loads((tmp_path / "tg" / "toy_gap.json").read_text())["curves"]) == 2
-    r = _run("toy", "flow", "--samples", 20, "--steps", 6, "--levels", "0.1,1", "--out", tmp_path / "tf")
+    r = _run("toy", "flow", "--num-samples", 20, "--steps", 6, "--levels", "0.1,1", "--out", tmp_path / "tf")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "tf" / "flow.png").exists() and (tmp_path / "tf" / "overlap.png").exists()
 
@@ -51,9 +51,9 @@ def test_gap_and_toy_commands(tmp_path):
 def test_errors_are_one_line_and_nonzero(tmp_path):
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((3, 5), np.float32))
-    r = _run("memorization", "--samples", bad, "--out", tmp_path / "m")
+    r = _run("memorization", "--samples-file", bad, "--out", tmp_path / "m")
     assert r.exit_code == 2 and "64" in r.output and not (tmp_path / "m" / "memorization.json").exists()
-    r = _run("gap", "--denoiser", "nonsense", "--out", tmp_path / "g")
+    r = _run("gap", "--model", "nonsense", "--out", tmp_path / "g")
     assert r.exit_code == 2 and "not found" in r.output
     r = _run("toy", "gap", "--sweep", "density", "--values", "2.5", "--out", tmp_path / "t")
     assert r.exit_code == 2 and "integers" in r.output
@@ -65,8 +65,8 @@ def test_smooth_sample_with_a_model_callable(tmp_path, monkeypatch):
     (tmp_path / "shrink_model.py").write_text("def denoiser(x, sigma):\n    return 0.0 * x\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "m"
-    r = _run("smooth", "sample", "--model", "py:shrink_model:denoiser", "--subset", 16, "--samples", 4, "--steps", 4,
-             "--no-overlap", "--out", out)  # fmt: skip
+    args = ["--model", "py:shrink_model:denoiser", "--subset", 16, "--num-samples", 4, "--steps", 4, "--no-overlap"]
+    r = _run("smooth", "sample", *args, "--out", out)
     assert r.exit_code == 0, r.output
     res = json.loads((out / "smooth.json").read_text())
     assert res["model"] == "py:shrink_model:denoiser" and res["overlap"] is None

@@ -130,7 +130,7 @@ def test_convert_streams_an_image_folder(tmp_path):
 def test_cli_optimal_loss_on_zarr_with_fast_precision(tmp_path):
     runner = CliRunner()
     assert runner.invoke(app, ["convert", "digits", str(tmp_path / "d.zarr")]).exit_code == 0
-    args = ["optimal-loss", "--sigmas", "0.05,0.5,5", "-M", "16"]
+    args = ["optimal-loss", "--sigmas", "0.05,0.5,5", "--queries-per-level", "16"]
     a = runner.invoke(app, [*args, "-d", str(tmp_path / "d.zarr"), "--precision", "fast", "-o", str(tmp_path / "a")])
     b = runner.invoke(app, [*args, "-d", "digits", "-o", str(tmp_path / "b")])
     assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
@@ -145,7 +145,9 @@ def test_cli_optimal_loss_on_zarr_with_fast_precision(tmp_path):
     assert max(lv["max_dropped_mass"] for lv in loose) < 1e-3
     bad = runner.invoke(app, [*args, "--precision", "fast", "--fast-tol", "2", "-o", str(tmp_path / "e")])
     assert bad.exit_code == 2 and "tol must be in (0, 1)" in bad.output
-    bad = runner.invoke(app, [*args, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1", "-o", str(tmp_path / "c")])
+    bad = runner.invoke(
+        app, [*args, "--workers", "2", "--dask-scheduler", "tcp://127.0.0.1:1", "-o", str(tmp_path / "c")]
+    )
     assert bad.exit_code == 2 and "not both" in bad.output
 
 

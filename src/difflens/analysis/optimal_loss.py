@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from difflens.data import as_dataset
 from difflens.diffusion.estimators import estimate_level, level_rng, make_estimator
@@ -180,6 +181,7 @@ def optimal_loss_curve(
     on_level: Callable[[int, Level], None] | None = None,
     engine=None,
     precision="exact",
+    device: str | torch.device | None = None,
 ) -> Curve:
     """J*(s) on a grid of VE-equivalent noise levels, in ``target`` units of ``process``.
 
@@ -210,7 +212,16 @@ def optimal_loss_curve(
             levels.append(done[i])
             continue
         j, se, paired, conc = estimate_level(
-            data, s, est, samples, level_rng(seed, i), reduce_dims, chunk_size, engine=engine, precision=precision
+            data,
+            s,
+            est,
+            samples,
+            level_rng(seed, i),
+            reduce_dims,
+            chunk_size,
+            engine=engine,
+            precision=precision,
+            device=device,
         )
         r = float(factors[i])
         level = Level(float(s), float(ts[i]), j * r, se * r, j, se, paired, samples, **conc)

@@ -174,14 +174,14 @@ def estimate_level(
 ) -> tuple[float, float, float, dict]:
     """(J*_x0, stderr, paired J*_x0, concentration stats) at noise level ``sigma``.
 
-    ``kernel`` options (engine, precision) go to ``oracle.posterior``."""
+    ``kernel`` options (engine, precision, device) go to ``oracle.posterior``; results come back to the CPU."""
     src = sources_for_level(data.n, samples, rng)
     x0 = data.take(src)
     noise = torch.from_numpy(rng.standard_normal(x0.shape, dtype=np.float32))
     queries = x0 + float(sigma) * noise
     post = estimator(data, queries, src, float(sigma), rng, chunk_size=chunk_size, **kernel)
-    paired = ((x0.double() ** 2).sum(1) - (post.mean**2).sum(1)) / reduce_dims
-    values = post.trace_cov / reduce_dims if estimator.rao_blackwell else paired
+    paired = ((x0.double() ** 2).sum(1) - (post.mean.cpu() ** 2).sum(1)) / reduce_dims
+    values = post.trace_cov.cpu() / reduce_dims if estimator.rao_blackwell else paired
     stderr = grouped_stderr(values, estimator.group_size(len(values)))
     conc = {
         "mean_max_weight": float(post.max_weight.mean()),

@@ -254,14 +254,11 @@ def sigma_grid(lo: float = 0.002, hi: float = 80.0, n: int = 64) -> np.ndarray:
 
 def parse_sigmas(spec: str) -> np.ndarray:
     """'0.002:80:64' (log grid lo:hi:n) or a comma list '0.1,1,10'. All levels must be finite and > 0."""
-    try:
-        if ":" in spec:
-            lo, hi, n = spec.split(":")
-            values = sigma_grid(float(lo), float(hi), int(n))
-        else:
-            values = np.array([float(v) for v in spec.split(",") if v.strip()], dtype=np.float64)
+    try:  # parse only: a bad bound or count is reported as such below, not as a parse error
+        grid = [t(v) for t, v in zip((float, float, int), spec.split(":"), strict=True)] if ":" in spec else None
+        values = np.array([float(v) for v in spec.split(",") if v.strip()] if grid is None else grid[:2], np.float64)
     except ValueError:
         raise DifflensError(f"cannot parse noise levels {spec!r}: use LO:HI:N or a comma list") from None
     if values.size == 0 or not np.all(np.isfinite(values)) or np.any(values <= 0):
         raise DifflensError(f"noise levels must be finite and > 0, got {spec!r}")
-    return values
+    return sigma_grid(*grid) if grid is not None else values

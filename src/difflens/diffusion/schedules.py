@@ -284,37 +284,3 @@ def from_description(desc: dict, process: Process):
         opts = {k: desc[k] for k in ("a", "w_max", "bump", "bump_center", "bump_width", "mix", "decay", "warmup")}
         return OptimalLossSchedule(desc["optimal"], sigma_min=desc["sigma_min"], sigma_max=desc["sigma_max"], **opts)
     raise DifflensError(f"unknown schedule {name!r}; choose edm, uniform-t or optimal-loss")
-
-
-def plot_schedule(table: list[dict], path, title: str) -> None:
-    """J*, J_θ and w(σ) (left, log scales) and the sampling density p per bin (right)."""
-    from difflens.report import plt, save_figure
-
-    s = np.array([r["sigma"] for r in table])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    ax = axes[0]
-    ax.plot(s, [r["optimal_loss"] for r in table], "k-", lw=2, label="optimal J*")
-    model = np.array([r["model_loss"] for r in table])
-    if np.isfinite(model).any():
-        ax.plot(s, model, "o-", ms=3, color="C0", label="model J_θ")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    top = np.nanmax([r["optimal_loss"] for r in table] + [r["model_loss"] for r in table])
-    ax.set_ylim(bottom=top * 1e-4)
-    ax.set_xlabel("noise level σ")
-    ax.set_ylabel("loss per dim (target units)")
-    twin = ax.twinx()
-    twin.plot(s, [r["weight"] for r in table], "--", color="C2", label="weight w(σ)")
-    twin.set_yscale("log")
-    twin.set_ylabel("weight w(σ)")
-    ax.legend(loc="upper left", fontsize=8)
-    twin.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    lo, hi = np.array([r["sigma_lo"] for r in table]), np.array([r["sigma_hi"] for r in table])
-    axes[1].bar(lo, [r["p"] for r in table], width=hi - lo, align="edge", color="C1", edgecolor="k", lw=0.3)
-    axes[1].set_xscale("log")
-    axes[1].set_xlabel("noise level σ")
-    axes[1].set_ylabel("probability per bin (uniform in ln σ within a bin)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    save_figure(fig, path)

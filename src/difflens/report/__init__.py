@@ -18,11 +18,10 @@ from difflens.report.plots import (
     plot_heatmap,
     plot_losses,
     plot_optimal_loss,
+    plot_schedule,
     plt,
     save_figure,
 )
-
-_atomic_write = write_bytes  # the name the CLI used before ``write_bytes``; drop once cli/ calls write_bytes
 
 __all__ = [
     "LevelLog",
@@ -33,6 +32,7 @@ __all__ = [
     "plot_heatmap",
     "plot_losses",
     "plot_optimal_loss",
+    "plot_schedule",
     "plt",
     "report_html",
     "save_figure",

@@ -1,0 +1,193 @@
+"""Lab commands: ``toy gap``/``toy flow`` (2-D circle) and ``distill toy|restore|policy``. The distill
+options are the fields of each experiment's config dataclass (defaults and types from there)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from difflens.cli.common import (
+    Bars,
+    DeviceOpt,
+    SamplerName,
+    SeedOpt,
+    check_device,
+    choice,
+    config_options,
+    console,
+    float_list,
+    out_opt,
+)
+from difflens.lab.distill.policy import PolicyConfig
+from difflens.lab.distill.restore import RestoreConfig
+from difflens.lab.distill.run import run_distill
+from difflens.lab.distill.toy import ToyConfig
+from difflens.lab.toy import SWEEPS
+from difflens.lab.toy_run import DENOISERS, run_toy_flow, run_toy_gap
+
+SweepName = choice("SweepName", SWEEPS)
+ToyDenoiser = choice("ToyDenoiser", DENOISERS)
+ScalarizationName = choice("ScalarizationName", ("linear", "tchebycheff"))
+
+
+def _print_gaps(curves) -> None:
+    for c in curves:
+        d = c.to_dict()
+        Console().print(f"{c.label}: peak G = {d['peak_gap']:.4g} at s = {d['peak_sigma']:.4g}")
+
+
+def toy_gap_cmd(
+    sweep: SweepName = typer.Option(SweepName.delta, help="What to vary: δ, number of points, or guidance w."),
+    values: str = typer.Option("0.02,0.05,0.1,0.2", help="Comma list of values for the swept quantity."),
+    points: int = typer.Option(8, help="Training points on the circle (as many validation points between them)."),
+    delta: float = typer.Option(0.1, help="Model error δ of y_δ (fixed when not swept; D₊ under guidance)."),
+    delta_neg: float = typer.Option(0.3, help="δ of the worse denoiser D₋ under guidance."),
+    random: bool = typer.Option(False, help="Random angles instead of equally spaced points."),
+    draws: int = typer.Option(50, "--draws", "-M", help="Noise draws per point (unsquared L2 error averaged)."),
+    sigmas: str = typer.Option("0.001:10:40", help="Noise levels: LO:HI:N log grid or a comma list."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    out: Path = out_opt("runs/toy-gap"),
+):
+    """Gap G(s) of the error-prone denoiser y_δ on a circle, swept over δ, density or guidance weight."""
+    opts = {k: v for k, v in locals().items() if k not in ("out", "values", "sweep", "device")}
+    opts["device"] = check_device(device)
+    with Bars() as bars:
+        curves = run_toy_gap(out, float_list(values, "--values"), sweep=sweep.value, progress=bars, **opts)
+    _print_gaps(curves)
+    console.print(f"wrote {out}/toy_gap.json, toy_gap.png")
+
+
+def toy_flow_cmd(
+    denoiser: ToyDenoiser = typer.Option(ToyDenoiser.blurred, help="optimal y*, blurred y_δ, or guided."),
+    points: int = typer.Option(8, help="Training points on the circle."),
+    data: str = typer.Option(
+        None, help="Another 2-D set instead of the circle (e.g. toy:gmm:n=64), split alternately."
+    ),
+    delta: float = typer.Option(0.1, help="δ of y_δ (D₊ under guidance)."),
+    delta_neg: float = typer.Option(0.3, help="δ of D₋ under guidance."),
+    w: float = typer.Option(1.0, help="Guidance weight."),
+    random: bool = typer.Option(False, help="Random angles instead of equally spaced points."),
+    sampler: SamplerName = typer.Option(SamplerName.heun, help="Sampler: euler/heun ODE, sde or pc."),
+    steps: int = typer.Option(40, help="Sampler steps (EDM ρ=7 grid)."),
+    num_samples: int = typer.Option(200, "--num-samples", "--samples", help="Number of trajectories."),
+    sigma_min: float = typer.Option(0.002, help="Smallest sampler noise level."),
+    sigma_max: float = typer.Option(10.0, help="Largest sampler noise level."),
+    levels: str = typer.Option("0.03,0.1,0.3,1", help="Noise levels at which to draw the flow field."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    out: Path = out_opt("runs/toy-flow"),
+):
+    """Flow-field streamlines, sampler trajectories, memorization and trajectory overlap on the 2-D toy."""
+    opts = {k: v for k, v in locals().items() if k not in ("out", "levels", "denoiser", "sampler", "device")}
+    opts["device"] = check_device(device)
+    level_list = float_list(levels, "--levels")
+    with Bars() as bars:
+        result = run_toy_flow(out, level_list, denoiser=denoiser.value, sampler=sampler.value, progress=bars, **opts)
+    Console().print(
+        f"memorization ratio of the {num_samples} samples: {result['memorization']['memorization_ratio']:.1%}"
+    )
+    console.print(f"wrote {out}/flow.json, flow.png, overlap.png, samples.npy")
+
+
+def print_runs(result: dict, metrics: dict[str, str]) -> None:
+    table = Table(title=f"distill {result['experiment']}: per-task metrics (task 0 / 1 / …)")
+    for col in ("method", "n", "N", "width", "params", *metrics.values()):
+        table.add_column(col, justify="right")
+    for run in result["runs"]:
+        cells = [" / ".join(f"{t[m]:.3g}" for t in run["tasks"]) for m in metrics]
+        table.add_row(
+            run["method"],
+            str(run.get("n") or "–"),
+            str(run.get("unlabeled") or "–"),
+            str(run.get("width") or "–"),
+            str(run.get("params") or "–"),
+            *cells,
+        )
+    Console().print(table)
+
+
+THREADS_HELP = "Torch CPU threads (small models run best on one)."
+COMMON_HELP = {
+    "specialist_width": "Specialist width.",
+    "steps": "Generalist training steps.",
+    "specialist_steps": "Specialist training steps.",
+    "scalarization": "Generalist objective: linear Σλ_k L_k or Tchebycheff max.",
+    "mix_real": "Mix the real pairs into the generalist's pseudo-labelled data.",
+    "seed": "Random seed: same seed, same results.",
+}
+TOY_HELP = {
+    "tasks": "Number of tasks K.",
+    "dim": "Sample dimension d.",
+    "cond_dim": "Condition dimension.",
+    "pairs": "Paired samples per task n (comma list: the sweep).",
+    "unlabeled": "Unlabeled conditions per task N (comma list sweeps too).",
+    "widths": "Generalist widths (comma list: the capacity sweep).",
+    **COMMON_HELP,
+    "pareto": "Pareto sweep of task weights at the largest n: tilts per task (0: off).",
+    "oracle": "Also train a generalist on exact samples for the unlabeled conditions.",
+}
+RESTORE_HELP = {
+    "degradations": "Tasks: comma list of noise, blur, mask.",
+    "pairs": "Paired (degraded, clean) images per task n (comma list).",
+    "unlabeled": "Degraded-only images per task.",
+    "arch": "Denoiser architecture: mlp or conv.",
+    "width": "Generalist width (MLP units or conv channels).",
+    **COMMON_HELP,
+    "oracle": "Also train a generalist on the true clean images of the unlabeled set.",
+}
+POLICY_HELP = {
+    "demos": "Expert demonstrations per task (comma list: the sweep).",
+    "unlabeled": "Unlabeled states per task, pseudo-labelled by the specialists.",
+    "relabel_rounds": "Rounds of on-policy relabelling of the generalist's own states.",
+    "eval_episodes": "Evaluation episodes per task.",
+    "horizon": "Episode length limit.",
+    "width": "Generalist MLP width.",
+    **COMMON_HELP,
+    "mix_real": "Mix the demonstrations into the generalist's pseudo-labelled data.",
+}
+CHOICES = {"scalarization": ScalarizationName}
+
+
+def _distill(name: str, config, threads: int, device: str, out: Path) -> None:
+    dev = check_device(device)
+    with Bars() as bars:
+        result, metrics = run_distill(name, config, out, threads=threads, device=dev, progress=bars)
+    print_runs(result, metrics)
+    console.print(f"wrote {out}/{name}.json, .csv, .png")
+
+
+@config_options(ToyConfig, TOY_HELP, into="config", choices=CHOICES)
+def distill_toy_cmd(
+    config: ToyConfig,
+    threads: int = typer.Option(1, help=THREADS_HELP),
+    device: str = DeviceOpt,
+    out: Path = out_opt("runs/distill-toy"),
+):
+    """Gaussian conditional tasks with analytic scores: exact excess DSM risk, W2 and KL per task vs n."""
+    _distill("toy", config, threads, device, out)
+
+
+@config_options(RestoreConfig, RESTORE_HELP, into="config", choices=CHOICES)
+def distill_restore_cmd(
+    config: RestoreConfig,
+    threads: int = typer.Option(1, help=THREADS_HELP),
+    device: str = DeviceOpt,
+    out: Path = out_opt("runs/distill-restore"),
+):
+    """Digits restoration, one task per degradation: PSNR/SSIM of specialists, baseline and distilled generalist."""
+    _distill("restore", config, threads, device, out)
+
+
+@config_options(PolicyConfig, POLICY_HELP, into="config", choices=CHOICES)
+def distill_policy_cmd(
+    config: PolicyConfig,
+    threads: int = typer.Option(1, help=THREADS_HELP),
+    device: str = DeviceOpt,
+    out: Path = out_opt("runs/distill-policy"),
+):
+    """Diffusion policies on 2-D point-mass reaching tasks: success rate and return vs demonstrations."""
+    _distill("policy", config, threads, device, out)

@@ -1,0 +1,92 @@
+"""``train``: every option is a field of ``models.train.TrainConfig`` (its defaults, types and choices);
+only the help texts live here. The schedule options are shared with ``schedule``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from difflens.cli.common import (
+    ArchName,
+    Bars,
+    DeviceOpt,
+    ProcessName,
+    ScaleName,
+    ScheduleName,
+    TargetName,
+    ThreadsOpt,
+    check_device,
+    config_options,
+    console,
+    out_opt,
+)
+from difflens.models.train import TrainConfig, train
+
+SCHEDULE_HELP = {
+    "bins": "optimal-loss schedule: bins in ln σ between --sigma-min and --sigma-max.",
+    "sigma_min": "optimal-loss schedule: lowest σ.",
+    "sigma_max": "optimal-loss schedule: highest σ.",
+    "a": "optimal-loss schedule: weight scale a.",
+    "w_max": "optimal-loss schedule: weight cap w_max.",
+    "bump": "optimal-loss schedule: Gaussian bump height (× a) in ln σ.",
+    "bump_center": "optimal-loss schedule: bump centre σ.",
+    "bump_width": "optimal-loss schedule: bump width in ln σ.",
+    "mix": "optimal-loss schedule: uniform floor mixed into p(σ).",
+}
+TRAIN_HELP = {
+    "data": "Data spec: digits (default), lfw, PATH.npy, PATH.npz[:KEY], an image folder, or toy:NAME[:k=v,...].",
+    "scale": "auto: integer/image data → [−1, 1], floats as given.",
+    "holdout": "Held-out fraction (seeded by --split-seed; 0 = none).",
+    "split_seed": "Seed of the train/held-out split.",
+    "arch": "Tiny MLP or small U-Net (images).",
+    "width": "Hidden width (MLP) or base channels (U-Net).",
+    "depth": "MLP blocks.",
+    "process": "Forward process the network is trained on.",
+    "target": "Prediction target (edm = EDM preconditioning).",
+    "time_scale": "Multiplier of the network's time input.",
+    "schedule": "Noise-level schedule and weighting.",
+    **SCHEDULE_HELP,
+    "steps": "Optimizer steps.",
+    "batch": "Batch size.",
+    "lr": "Adam learning rate.",
+    "ema": "EMA decay of the saved weights.",
+    "seed": "Random seed: same seed, same results.",
+    "log_every": "Steps between metrics.jsonl lines.",
+    "ckpt_every": "Steps between checkpoints.",
+    "noise_unconditioned": "The network gets a constant time input (blind to σ; the preconditioning still uses σ).",
+    "smooth_below": "Regress samples with σ < S_C on the smoothed empirical denoiser E_T(σ)[x0|x̃] instead of x0.",
+    "smooth_temperature": "With --smooth-below: T in T(σ) = T·max(S_C/σ, 1).",
+}
+TRAIN_CHOICES = {
+    "scale": ScaleName,
+    "arch": ArchName,
+    "process": ProcessName,
+    "target": TargetName,
+    "schedule": ScheduleName,
+}
+
+
+@config_options(
+    TrainConfig,
+    TRAIN_HELP,
+    into="config",
+    choices=TRAIN_CHOICES,
+    decls={"data": ("--data", "-d"), "batch": ("--batch-size", "--batch")},
+)
+def train_cmd(
+    config: TrainConfig,
+    threads: int = ThreadsOpt,
+    device: str = DeviceOpt,
+    out: Path = out_opt("runs/train"),
+):
+    """Train a tiny reference denoiser: metrics.jsonl, ckpt_*.pt, model.safetensors, train.json."""
+    check_device(device)  # train() takes no device yet: pass it here once it does
+    with Bars() as bars:
+        task = bars.bar.add_task("training", total=config.steps)
+        summary = train(
+            config, out, on_step=lambda step, loss: bars.bar.update(task, completed=step), threads=threads or None
+        )
+    console.print(
+        f"trained {summary['arch']['name']} ({summary['parameters']:,} parameters) on {summary['data']['spec']} "
+        f"for {config.steps} steps in {summary['seconds']:.0f} s; wrote {out}/model.safetensors, metrics.jsonl, "
+        "train.json"
+    )

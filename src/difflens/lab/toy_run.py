@@ -1,0 +1,134 @@
+"""The ``toy gap`` and ``toy flow`` runs on the 2-D circle (or another 2-D set): gap sweeps of the
+error-prone denoiser y_δ, and sampler flows with memorization and trajectory overlap (docs/method.md)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from difflens import report
+from difflens.analysis import memorization as mm
+from difflens.analysis import trajectories
+from difflens.analysis.gap import GapCurve, plot_gap
+from difflens.analysis.run_support import Progress, no_progress, open_data, save_npy
+from difflens.diffusion import processes, samplers
+from difflens.errors import DifflensError
+from difflens.lab import toy
+
+DENOISERS = ("optimal", "blurred", "guided")
+
+
+def run_toy_gap(
+    out: Path,
+    values: list[float],
+    *,
+    sweep: str = "delta",
+    points: int = 8,
+    delta: float = 0.1,
+    delta_neg: float = 0.3,
+    random: bool = False,
+    draws: int = 50,
+    sigmas: str = "0.001:10:40",
+    seed: int = 0,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> list[GapCurve]:
+    """G(s) of y_δ swept over ``values`` of δ, the number of points or the guidance weight;
+    writes toy_gap.{json,png}. ``device``: where the toy denoisers would run (``toy.sweep`` takes no
+    ``device`` yet: the one place to pass it)."""
+    grid = np.sort(processes.parse_sigmas(sigmas))
+    advance = progress(f"{sweep} sweep", len(values) * len(grid))
+    curves = toy.sweep(
+        sweep,
+        values,
+        grid,
+        points=points,
+        delta=delta,
+        delta_neg=delta_neg,
+        random=random,
+        draws=draws,
+        seed=seed,
+        on_level=lambda *_: advance(1),
+    )
+    plot_gap(curves, out / "toy_gap.png", title=f"toy gap vs {sweep} (circle, M={draws})")
+    config = {"sweep": sweep, "points": points, "delta": delta, "delta_neg": delta_neg, "random": random}
+    report.write_json(out / "toy_gap.json", {**config, "seed": seed, "curves": [c.to_dict() for c in curves]})
+    return curves
+
+
+def toy_denoiser(name: str, train, delta: float, delta_neg: float, w: float):
+    if name == "optimal":
+        return toy.Optimal(train)
+    if name == "blurred":
+        return toy.Blurred(train, delta)
+    if name == "guided":
+        return toy.Guided(toy.Blurred(train, delta), toy.Blurred(train, delta_neg), w)
+    raise DifflensError(f"unknown toy denoiser {name!r}; choose one of {', '.join(DENOISERS)}")
+
+
+def run_toy_flow(
+    out: Path,
+    levels: list[float],
+    *,
+    denoiser: str = "blurred",
+    points: int = 8,
+    data: str | None = None,
+    delta: float = 0.1,
+    delta_neg: float = 0.3,
+    w: float = 1.0,
+    random: bool = False,
+    sampler: str = "heun",
+    steps: int = 40,
+    num_samples: int = 200,
+    sigma_min: float = 0.002,
+    sigma_max: float = 10.0,
+    seed: int = 0,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> dict:
+    """Flow field at ``levels``, sampler trajectories, memorization and overlap; writes flow.{json,png},
+    overlap.png and samples.npy. ``device``: where sampling would run (``samplers.sample`` takes no
+    ``device`` yet: the one place to pass it)."""
+    if data:
+        ds2 = open_data(data, "none")
+        train, val = toy.alternate_split(ds2.rows(0, ds2.n))
+    else:
+        train, val = toy.circle(points, random=random, seed=seed)
+    den = toy_denoiser(denoiser, train, delta, delta_neg, w)
+    sig = samplers.edm_sigmas(steps, sigma_min, sigma_max)
+    advance = progress("sampler steps", steps)
+    traj = samplers.sample(
+        den,
+        samplers.initial_noise(num_samples, 2, sigma_max, seed),
+        sig,
+        method=sampler,
+        seed=seed,
+        record=True,
+        on_step=lambda _: advance(1),
+    )
+    advance2 = progress("overlap per level", steps)
+    overlap = trajectories.trajectory_overlap(train, traj, seed=seed, on_level=lambda _: advance2(1))
+    mem = mm.memorization(traj.samples, train)
+    states = np.stack([s.numpy() for s in traj.states] + [traj.samples.numpy()])
+    title = f"{denoiser} denoiser, {len(train)} training points, {sampler} sampler"
+    toy.plot_flow(den, train, val, levels, out / "flow.png", trajectories=states, title=title)
+    trajectories.plot_overlap(overlap, out / "overlap.png")
+    save_npy(out / "samples.npy", traj.samples.numpy())
+    result = {
+        "denoiser": denoiser,
+        "data": data or "circle",
+        "points": len(train),
+        "delta": delta,
+        "delta_neg": delta_neg,
+        "w": w,
+        "sampler": sampler,
+        "steps": steps,
+        "seed": seed,
+        "memorization": mem.summary(),
+        "overlap": [asdict(lv) for lv in overlap],
+    }
+    report.write_json(out / "flow.json", result)
+    return result
