@@ -40,7 +40,8 @@ def test_optimal_loss_on_digits_writes_json_csv_png(tmp_path):
     for lv in out["levels"]:
         assert {"sigma", "t", "optimal_loss", "stderr", "optimal_loss_x0"} <= set(lv)
         assert lv["optimal_loss"] == pytest.approx(lv["optimal_loss_x0"] / lv["sigma"] ** 2, rel=1e-9)  # eps: 1/s²
-    assert "edm" in out["total"]
+    # the total follows the process (DDPM's uniform t for vp) and is in the table's units
+    assert out["recipe"] == "uniform-t" and out["total"]["uniform-t"]["units"].startswith("eps units of vp")
     csv_lines = (tmp_path / "optimal_loss.csv").read_text().splitlines()
     assert len(csv_lines) == 7 and csv_lines[0].startswith("sigma,t,optimal_loss")
     assert (tmp_path / "optimal_loss.png").read_bytes()[:4] == b"\x89PNG"
@@ -198,7 +199,7 @@ def test_device_cuda_without_cuda_is_one_line_exit_2(tmp_path, monkeypatch, comm
     np.save(tmp_path / "q.npy", np.zeros((3, 64), np.float32))
     res = run(*command, "--device", "cuda", "--out", tmp_path / "out")
     assert res.exit_code == 2
-    assert res.output.strip().splitlines() == ["error: --device cuda: CUDA is not available on this machine"]
+    assert res.output.strip().splitlines() == ["error: --device cuda: CUDA is not available here"]
     assert not (tmp_path / "out").exists()
 
 

@@ -279,8 +279,8 @@ def test_kernel_runs_on_the_device_asked_for():
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("cuda", "--device cuda: CUDA is not available on this machine"),
-        ("cuda:3", "--device cuda:3: CUDA is not available on this machine"),
+        ("cuda", "--device cuda: CUDA is not available here"),
+        ("cuda:3", "--device cuda:3: CUDA is not available here"),
         ("gpu", "--device gpu: not a device"),
     ],
 )
@@ -293,7 +293,7 @@ def test_unavailable_device_is_one_clear_error(name, message):
 
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="checks the refusal on a machine without MPS")
 def test_unavailable_mps_is_one_clear_error():
-    with pytest.raises(DifflensError, match="^--device mps: MPS is not available on this machine"):
+    with pytest.raises(DifflensError, match="^--device mps: MPS is not available here"):
         kernel.resolve_device("mps")
 
 

@@ -1,7 +1,7 @@
 """The ``difflens`` command line: one sub-command per capability, one module per command group.
 
 Every command is thin: it parses its options, calls one library function and prints the result
-(docs/architecture.md, "adding a command"). ``main`` is the console-script entry point.
+(docs/architecture.md, "Adding things"). ``main`` is the console-script entry point.
 """
 
 from __future__ import annotations

@@ -21,14 +21,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from typer.core import TyperCommand, TyperOption
 
-from difflens.analysis.gap import ERRORS
-from difflens.analysis.memorization import BACKENDS
+from difflens.analysis.model_error import ERRORS
 from difflens.data.sources import SCALES
 from difflens.diffusion import schedules
 from difflens.diffusion.estimators import ESTIMATORS
 from difflens.diffusion.processes import PROCESSES, TARGETS
 from difflens.diffusion.samplers import METHODS
 from difflens.errors import DifflensError
+from difflens.kernel import resolve_device
+from difflens.kernel.neighbours import BACKENDS
 from difflens.kernel.screening import PRECISIONS
 from difflens.models.load import DIFFUSERS_TARGETS
 from difflens.models.nets import ARCHS
@@ -93,20 +94,8 @@ def queries_opt(default: int, help: str = "Noisy queries per noise level for the
 
 
 def check_device(name: str) -> torch.device:
-    """``--device`` checked before any work: a device this machine has, or one clear line."""
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise DifflensError(f"--device {name}: not a device; use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DifflensError(f"--device {name}: CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise DifflensError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise DifflensError(f"--device {name}: MPS is not available on this machine")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise DifflensError(f"--device {name}: not supported; use cpu, cuda, cuda:N or mps")
-    return dev
+    """``--device`` checked before any work: a device that is present, or one clear line."""
+    return resolve_device(name)
 
 
 def set_threads(threads: int) -> None:

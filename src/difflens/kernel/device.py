@@ -21,13 +21,13 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
         return device
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DifflensError(f"--device {name}: CUDA is not available on this machine")
+            raise DifflensError(f"--device {name}: CUDA is not available here")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise DifflensError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0…cuda:{count - 1}")
+            raise DifflensError(f"--device {name}: only {count} CUDA device(s) here, cuda:0…cuda:{count - 1}")
         return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
     if device.type == "mps":
         if not torch.backends.mps.is_available():
-            raise DifflensError(f"--device {name}: MPS is not available on this machine")
+            raise DifflensError(f"--device {name}: MPS is not available here")
         return device
     raise DifflensError(f"--device {name}: unsupported device type (use {_KINDS})")

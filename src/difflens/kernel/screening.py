@@ -412,7 +412,7 @@ def _best_time(fn, repeats: int = 3) -> float:
 
 @functools.cache
 def calibrated_costs() -> dict[str, float]:
-    """The cost model's constants measured on this machine, once per process (a few ms).
+    """The cost model's constants measured where it runs, once per process (a few ms).
 
     On a synthetic chunk (C = 1024 rows of D = 256, 64 queries) it times the exact kernel, one
     int8 screen, a gather of 32 points per query, a one-pair kernel call and a row gather; each
