@@ -20,7 +20,8 @@ def test_smooth_sample_then_memorization(tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads((out / "smooth.json").read_text())
     assert res["memorization"]["memorization_ratio"] == 1.0  # the exact empirical score copies training images
-    assert len(res["overlap"]) == 8 and len(res["expansion"]) == 7
+    assert len(res["overlap"]) == 8
+    assert len(res["expansion"]) == 7
     for f in ("samples.npy", "samples.png", "memorized.png", "overlap.png", "memorization.npz"):
         assert (out / f).exists()
     x = np.load(out / "samples.npy")
@@ -28,9 +29,12 @@ def test_smooth_sample_then_memorization(tmp_path):
     r = _run("memorization", "--samples-file", out / "samples.npy", "--out", tmp_path / "mem", "--threshold", 0.5)
     assert r.exit_code == 0, r.output
     mem = json.loads((tmp_path / "mem" / "memorization.json").read_text())
-    assert mem["memorization_ratio"] == 1.0 and mem["threshold"] == 0.5 and mem["nn_distance"]["q50"] < 1e-5
+    assert mem["memorization_ratio"] == 1.0
+    assert mem["threshold"] == 0.5
+    assert mem["nn_distance"]["q50"] < 1e-5
     npz = np.load(tmp_path / "mem" / "memorization.npz")
-    assert set(npz.files) == {"d1", "d2", "index", "index2", "ratio"} and len(npz["d1"]) == 8
+    assert set(npz.files) == {"d1", "d2", "index", "index2", "ratio"}
+    assert len(npz["d1"]) == 8
 
 
 def test_gap_and_toy_commands(tmp_path):
@@ -45,20 +49,26 @@ def test_gap_and_toy_commands(tmp_path):
     assert len(json.loads((tmp_path / "tg" / "toy_gap.json").read_text())["curves"]) == 2
     r = _run("toy", "flow", "--num-samples", 20, "--steps", 6, "--levels", "0.1,1", "--out", tmp_path / "tf")
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "tf" / "flow.png").exists() and (tmp_path / "tf" / "overlap.png").exists()
+    assert (tmp_path / "tf" / "flow.png").exists()
+    assert (tmp_path / "tf" / "overlap.png").exists()
 
 
 def test_errors_are_one_line_and_nonzero(tmp_path):
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((3, 5), np.float32))
     r = _run("memorization", "--samples-file", bad, "--out", tmp_path / "m")
-    assert r.exit_code == 2 and "64" in r.output and not (tmp_path / "m" / "memorization.json").exists()
+    assert r.exit_code == 2
+    assert "64" in r.output
+    assert not (tmp_path / "m" / "memorization.json").exists()
     r = _run("gap", "--model", "nonsense", "--out", tmp_path / "g")
-    assert r.exit_code == 2 and "not found" in r.output
+    assert r.exit_code == 2
+    assert "not found" in r.output
     r = _run("toy", "gap", "--sweep", "density", "--values", "2.5", "--out", tmp_path / "t")
-    assert r.exit_code == 2 and "integers" in r.output
+    assert r.exit_code == 2
+    assert "integers" in r.output
     r = _run("smooth", "sample", "-T", 0, "--out", tmp_path / "s")
-    assert r.exit_code == 2 and "temperature" in r.output
+    assert r.exit_code == 2
+    assert "temperature" in r.output
 
 
 def test_smooth_sample_with_a_model_callable(tmp_path, monkeypatch):
@@ -69,5 +79,6 @@ def test_smooth_sample_with_a_model_callable(tmp_path, monkeypatch):
     r = _run("smooth", "sample", *args, "--out", out)
     assert r.exit_code == 0, r.output
     res = json.loads((out / "smooth.json").read_text())
-    assert res["model"] == "py:shrink_model:denoiser" and res["overlap"] is None
+    assert res["model"] == "py:shrink_model:denoiser"
+    assert res["overlap"] is None
     assert np.abs(np.load(out / "samples.npy")).max() == 0.0  # a denoiser that always says 0 samples 0

@@ -29,14 +29,16 @@ def test_optimal_loss_weights_and_density_closed_form():
     raw = 2.0 * np.minimum(1 / optimal, 100.0) * (model - optimal)
     assert np.allclose(s.probabilities(), 0.8 * raw / raw.sum() + 0.2 / 12)
     rows = s.table()
-    assert len(rows) == 12 and math.isclose(sum(r["p"] for r in rows), 1.0)
+    assert len(rows) == 12
+    assert math.isclose(sum(r["p"] for r in rows), 1.0)
     bumped, _ = _schedule(a=2.0, w_max=100.0, bump=3.0, bump_center=0.1, bump_width=0.3)
     diff = (bumped.weight(torch.tensor([0.1, 40.0])) - s.weight(torch.tensor([0.1, 40.0]))).numpy()
-    assert np.isclose(diff[0], 2.0 * 3.0) and abs(diff[1]) < 1e-6  # a·bump at the centre, none far away
+    assert np.isclose(diff[0], 2.0 * 3.0)
+    assert abs(diff[1]) < 1e-6  # a·bump at the centre, none far away
 
 
 def test_running_estimate_follows_losses():
-    s, optimal = _schedule(decay=0.9, warmup=4)
+    s, _optimal = _schedule(decay=0.9, warmup=4)
     gen = torch.Generator().manual_seed(0)
     for _ in range(60):
         sig = s.sample(512, gen)
@@ -68,7 +70,7 @@ def test_fixed_schedules_ks():
     proc = get_process("vp")
     t = proc.t_of_s(sched.UniformT(proc, t_min=0.01).sample(20000, gen).numpy())
     assert stats.kstest(t, stats.uniform(0.01, 0.99).cdf).pvalue > 1e-3
-    s, mass, weight = sched.LogNormal().quadrature()
+    _s, mass, weight = sched.LogNormal().quadrature()
     assert np.all(weight == 1.0)
     assert math.isclose(mass.sum(), 1.0, rel_tol=1e-6)
 
@@ -91,18 +93,24 @@ def _synthetic(alpha=-0.35, beta=4.0, e=0.2, n=10, noise=0.01, seed=0):
 def test_plain_fit_recovers_known_law():
     c, j = _synthetic(e=0.0)
     fit = fit_plain(c, j)
-    assert abs(fit.alpha + 0.35) < 0.01 and abs(fit.beta / 4.0 - 1) < 0.1
+    assert abs(fit.alpha + 0.35) < 0.01
+    assert abs(fit.beta / 4.0 - 1) < 0.1
     assert fit.alpha_ci[0] < -0.35 < fit.alpha_ci[1]
-    assert fit.r2 > 0.999 and fit.corr < -0.999
+    assert fit.r2 > 0.999
+    assert fit.corr < -0.999
 
 
 def test_excess_fit_straightens_and_offset_fit_finds_the_floor():
     c, j = _synthetic(e=0.2)
     plain, excess, offset = fit_plain(c, j), fit_excess(c, j, 0.2), fit_offset(c, j)
-    assert abs(excess.alpha + 0.35) < 0.01 and excess.alpha_ci[0] < -0.35 < excess.alpha_ci[1]
-    assert abs(offset.offset - 0.2) < 0.01 and offset.offset_ci[0] < 0.2 < offset.offset_ci[1]
-    assert abs(offset.alpha + 0.35) < 0.03 and abs(offset.beta / 4.0 - 1) < 0.3
-    assert abs(excess.corr) > abs(plain.corr) and excess.r2 > plain.r2
+    assert abs(excess.alpha + 0.35) < 0.01
+    assert excess.alpha_ci[0] < -0.35 < excess.alpha_ci[1]
+    assert abs(offset.offset - 0.2) < 0.01
+    assert offset.offset_ci[0] < 0.2 < offset.offset_ci[1]
+    assert abs(offset.alpha + 0.35) < 0.03
+    assert abs(offset.beta / 4.0 - 1) < 0.3
+    assert abs(excess.corr) > abs(plain.corr)
+    assert excess.r2 > plain.r2
     assert np.allclose(excess.predict(c), j, rtol=0.05)
 
 
@@ -114,7 +122,8 @@ def test_fit_groups_and_errors():
     assert [g["sigma"] for g in groups] == [1.0, 2.0]
     assert all(abs(g["fits"]["excess"]["alpha"] + 0.35) < 0.01 for g in groups)
     too_big = fit_groups(rows[:10], lambda s: 1.0)  # J* above the losses: excess fit refused, others kept
-    assert "excess" in too_big[0]["errors"] and "plain" in too_big[0]["fits"]
+    assert "excess" in too_big[0]["errors"]
+    assert "plain" in too_big[0]["fits"]
     with pytest.raises(DifflensError, match="at least 3"):
         fit_plain([1.0, 2.0], [1.0, 0.5])
     with pytest.raises(DifflensError, match="> 0"):
@@ -129,7 +138,8 @@ def test_offset_fit_on_flat_noisy_losses_does_not_crash():
     groups = fit_groups([{"x": x, "loss": y} for x, y in zip(c, j, strict=True)], lambda s: 0.2765)
     fits = groups[0]["fits"]
     assert set(fits) == {"plain", "offset", "excess"}
-    assert abs(fits["plain"]["corr"]) < 0.9 and abs(fits["excess"]["corr"]) < 0.9
+    assert abs(fits["plain"]["corr"]) < 0.9
+    assert abs(fits["excess"]["corr"]) < 0.9
 
 
 def test_plot_fits_draws_every_group_or_names_those_left_out(monkeypatch, tmp_path):
@@ -146,11 +156,16 @@ def test_plot_fits_draws_every_group_or_names_those_left_out(monkeypatch, tmp_pa
 
     assert scaling.plot_fits(groups(13), tmp_path / "a.png", "params") == []
     titles = [ax.get_title() for ax in figs[0].axes if ax.get_title()]
-    assert len(titles) == 13 and titles[0] == "total" and titles[-1] == "σ = 12"
+    assert len(titles) == 13
+    assert titles[0] == "total"
+    assert titles[-1] == "σ = 12"
     left = scaling.plot_fits(groups(30), tmp_path / "b.png", "params")
     drawn = [ax.get_title() for ax in figs[1].axes if ax.get_title()]
-    assert len(drawn) == scaling.MAX_PANELS and len(left) == 30 - scaling.MAX_PANELS
-    assert drawn[0] == "total" and drawn[-1] == "σ = 29"
+    assert len(drawn) == scaling.MAX_PANELS
+    assert len(left) == 30 - scaling.MAX_PANELS
+    assert drawn[0] == "total"
+    assert drawn[-1] == "σ = 29"
     note = " ".join(t.get_text() for t in figs[1].texts)
-    assert f"{len(left)} of 30 groups not drawn" in note and "scaling.json" in note
+    assert f"{len(left)} of 30 groups not drawn" in note
+    assert "scaling.json" in note
     assert sorted(float(v) for v in re.findall(r"σ=([\d.]+)", note)) == [g["sigma"] for g in left]

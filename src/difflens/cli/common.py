@@ -226,7 +226,7 @@ def config_options(
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     params, kinds = [], {}
     for name, text in help.items():
-        kind, optional = _field_type(hints[name])
+        kind, _optional = _field_type(hints[name])
         default = defaults[name]
         if name in choices:
             kind, default = choices[name], choices[name](default)

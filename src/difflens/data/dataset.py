@@ -192,7 +192,7 @@ class Dataset:
         """(train, held-out) with a fraction ``holdout`` held out, chosen by ``seed``."""
         if not 0.0 < holdout < 1.0:
             raise DifflensError(f"--holdout must be a fraction in (0, 1), got {holdout}")
-        n_held = int(round(holdout * len(self)))
+        n_held = round(holdout * len(self))
         if n_held == 0 or n_held == len(self):
             raise DifflensError(f"--holdout {holdout} leaves an empty split of {len(self)} samples")
         perm = np.random.default_rng(seed).permutation(len(self))

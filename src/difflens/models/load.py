@@ -456,6 +456,6 @@ def diffusers_denoiser(
         "beta_schedule": "trained_betas" if trained else cfg.beta_schedule,
         "beta_start": float(cfg.beta_start) if ends else None,
         "beta_end": float(cfg.beta_end) if ends else None,
-        "num_train_timesteps": int(len(scheduler.alphas_cumprod)),
+        "num_train_timesteps": len(scheduler.alphas_cumprod),
     }
     return LoadedModel(NetDenoiser(unet, param, net_shape), {**(info or {}), **read})

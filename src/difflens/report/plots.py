@@ -13,10 +13,10 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.colors import LogNorm
 
-from difflens.data.files import write_bytes  # noqa: E402
+from difflens.data.files import write_bytes
 
 RATIO_CLIP = (0.1, 1e3)  # J_θ/J* axis range: where J* → 0 the ratio diverges and says nothing
 

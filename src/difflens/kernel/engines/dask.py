@@ -13,6 +13,7 @@ recomputed elsewhere from their recipe, so the answer is unchanged.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import torch
@@ -28,7 +29,7 @@ def partitions(n: int, rows: int, parts: int) -> list[tuple[int, int]]:
     parts = max(1, parts)
     inner = {round(n / rows * k / parts) * rows for k in range(1, parts)}
     cuts = sorted({0, n} | {c for c in inner if 0 < c < n})
-    return list(zip(cuts, cuts[1:], strict=False))
+    return list(itertools.pairwise(cuts))
 
 
 def _fold_part(data, span, include, queries, scale, log_weights, exclude, rows, query_batch, step, floor, center):
