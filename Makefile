@@ -23,6 +23,7 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/lint-imports --no-cache  # the layer rule of docs/architecture.md
+	$(BIN)/mypy  # kernel, data and the public API: [tool.mypy] in pyproject.toml
 	$(BIN)/pytest -n 2
 
 lint: $(STAMP)

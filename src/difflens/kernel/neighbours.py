@@ -50,8 +50,8 @@ def _chunk_candidates(q: torch.Tensor, q_sq: torch.Tensor, f: torch.Tensor, k: i
 
         index = faiss.IndexFlatL2(f.shape[1])
         index.add(np.ascontiguousarray(f.numpy(), dtype=np.float32))
-        d, i = index.search(np.ascontiguousarray(q.numpy(), dtype=np.float32), k)
-        return torch.from_numpy(d).double(), torch.from_numpy(i).long()
+        dist, idx = index.search(np.ascontiguousarray(q.numpy(), dtype=np.float32), k)
+        return torch.from_numpy(dist).double(), torch.from_numpy(idx).long()
     d = (q_sq[:, None] + (f * f).sum(1)[None, :] - 2.0 * (q @ f.T)).double()
     d, i = torch.topk(d, k, dim=1, largest=False)
     return d, i

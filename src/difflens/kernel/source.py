@@ -122,7 +122,7 @@ def as_source(data) -> RowSource:
         if cached is not None and cached[0] == key:
             return cached[1]
         source = ArraySource(data, f"tensor:{next(_SERIAL)}")
-        data._difflens_source = (key, source)
+        data._difflens_source = (key, source)  # type: ignore[attr-defined]  # a cache riding on the tensor
         return source
     a = np.asarray(data)
     if a.dtype.kind not in "fiub":

@@ -93,6 +93,8 @@ class DaskEngine:
             except (OSError, TimeoutError) as exc:
                 raise DifflensError(f"cannot reach the dask scheduler at {scheduler} ({exc})") from None
         else:
+            if workers is None or workers < 1:
+                raise DifflensError(f"a local dask cluster needs workers ≥ 1, got {workers}")
             threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
             self.cluster = LocalCluster(
                 n_workers=workers,
