@@ -34,7 +34,7 @@ class MappedFile:
         return np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape, offset=self.offset, order=self.order)
 
 
-def portable(array):
+def portable(array: Rows) -> Rows | MappedFile:
     """What to pickle for an array: a MappedFile for a whole-file memmap, else the array itself."""
     if isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.filename:
         order: Literal["C", "F"] = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
@@ -42,12 +42,12 @@ def portable(array):
     return array
 
 
-def file_backed(array) -> bool:
+def file_backed(array: Rows) -> bool:
     """True if the array pickles as a file reference (a whole-file memmap or a zarr array)."""
     return isinstance(array, ZarrRows) or portable(array) is not array
 
 
-def reopen(ref):
+def reopen(ref: Rows | MappedFile) -> Rows:
     """Inverse of ``portable``."""
     return ref.open() if isinstance(ref, MappedFile) else ref
 

@@ -18,7 +18,7 @@ import torch
 from difflens.errors import DifflensError
 from difflens.kernel.fold import data_chunks, default_chunk_rows
 from difflens.kernel.oracle import check_queries
-from difflens.kernel.source import RowSource, as_source
+from difflens.kernel.source import Array, Data, RowSource, as_source
 
 Feature = Callable[[torch.Tensor], torch.Tensor]
 BACKENDS = ("auto", "torch", "faiss")
@@ -58,8 +58,8 @@ def _chunk_candidates(q: torch.Tensor, q_sq: torch.Tensor, f: torch.Tensor, k: i
 
 
 def nearest(
-    queries,
-    data,
+    queries: Array,
+    data: Data,
     k: int = 2,
     *,
     feature: Feature | None = None,

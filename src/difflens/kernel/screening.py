@@ -46,6 +46,7 @@ from typing import NamedTuple
 import torch
 
 from difflens.errors import DifflensError
+from difflens.kernel.source import RowSource
 from difflens.kernel.state import PosteriorState, _count, chunk_state, gathered_state, row_sq_norms
 
 PRECISIONS = ("exact", "fast")
@@ -75,7 +76,9 @@ def quantize(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     return q.to(torch.int8), a, sq * a * a, a * (res + 2.0**-21 * math.sqrt(v.shape[1]) * 127.0)
 
 
-def quantize_levels(v: torch.Tensor, levels: int = 1):
+def quantize_levels(
+    v: torch.Tensor, levels: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows v (n, D) in one or two int8 levels, the second quantizing the first's residual:
     (codes (levels·n, D) int8, a_l/a_1 per level (levels, n), a_1, ‖Q‖², ‖V_1‖a_1 + ‖V_2‖a_2, bound on
     ‖v − Q‖) with Q = Σ_l a_l·V_l, all float64 but the codes. The residual is computed in float32,
@@ -137,7 +140,7 @@ class Fast:
             setattr(self, name, calibrated_costs()[name])
         self.costs = Costs(*(float(getattr(self, f"{name}_cost")) for name in Costs._fields))
 
-    def prepared(self, data) -> Fast:
+    def prepared(self, data: RowSource) -> Fast:
         """A copy bound to this dataset (its hash keys the cache of quantized chunks)."""
         if not 0 < self.tol < 1:
             raise DifflensError(f"fast precision: tol must be in (0, 1), got {self.tol}")
@@ -145,7 +148,17 @@ class Fast:
 
     uses_floor = True  # ``fold.posterior_state`` passes it a lower bound on each query's largest logit
 
-    def __call__(self, queries, scale, x, index, log_weights=None, exclude=None, sq_norm=None, floor=None):
+    def __call__(
+        self,
+        queries: torch.Tensor,
+        scale: torch.Tensor,
+        x: torch.Tensor,
+        index: torch.Tensor,
+        log_weights: torch.Tensor | None = None,
+        exclude: torch.Tensor | None = None,
+        sq_norm: torch.Tensor | None = None,
+        floor: torch.Tensor | None = None,
+    ) -> PosteriorState:
 
         # no screen where int32 accumulation could overflow, or for one column (torch 2.13's _int_mm is wrong there)
         # nor for points of weight 0 (log_weight −inf): the screen's arithmetic assumes finite values
@@ -160,7 +173,15 @@ class Fast:
         return self.recompute(*pairs, queries, scale, x, index, log_weights, exclude, sq_norm, order)
 
     def screen(
-        self, queries, scale, x, index, log_weights=None, exclude=None, floor=None, points=None
+        self,
+        queries: torch.Tensor,
+        scale: torch.Tensor,
+        x: torch.Tensor,
+        index: torch.Tensor,
+        log_weights: torch.Tensor | None = None,
+        exclude: torch.Tensor | None = None,
+        floor: torch.Tensor | None = None,
+        points: tuple[torch.Tensor, ...] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(query, point) index pairs each query must keep, row-major, and each query's reference
         logit ℓ (exact; every skipped point's logit is below ℓ − τ); None when a first probe of the
@@ -237,7 +258,20 @@ class Fast:
         rows, cols = _at_least(blocks, (c - SLACK * c.abs()).float().clamp_min(-torch.finfo(torch.float32).max))
         return rows, cols, ref
 
-    def recompute(self, rows, cols, ref, queries, scale, x, index, log_weights, exclude, sq_norm, order):
+    def recompute(
+        self,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        ref: torch.Tensor,
+        queries: torch.Tensor,
+        scale: torch.Tensor,
+        x: torch.Tensor,
+        index: torch.Tensor,
+        log_weights: torch.Tensor | None,
+        exclude: torch.Tensor | None,
+        sq_norm: torch.Tensor,
+        order: torch.Tensor,
+    ) -> PosteriorState:
         """The exact state over each query's kept points (who computes how: see ``plan``, which
         groups queries by ``order``)."""
 
@@ -255,7 +289,9 @@ class Fast:
                 getattr(out, name)[members] = value
         return out
 
-    def plan(self, rows, cols, counts, signature, size: int):
+    def plan(
+        self, rows: torch.Tensor, cols: torch.Tensor, counts: torch.Tensor, signature: torch.Tensor, size: int
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor | None]]]:
         """Who computes how: (queries that gather their own kept points, [(group, its points or None)]).
 
         Queries sorted by ``signature`` (their projection on the chunk's main direction, so that
@@ -400,7 +436,7 @@ def _at_least(blocks: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tens
     return qi[hit], bi[hit] * BLOCK + offset
 
 
-def resolve(precision, data, device: torch.device | None = None):
+def resolve(precision: str | Fast, data: RowSource, device: torch.device | None = None) -> Fast | None:
     """The kernel step for ``precision``: None (exact ``chunk_state``), or a prepared ``Fast``.
 
     Off the CPU the step is exact whatever the precision (see the module doc)."""

@@ -13,7 +13,7 @@ dominates.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -32,6 +32,9 @@ class WorkTally:
 
 
 _TALLIES: list[WorkTally] = []
+
+# One chunk's partial posterior: ``chunk_state`` or a ``screening.Fast`` (same call signature).
+Step = Callable[..., "PosteriorState"]
 
 
 @contextmanager
@@ -64,7 +67,7 @@ class Posterior:
     argmax: torch.Tensor  # (B,) int64 index of the most probable training point
     dropped_mass: torch.Tensor | None = None  # (B,) bound on the weight skipped by precision="fast" (0: exact)
 
-    def select(self, idx) -> Posterior:
+    def select(self, idx: torch.Tensor | slice) -> Posterior:
         """The statistics of the queries ``idx``."""
         return Posterior(
             self.mean[idx],

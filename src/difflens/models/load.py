@@ -28,16 +28,21 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from difflens.data import check_same_layout
+from difflens.data import Dataset, check_same_layout
 from difflens.diffusion.precond import DiscreteVP, Parametrization
 from difflens.errors import DifflensError
 from difflens.models.adapters import NetDenoiser
 from difflens.models.empirical import EmpiricalDenoiser
 from difflens.models.nets import build_net, count_params
+
+if TYPE_CHECKING:  # diffusers is imported only when a diffusers model is loaded
+    from diffusers import SchedulerMixin, UNet2DModel
 
 CHECKPOINT_FORMAT = "difflens-checkpoint/1"
 
@@ -62,7 +67,7 @@ def default_shape(data_shape: tuple[int, ...]) -> tuple[int, ...]:
 def load_denoiser(
     spec: str,
     *,
-    data=None,
+    data: Dataset | np.ndarray | torch.Tensor | None = None,
     checkpoint: str | Path | None = None,
     process: str | None = None,
     target: str | None = None,
@@ -270,7 +275,7 @@ def _load_state(net, path: Path) -> None:
 # ---------------------------------------------------------------- callables
 
 
-def load_callable(spec: str, what: str = "model"):
+def load_callable(spec: str, what: str = "model") -> Any:
     """``module:attr`` or ``path/file.py:attr`` (attr may be dotted; ``py:module:attr`` is a deprecated
     spelling). Classes are instantiated; a function with no required arguments is a factory, called once."""
     if spec.startswith("py:"):
@@ -432,7 +437,11 @@ def _ddpm_scheduler(cfg: dict, where: Path | None):
 
 
 def diffusers_denoiser(
-    unet, scheduler, prediction_type: str | None = None, shape=None, info: dict | None = None
+    unet: UNet2DModel,
+    scheduler: SchedulerMixin,
+    prediction_type: str | None = None,
+    shape: tuple[int, ...] | None = None,
+    info: dict | None = None,
 ) -> LoadedModel:
     """A diffusers UNet2DModel with a DDPM-family scheduler as a VE-form denoiser.
 

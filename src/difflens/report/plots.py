@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
 from difflens.data.files import write_bytes
 
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 
-def save_figure(fig, path: Path) -> None:
+def save_figure(fig: Figure, path: str | Path) -> None:
     """The figure as a PNG at ``path`` (atomic), then closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
@@ -113,7 +115,7 @@ def _finite(values) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
-def excess_figure(result: dict):
+def excess_figure(result: dict) -> Figure:
     """Left: the excess J_θ − J* per level with ±2 s.e. on a symlog axis (linear within about one
     s.e. of zero, so noise around 0 and large excesses both stay readable). Right: J_θ / J* on a log
     axis clipped to ``RATIO_CLIP``; levels beyond it are drawn as triangles on the edge."""
@@ -164,7 +166,13 @@ def plot_excess(result: dict, path: Path) -> None:
     save_figure(excess_figure(result), path)
 
 
-def plot_heatmap(steps, sigmas, excess, path: Path, units: str) -> None:
+def plot_heatmap(
+    steps: Sequence[int],
+    sigmas: Sequence[float],
+    excess: np.ndarray | Sequence[Sequence[float]],
+    path: Path,
+    units: str,
+) -> None:
     """Excess loss over training time (rows: checkpoints/steps) and noise level (columns)."""
     grid = np.asarray(excess, dtype=np.float64)
     positive = grid[np.isfinite(grid) & (grid > 0)]
@@ -182,7 +190,7 @@ def plot_heatmap(steps, sigmas, excess, path: Path, units: str) -> None:
     save_figure(fig, path)
 
 
-def plot_schedule(table: list[dict], path, title: str) -> None:
+def plot_schedule(table: list[dict], path: str | Path, title: str) -> None:
     """J*, J_θ and w(σ) (left, log scales) and the sampling density p per bin (right)."""
     s = np.array([r["sigma"] for r in table])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))

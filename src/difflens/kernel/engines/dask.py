@@ -20,7 +20,8 @@ import torch
 
 from difflens.errors import DifflensError
 from difflens.kernel.fold import data_chunks, posterior_state
-from difflens.kernel.state import PosteriorState
+from difflens.kernel.source import Indices, RowSource
+from difflens.kernel.state import PosteriorState, Step
 
 
 def partitions(n: int, rows: int, parts: int) -> list[tuple[int, int]]:
@@ -124,8 +125,20 @@ class DaskEngine:
         return self._scattered[key][1]
 
     def fold(
-        self, queries, data, scale, *, log_weights, include, exclude, rows, query_batch, step, floor=None, center=None
-    ):
+        self,
+        queries: torch.Tensor,
+        data: RowSource,
+        scale: torch.Tensor,
+        *,
+        log_weights: torch.Tensor | None,
+        include: Indices | None,
+        exclude: torch.Tensor | None,
+        rows: int,
+        query_batch: int,
+        step: Step | None,
+        floor: torch.Tensor | None = None,
+        center: torch.Tensor | None = None,
+    ) -> PosteriorState:
         n = data.n if include is None else len(include)
         if n < self.min_rows:
             chunks = data_chunks(data, rows, include)
@@ -174,7 +187,7 @@ class DaskEngine:
         if self.cluster is not None:
             self.cluster.close()
 
-    def __enter__(self):
+    def __enter__(self) -> DaskEngine:
         return self
 
     def __exit__(self, *exc) -> None:
