@@ -28,7 +28,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,9 +40,6 @@ from difflens.errors import DifflensError
 from difflens.models.adapters import NetDenoiser
 from difflens.models.empirical import EmpiricalDenoiser
 from difflens.models.nets import build_net, count_params
-
-if TYPE_CHECKING:  # diffusers is imported only when a diffusers model is loaded
-    from diffusers import SchedulerMixin, UNet2DModel
 
 CHECKPOINT_FORMAT = "difflens-checkpoint/1"
 
@@ -437,8 +434,8 @@ def _ddpm_scheduler(cfg: dict, where: Path | None):
 
 
 def diffusers_denoiser(
-    unet: UNet2DModel,
-    scheduler: SchedulerMixin,
+    unet: nn.Module,
+    scheduler: Any,  # a diffusers DDPM-family scheduler (its config and alphas_cumprod are read)
     prediction_type: str | None = None,
     shape: tuple[int, ...] | None = None,
     info: dict | None = None,
