@@ -1,0 +1,134 @@
+"""Zhou, Zhang & Wright's method (docs/method.md, "Smoothing"): the Eq. 10 target against a float64 brute
+force, its identity with the continuum p_MN score, the L_u (Eq. 9) optimum, and the paper's samplers."""
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from difflens.analysis import smoothing
+from difflens.cli import app
+from difflens.errors import DifflensError
+
+runner = CliRunner()
+
+
+def eq10_brute(x, src, data, sigma, collapse, k, feature=None):
+    """Eq. 10 written out in float64 numpy: neighbours of the source, best shells, softmax(f/T)."""
+    x, data = np.asarray(x, np.float64), np.asarray(data, np.float64)
+    d = data.shape[1]
+    feats = data if feature is None else np.asarray(feature(torch.from_numpy(data)).double())
+    t = 1.0 if collapse is None else max(collapse / sigma, 1.0)
+    out = np.empty_like(x)
+    for b, s in enumerate(src):
+        nbr = np.argsort(np.linalg.norm(feats - feats[s], axis=1), kind="stable")[:k]
+        diff = x[b] - data[nbr]
+        shell = np.linalg.norm(diff, axis=1) / np.sqrt(d)  # σ*_j
+        f = -(d - 2) * np.log(shell) - (diff**2).sum(1) / (2 * shell**2)
+        g = f / t
+        w = np.exp(g - g.max())
+        w /= w.sum()
+        out[b] = (w[:, None] * (-diff / shell[:, None] ** 2)).sum(0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(24, 7)).astype(np.float32)
+    src = np.array([0, 5, 5, 11, 23, 17])
+    sigma = 0.8
+    x = data[src].astype(np.float64) + sigma * rng.normal(size=(len(src), 7))
+    where = tmp_path_factory.mktemp("eq10")
+    np.save(where / "data.npy", data)
+    np.save(where / "q.npy", x)
+    np.save(where / "s.npy", src)
+    return data, src, sigma, x, where
+
+
+def _rel(a, b):
+    return np.max(np.abs(a - b)) / np.max(np.abs(b))
+
+
+@pytest.mark.parametrize(("collapse", "k"), [(None, None), (4.0, None), (4.0, 5), (0.5, 3)])
+def test_smooth_score_cli_equals_float64_brute_force(problem, collapse, k):
+    data, src, sigma, x, where = problem
+    args = ["smooth", "score", "--data", where / "data.npy", "--queries", where / "q.npy", "--sources"]
+    args += [where / "s.npy", "--sigma", sigma, "--out", where / "out.npy"]
+    args += (["--collapse", collapse] if collapse else []) + (["--k", k] if k else [])
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    got = np.load(where / "out.npy")
+    assert got.dtype == np.float64 and got.shape == x.shape
+    assert _rel(got, eq10_brute(x, src, data, sigma, collapse, k or len(data))) < 1e-6
+
+
+def test_neighbours_are_the_sources_not_the_querys(problem):
+    data, src, sigma, x, _ = problem
+    got = smoothing.TemperatureScore(data, 4.0, 3)(x, src, sigma).numpy()
+    assert _rel(got, eq10_brute(x, src, data, sigma, 4.0, 3)) < 1e-6
+    # the same sum over each query's own 3 nearest points is a different target (so the test can fail)
+    own = np.argsort(np.linalg.norm(x[:, None] - data[None].astype(np.float64), axis=2), axis=1)[:, 0]
+    assert not np.array_equal(own, src)
+    assert _rel(got, eq10_brute(x, own, data, sigma, 4.0, 3)) > 1e-3
+
+
+def test_feature_space_neighbours(problem):
+    data, src, sigma, x, _ = problem
+
+    def first_two(v):
+        return v[:, :2]
+
+    got = smoothing.TemperatureScore(data, 4.0, 4, feature=first_two)(x, src, sigma).numpy()
+    assert _rel(got, eq10_brute(x, src, data, sigma, 4.0, 4, feature=first_two)) < 1e-6
+    assert _rel(got, eq10_brute(x, src, data, sigma, 4.0, 4)) > 1e-3
+
+
+def test_temperature_is_one_at_and_above_collapse(problem):
+    data, src, _, x, _ = problem
+    plain = smoothing.TemperatureScore(data)
+    cold = smoothing.TemperatureScore(data, collapse_sigma=0.8)
+    np.testing.assert_array_equal(
+        cold.temperature_at(torch.tensor([0.2, 0.8, 3.0], dtype=torch.float64)).numpy(), [4.0, 1.0, 1.0]
+    )
+    for s in (0.8, 3.0):
+        np.testing.assert_array_equal(cold(x, src, s).numpy(), plain(x, src, s).numpy())
+    assert _rel(cold(x, src, 0.2).numpy(), plain(x, src, 0.2).numpy()) > 1e-3
+
+
+def test_eq10_at_unit_temperature_is_the_continuum_p_mn_score():
+    """With T = 1 and K = N, softmax_j(f_j) is exactly the posterior over j of p_MN with log-uniform levels
+    σ ∈ (0, ∞) (∫ σ^(2−D)·e^(−r²/2σ²) dσ/σ ∝ r^(2−D)), whose score is −(D−2)·Σ_j w_j (x − x_j)/r_j². Eq. 10
+    uses σ*_j² = r_j²/D instead of the maximiser r_j²/(D−2), so it is that score times D/(D−2) exactly."""
+    rng = np.random.default_rng(0)
+    d = 6
+    data = rng.uniform(-1, 1, (5, d)).astype(np.float32)
+    x = data[[0, 2, 4, 1]].astype(np.float64) + rng.normal(0, 0.4, (4, d))
+    eq10 = smoothing.TemperatureScore(data)(x, np.array([0, 2, 4, 1]), 1.0).numpy()
+    levels = np.geomspace(1e-4, 1e5, 6000)  # uniform in ln σ: the continuum as a trapezoid sum
+    diff = x[:, None, :] - data[None].astype(np.float64)  # (B, N, D)
+    r2 = (diff**2).sum(-1)
+    logit = -(d - 2) * np.log(levels)[None, :, None] - r2[:, None, :] / (2 * levels[None, :, None] ** 2)
+    w = np.exp(logit - logit.max(axis=(1, 2), keepdims=True))
+    w /= w.sum(axis=(1, 2), keepdims=True)  # (B, L, N)
+    p_mn = -np.einsum("bln,bnd->bd", w / levels[None, :, None] ** 2, diff)
+    assert _rel(eq10 * (d - 2) / d, p_mn) < 1e-6
+    assert _rel(eq10, p_mn) > 0.1  # the factor D/(D−2) = 1.5 is real
+    # the library's p_MN (float32 kernel logits, float64 level merge) on the same levels agrees
+    lib = smoothing.UnconditionedMixture(data, levels[::20]).score(torch.from_numpy(x)).numpy()
+    assert _rel(lib, p_mn) < 1e-4
+
+
+def test_bad_sources_are_one_line_errors(problem):
+    data, src, sigma, x, where = problem
+    score = smoothing.TemperatureScore(data, 1.0, 3)
+    with pytest.raises(DifflensError, match="source indices"):
+        score(x[:1], np.array([24]), sigma)
+    with pytest.raises(DifflensError, match="one source per query"):
+        score(x, src[:2], sigma)
+    with pytest.raises(DifflensError, match="coincides"):
+        score(data[:1], np.array([0]), sigma)
+    np.save(where / "bad.npy", src.astype(np.float64))
+    args = ["smooth", "score", "--data", where / "data.npy", "--queries", where / "q.npy", "--sources"]
+    res = runner.invoke(app, [str(a) for a in [*args, where / "bad.npy", "--sigma", 1, "--out", where / "o.npy"]])
+    assert res.exit_code == 2 and "integer indices" in res.output
