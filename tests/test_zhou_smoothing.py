@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from difflens.analysis import smoothing
 from difflens.cli import app
+from difflens.diffusion import samplers
 from difflens.errors import DifflensError
 
 runner = CliRunner()
@@ -132,3 +133,45 @@ def test_bad_sources_are_one_line_errors(problem):
     args = ["smooth", "score", "--data", where / "data.npy", "--queries", where / "q.npy", "--sources"]
     res = runner.invoke(app, [str(a) for a in [*args, where / "bad.npy", "--sigma", 1, "--out", where / "o.npy"]])
     assert res.exit_code == 2 and "integer indices" in res.output
+
+
+def gaussian_denoiser(v):
+    """Exact denoiser of N(0, v·I) data: D(x, s) = v/(v + s²)·x, so score(x, s) = −x/(v + s²)."""
+    return lambda x, s: v / (v + s * s) * x
+
+
+def test_song_pc_step_matches_the_official_update_by_hand():
+    v, s, s_next, snr = 0.7, 2.0, 1.5, 0.16
+    x0 = torch.from_numpy(np.random.default_rng(0).normal(0, 2.0, (3, 5)))
+    got = samplers.sample(gaussian_denoiser(v), x0, torch.tensor([s, s_next, 0.0]), method="pc-song", seed=4)
+    # by hand, with the sampler's noise stream: corrector z1, predictor z2, then at s_next corrector z3
+    gen = samplers.seeded_generator(4, 1)
+    z1, z2, z3 = (torch.randn(3, 5, generator=gen, dtype=torch.float64).numpy() for _ in range(3))
+    x = x0.numpy()
+
+    def corrector(x, z, level):
+        g = -x / (v + level**2)
+        eps = 2 * (snr * np.linalg.norm(z, axis=1).mean() / np.linalg.norm(g, axis=1).mean()) ** 2
+        return x + eps * g + np.sqrt(2 * eps) * z
+
+    x = corrector(x, z1, s)
+    x = x - (s**2 - s_next**2) * x / (v + s**2) + np.sqrt(s**2 - s_next**2) * z2
+    x = corrector(x, z3, s_next)
+    x = x - s_next**2 * x / (v + s_next**2)  # the last predictor returns its noise-free mean
+    np.testing.assert_allclose(got.samples.numpy(), x, rtol=1e-12, atol=1e-12)
+
+
+def test_geometric_grid_and_sigma_star_step():
+    sig = samplers.geometric_sigmas()
+    assert len(sig) == 1001 and sig[0] == 50.0 and abs(float(sig[-2]) - 0.01) < 1e-15 and sig[-1] == 0
+    np.testing.assert_allclose(np.diff(np.log(sig[:-1].numpy())), np.log(0.01 / 50) / 999)
+    # one training point, D = 7: the p_MN/Eq. 10 score −D·(x − μ)/‖x − μ‖² moves a fraction α to μ
+    mu = torch.linspace(-1, 1, 7).double()  # float32 values: the training rows are float32
+    score = smoothing.TemperatureScore(mu[None].float())
+
+    def den(x, s):
+        return x + s * s * score(x, np.zeros(len(x), dtype=np.int64), s)
+
+    x = mu + torch.from_numpy(np.random.default_rng(1).normal(0, 0.5, (4, 7)))
+    out = samplers.sample(den, x, torch.tensor([3.0, 1.0, 0.0]), method="sigma-star", alpha=0.25).samples
+    np.testing.assert_allclose(out.numpy(), (mu + 0.75**2 * (x - mu)).numpy(), rtol=1e-12, atol=1e-12)
