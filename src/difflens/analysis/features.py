@@ -105,8 +105,9 @@ def gaussian_moments(x, feature: Feature | None = None, *, chunk: int = 4096) ->
 
 
 def frechet_from_moments(mu_a, cov_a, mu_b, cov_b) -> float:
-    """‖μa − μb‖² + tr Σa + tr Σb − 2·tr (Σa^½ Σb Σa^½)^½, in float64 (docs/method.md, "Feature-space
-    measures"): symmetric eigendecompositions, eigenvalues floored at ``EIG_FLOOR``, never complex."""
+    """‖μa − μb‖² + tr Σa + tr Σb − 2·tr (Σa^½ Σb Σa^½)^½, in float64
+    (docs/method.md, "Feature-space measures"): symmetric eigendecompositions, eigenvalues floored at
+    ``EIG_FLOOR``, never complex."""
     mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
     cov_a, cov_b = np.asarray(cov_a, np.float64), np.asarray(cov_b, np.float64)
     if mu_a.shape != mu_b.shape or cov_a.shape != cov_b.shape:

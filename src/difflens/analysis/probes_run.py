@@ -1,6 +1,6 @@
 """The ``probes`` run: early-stopped sampler outputs and reconstructions of noisy train / held-out images
-against the training set, by 1-NN cosine similarity and Fréchet distance (docs/method.md, "Feature-space
-measures")."""
+against the training set, by 1-NN cosine similarity and Fréchet distance
+(docs/method.md, "Feature-space measures")."""
 
 from __future__ import annotations
 
