@@ -96,14 +96,18 @@ def test_fd_ratio_probes_and_feature_gap(tmp_path):
     assert r.exit_code == 0, r.output
     fd = json.loads((tmp_path / "m" / "memorization.json").read_text())["fd"]
     pca = features.PCAFeature(train)
-    assert fd["feature"].startswith("pca:32") and fd["train"] < 1e-6 and fd["ratio"] < 1e-6
+    assert fd["feature"].startswith("pca:32")
+    assert fd["train"] < 1e-6
+    assert fd["ratio"] < 1e-6
     assert fd["held_out"] == features.frechet_distance(x, held, pca) > 0.1
     r = _run("memorization", "--samples-file", tmp_path / "copies.npy", "--fd-ratio", "--out", tmp_path / "m2")
-    assert r.exit_code == 2 and "held-out" in r.output
+    assert r.exit_code == 2
+    assert "held-out" in r.output
     r = _run("probes", "--steps", 6, "--stops", 2, "--num-samples", 8, "--images", 8, "--out", tmp_path / "p")
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "p" / "probes.json").read_text())
-    assert [lv["step"] for lv in res["levels"]] == [0, 5] and (tmp_path / "p" / "probes.png").exists()
+    assert [lv["step"] for lv in res["levels"]] == [0, 5]
+    assert (tmp_path / "p" / "probes.png").exists()
     assert res["levels"][1]["nn_cosine"]["train"] > 0.999  # the oracle reconstructs training images exactly
     r = _run("gap", "--sigmas", "0.05,1", "--images", 16, "--feature-gap", "--out", tmp_path / "g")
     assert r.exit_code == 0, r.output

@@ -1,5 +1,6 @@
 """Per-level generalization gap and the 2-D toy lab."""
 
+import itertools
 import warnings
 
 import numpy as np
@@ -118,7 +119,9 @@ def test_toy_circle_is_the_papers_setting():
     np.testing.assert_allclose(va, x[:5], atol=1e-6)
     np.testing.assert_allclose(tr, x[5:], atol=1e-6)
     s = toy.paper_sigmas(radius=10.0)
-    assert len(s) == 120 and s[0] == pytest.approx(2e-3) and s[-1] == pytest.approx(80.0)
+    assert len(s) == 120
+    assert s[0] == pytest.approx(2e-3)
+    assert s[-1] == pytest.approx(80.0)
     r = s[::-1] ** (1 / 7)  # EDM ρ = 7: equally spaced in s^(1/ρ)
     np.testing.assert_allclose(np.diff(r), np.diff(r)[0], rtol=1e-9)
     with pytest.raises(DifflensError):
@@ -133,6 +136,7 @@ def test_toy_gap_defaults_peak_inside_and_shrink_with_delta():
     peaks = []
     for c in curves:
         i = int(np.argmax(c.gap))
-        assert 0 < i < len(sig) - 1 and c.gap[i] > 5 * max(abs(c.gap[0]), abs(c.gap[-1]))
+        assert 0 < i < len(sig) - 1
+        assert c.gap[i] > 5 * max(abs(c.gap[0]), abs(c.gap[-1]))
         peaks.append(c.gap[i])
-    assert all(a > b for a, b in zip(peaks, peaks[1:], strict=False)), peaks
+    assert all(a > b for a, b in itertools.pairwise(peaks)), peaks
