@@ -111,7 +111,7 @@ def test_cli_train_diagnose_schedule_scaling(tmp_path):
         "schedule", "--from-log", run / "metrics.jsonl", "--bins", 8, "--queries-per-level", 64, "--out", tmp_path / "s"
     )
     table = list(csv.DictReader((tmp_path / "s" / "schedule.csv").open()))
-    assert len(table) == 8 and math.isclose(sum(float(r["p"]) for r in table), 1.0, rel_tol=1e-6)
+    assert len(table) == 8 and math.isclose(sum(float(r["density"]) for r in table), 1.0, rel_tol=1e-6)
     assert (tmp_path / "s" / "schedule.png").exists() and (tmp_path / "s" / "recipe.csv").exists()
 
     rng = np.random.default_rng(0)

@@ -7,7 +7,6 @@ The per-level estimators are in ``difflens.diffusion.estimators``; docs/method.m
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from difflens.data import as_dataset
-from difflens.diffusion.estimators import estimate_level, level_rng, make_estimator
+from difflens.diffusion.estimators import critical_sigma, estimate_level, level_rng, make_estimator
 from difflens.diffusion.processes import conversion_factor, get_process, sigma_grid
 from difflens.diffusion.schedules import LogNormal
 from difflens.errors import DifflensError
@@ -115,21 +114,6 @@ def weighted_total(sigmas, values, stderrs, quad: tuple[np.ndarray, np.ndarray, 
         "stderr": float(np.sqrt(np.sum((coeff[finite] * np.asarray(stderrs)[finite]) ** 2))),
         "coverage": float(mass[inside].sum() / mass.sum()),
     }
-
-
-def critical_sigma(sigmas, values_x0, plateau: float, fraction: float = 0.01) -> float | None:
-    """Smallest s where J*_x0 reaches ``fraction`` of the plateau (log-interpolated between levels)."""
-    if plateau <= 0:
-        return None
-    level = fraction * plateau
-    for i, v in enumerate(values_x0):
-        if v >= level:
-            if i == 0:
-                return float(sigmas[0])
-            v0, v1 = values_x0[i - 1], v
-            f = (level - v0) / (v1 - v0) if v1 > v0 else 0.0
-            return float(math.exp(math.log(sigmas[i - 1]) + f * (math.log(sigmas[i]) - math.log(sigmas[i - 1]))))
-    return None
 
 
 # ---------------------------------------------------------------- the curve
