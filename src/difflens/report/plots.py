@@ -209,7 +209,7 @@ def plot_schedule(table: list[dict], path, title: str, critical_sigma: float | N
     axes[1].bar(lo, [r["density"] for r in table], width=hi - lo, align="edge", color="C1", edgecolor="k", lw=0.3)
     axes[1].set_xscale("log")
     axes[1].set_xlabel("noise level σ")
-    axes[1].set_ylabel("p(σ): probability per bin (uniform in ln σ within a bin)")
+    axes[1].set_ylabel("p(σ): probability per bin")
     if critical_sigma:
         for a in axes:
             a.axvline(critical_sigma, color="C3", ls=":", lw=1, label=f"critical σ* ≈ {critical_sigma:.3g}")
