@@ -1,4 +1,5 @@
-"""Commands on generated samples and generalization: ``memorization``, ``gap`` and ``smooth sample``."""
+"""Commands on generated samples and generalization: ``memorization``, ``gap``, ``smooth sample`` and
+``smooth score``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import typer
 from rich.console import Console
 
 from difflens.analysis.memorization_run import run_gap, run_memorization, run_smooth_sample
+from difflens.analysis.smoothing import run_smooth_score
 from difflens.cli.common import (
     DATA_HELP,
     BackendName,
@@ -138,3 +140,22 @@ def smooth_sample_cmd(
         f"{mem['nn_distance']['q50']:.4g}"
     )
     console.print(f"wrote {out}/smooth.json, samples.npy, " + ", ".join(files))
+
+
+def smooth_score_cmd(
+    data: str = DataOpt,
+    queries: Path = typer.Option(..., help="Noisy queries x, a .npy of shape (n, …) in the units of --data."),
+    sources: Path = typer.Option(..., help="A .npy of n integer indices: row i's clean source is data[S[i]]."),
+    sigma: float = typer.Option(..., help="The noise level σ the queries were drawn at (sets T)."),
+    collapse: float = typer.Option(None, help="σ_collapse: T = max(σ_collapse/σ, 1) [default: none, T = 1]."),
+    k: int = typer.Option(None, help="The K nearest training points of each source [default: all N]."),
+    feature: str = typer.Option(None, help="Neighbours in a feature space: module:attr, (n, D) tensor → (n, F)."),
+    scale: ScaleName = ScaleOpt,
+    out: Path = typer.Option(..., help="Output .npy: the Eq. 10 target per query, (n, D) float64."),
+):
+    """Zhou et al.'s Eq. 10 target: the temperature-smoothed p_MN score over the K nearest training points of
+    each query's source, each at its best shell σ*_j = ‖x − μ_j‖/√D."""
+    target = run_smooth_score(
+        data, queries, sources, sigma, out, collapse=collapse, k=k, feature=feature, scale=value(scale)
+    )
+    console.print(f"wrote {out}: Eq. 10 targets for {len(target)} queries")

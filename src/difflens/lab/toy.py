@@ -23,6 +23,7 @@ from difflens.analysis.gap import GapCurve, generalization_gap
 from difflens.errors import DifflensError
 from difflens.kernel import oracle
 from difflens.models.empirical import EmpiricalDenoiser
+from difflens.report import plt, save_figure
 
 SWEEPS = ("delta", "density", "guidance")
 
@@ -125,7 +126,6 @@ def _grid(lim: float, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
 def plot_flow(denoiser, train, val, levels, path, *, trajectories=None, lim: float = 1.8, title: str = "") -> None:
     """Streamlines of the sampling direction −dx/ds = (D(x, s) − x)/s at several levels s, then the
     sampler trajectories (if given, (steps, B, 2)) over the data."""
-    from difflens.report import plt, save_figure
 
     levels = list(levels)
     panels = len(levels) + (trajectories is not None)
