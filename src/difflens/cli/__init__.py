@@ -37,6 +37,7 @@ COMMANDS = [
     (app, "scaling", diagnose.scaling_cmd),
     (app, "memorization", memorization.memorization_cmd),
     (app, "gap", memorization.gap_cmd),
+    (app, "probes", memorization.probes_cmd),
     (toy_app, "gap", lab.toy_gap_cmd),
     (toy_app, "flow", lab.toy_flow_cmd),
     (smooth_app, "sample", memorization.smooth_sample_cmd),
