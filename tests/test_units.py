@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from difflens.analysis import diagnose as dg
+from difflens.analysis.units import resolve_units
 from difflens.data import load
 from difflens.models import EmpiricalDenoiser, Parametrization
 
@@ -79,19 +80,19 @@ def test_log_impossible_in_every_unit_says_so(train, optimal):
     ],
 )
 def test_units_resolution_says_where_the_units_came_from(kw, text):
-    units = dg.resolve_units(**kw)
+    units = resolve_units(**kw)
     assert units.text == text
     assert units.warnings == ()
 
 
 def test_options_overriding_a_logs_header_are_flagged():
-    units = dg.resolve_units(logged={"process": "vp", "target": "eps"}, target="x0")
+    units = resolve_units(logged={"process": "vp", "target": "eps"}, target="x0")
     assert (units.report.process.name, units.report.target) == ("edm", "x0")
     assert units.warnings == ("the log records ε units of vp, but --process/--target say edm/x0: using the latter",)
 
 
 def test_verdict_and_result_state_the_units(train):
-    units = dg.resolve_units(model_param=Parametrization.of("vp", "eps"), model_kind="difflens")
+    units = resolve_units(model_param=Parametrization.of("vp", "eps"), model_kind="difflens")
     quad, name = dg.model_recipe({}, units.own)
     assert name == "uniform-t"  # the default recipe follows the process
     res = dg.diagnose_model(

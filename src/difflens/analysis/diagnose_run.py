@@ -15,6 +15,7 @@ import torch
 
 from difflens.analysis import diagnose as dg
 from difflens.analysis.run_support import Progress, no_progress
+from difflens.analysis.units import resolve_units
 from difflens.data import Dataset, check_same_layout
 from difflens.data import load as load_data
 from difflens.diffusion.processes import parse_sigmas
@@ -121,7 +122,7 @@ def run_diagnose(
         check_same_layout(getattr(loaded.denoiser, "shape", None) or (), train_ds.shape, "model inputs", "data")
     if loaded is not None and loaded.info.get("data") and loaded.info["data"]["hash"] != train_ds.stats.hash:
         say("[yellow]warning:[/] these training data differ from the run's (other data spec or split)")
-    chosen = dg.resolve_units(
+    chosen = resolve_units(
         loaded.param if loaded else None,
         loaded.info.get("kind") if loaded else None,
         dg.log_units(from_log) if from_log else None,
