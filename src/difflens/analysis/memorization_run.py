@@ -48,8 +48,7 @@ def run_memorization(
     progress: Progress = no_progress,
 ) -> tuple[dict, mm.Memorization, list[str]]:
     """d1/d2 test of generated samples against the training data; writes memorization.{json,npz} and plots.
-
-    ``device``: where the search would run (``mm.memorization`` takes no ``device`` yet: the one place)."""
+    The nearest-neighbour search runs on ``device`` (default cpu)."""
     ds = open_data(data, scale)
     gen = open_data(samples_file, scale)
     if gen.dim != ds.dim:
@@ -59,7 +58,14 @@ def run_memorization(
     x = gen.rows(0, gen.n)
     advance = progress("training rows", ds.n)
     mem = mm.memorization(
-        x, ds, threshold=threshold, feature=fmap, backend=backend, chunk_size=chunk_size, on_chunk=advance
+        x,
+        ds,
+        threshold=threshold,
+        feature=fmap,
+        backend=backend,
+        chunk_size=chunk_size,
+        on_chunk=advance,
+        device=device or "cpu",
     )
     files = memorization_outputs(x.numpy(), ds, mem, out, top)
     result = {"dataset": ds.summary(), "samples": gen.summary(), "feature": feature, **mem.summary()}
@@ -87,13 +93,15 @@ def run_gap(
     progress: Progress = no_progress,
 ) -> list[gap_mod.GapCurve]:
     """G(s) = (E_val − E_train)/E_train per level for denoisers or checkpoints; writes gap.{json,csv,png}.
-
-    ``device``: where the models would run (``load_denoiser`` takes no ``device`` yet: the one place)."""
+    Models and closed-form denoisers run on ``device`` (default cpu); images and noise are drawn on the CPU."""
+    device = device or torch.device("cpu")
     grid = np.sort(processes.parse_sigmas(sigmas))
     specs = list(model)
     if checkpoints:
         specs = [s for s in specs if s != "oracle"] + [str(p) for p in checkpoint_paths(checkpoints)]
-    loaded = {s: load_denoiser(s, trust_pickle=trust_pickle) for s in specs if not gap_mod.is_closed_form(s)}
+    loaded = {
+        s: load_denoiser(s, trust_pickle=trust_pickle, device=device) for s in specs if not gap_mod.is_closed_form(s)
+    }
     cfg = next((m.info["config"] for m in loaded.values() if m.info.get("config")), {})
     if val:
         train, _ = resolve_split(data, scale, 0, None, cfg)
@@ -106,7 +114,7 @@ def run_gap(
         check_same_layout(getattr(m.denoiser, "shape", None) or (), train.shape, "model inputs", "data")
     dens = {
         (Path(s).name if s in loaded and Path(s).exists() else s): (
-            loaded[s].denoiser if s in loaded else gap_mod.resolve_denoiser(s, train)
+            loaded[s].denoiser if s in loaded else gap_mod.resolve_denoiser(s, train, device)
         )
         for s in specs
     }
@@ -121,6 +129,7 @@ def run_gap(
         seed=seed,
         max_images=images or None,
         on_level=lambda *_: advance(1),
+        device=device,
     )
     rows = [
         {"denoiser": c.label, "sigma": s, "e_train": a, "e_val": b, "gap": g}
@@ -159,18 +168,20 @@ def sampling_denoiser(
     collapse_sigma: float | None,
     k: int | None,
     train_sigmas: str,
+    device: torch.device | str = "cpu",
 ):
-    """The denoiser ``smooth sample`` follows: a model, the unconditioned mixture or the empirical one."""
+    """The denoiser ``smooth sample`` follows, on ``device``: a model, the unconditioned mixture or the
+    empirical one."""
     if model and model.startswith("py:"):
         return gap_mod.load_callable(model)
     if model:
-        den = load_denoiser(model, data=ds).denoiser
+        den = load_denoiser(model, data=ds, device=device).denoiser
         if getattr(den, "shape", 1) is None:
             den.shape = default_shape(ds.shape)
         return den
     if score == "unconditioned":
         return smoothing.UnconditionedMixture(ds, processes.parse_sigmas(train_sigmas))
-    return smoothing.EmpiricalDenoiser(ds, temperature, collapse_sigma, k)
+    return smoothing.EmpiricalDenoiser(ds, temperature, collapse_sigma, k, device=device)
 
 
 def run_smooth_sample(
@@ -200,11 +211,11 @@ def run_smooth_sample(
     progress: Progress = no_progress,
 ) -> tuple[dict, str, list[str]]:
     """Sample with a closed-form score (or a model); memorization, γ_ex and trajectory overlap. Writes
-    smooth.json, samples.npy and plots; returns (result, label, files).
-
-    ``device``: where sampling would run (``samplers.sample`` takes no ``device`` yet: the one place)."""
+    smooth.json, samples.npy and plots; returns (result, label, files). Sampling and the denoiser run on
+    ``device`` (default cpu; the noise is drawn on the CPU), the analyses on the CPU."""
+    device = device or torch.device("cpu")
     ds = subset(open_data(data, scale), subset_size, seed)
-    den = sampling_denoiser(ds, model, score, temperature, collapse_sigma, k, train_sigmas)
+    den = sampling_denoiser(ds, model, score, temperature, collapse_sigma, k, train_sigmas, device)
     label = model or (f"{score} score" + (f", T={temperature:g}" if score == "empirical" else ""))
     sig = samplers.edm_sigmas(steps, sigma_min, sigma_max)
     advance = progress("sampler steps", steps)
@@ -218,13 +229,15 @@ def run_smooth_sample(
         snr=snr,
         record=overlap or gamma,
         on_step=lambda _: advance(1),
+        device=device,
     )
+    on_cpu = traj.cpu()
     levels = []
     if overlap:
         advance2 = progress("overlap per level", steps)
-        levels = trajectories.trajectory_overlap(ds, traj, seed=seed, on_level=lambda _: advance2(1))
-    mem = mm.memorization(traj.samples, ds, threshold=threshold)
-    x = traj.samples.float().numpy()
+        levels = trajectories.trajectory_overlap(ds, on_cpu, seed=seed, on_level=lambda _: advance2(1))
+    mem = mm.memorization(traj.samples, ds, threshold=threshold, device=device)
+    x = on_cpu.samples.float().numpy()
     files = memorization_outputs(x, ds, mem, out, 16)
     if mm.is_image_shape(ds.shape):
         lo, hi = ds.stats.minimum, ds.stats.maximum

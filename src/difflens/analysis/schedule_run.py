@@ -48,9 +48,8 @@ def run_schedule(
     device: torch.device | None = None,
 ) -> dict:
     """Fit the schedule (``schedule_options``: bins, sigma_min, sigma_max, a, w_max, bump*, mix) and write
-    schedule.{json,csv,png} and recipe.csv (x0-unit weights, usable as ``--recipe``) to ``out``.
-
-    ``device``: where the model would run (``load_denoiser`` takes no ``device`` yet: the one place to pass it)."""
+    schedule.{json,csv,png} and recipe.csv (x0-unit weights, usable as ``--recipe``) to ``out``. The model
+    runs on ``device`` (default cpu)."""
     if model is not None and from_log is not None:
         raise DifflensError("give at most one of --model or --from-log")
     ds = open_data(data, scale, holdout, seed=0)
@@ -60,8 +59,8 @@ def run_schedule(
     )
     centers = schedule.centers
     if model is not None:
-        m = load_denoiser(model, data=ds)
-        err = split_errors(m.denoiser, ds, centers, images=images, seed=seed).mean(1)
+        m = load_denoiser(model, data=ds, device=device or "cpu")
+        err = split_errors(m.denoiser, ds, centers, images=images, seed=seed, device=device or "cpu").mean(1)
         schedule.set_model_loss(err * param.factor(centers))
     elif from_log is not None:
         s_log, loss = last_loss_per_level(dg.read_loss_log(from_log, param.process))
@@ -98,9 +97,7 @@ def run_scaling(
     progress: Progress = no_progress,
 ) -> tuple[list[dict], list[dict]]:
     """Power-law fits per level (and of totals); writes scaling.{json,csv,png} (and table.csv for ``runs``).
-    Returns (groups, flat rows of the fits).
-
-    ``device``: where run folders' models would run (``table_from_runs`` takes no ``device`` yet)."""
+    Returns (groups, flat rows of the fits). Run folders' models and the kernel run on ``device`` (default cpu)."""
     if (table is None) == (runs is None):
         raise DifflensError("give exactly one of a TABLE or --runs")
     param = Parametrization.of(process, target)
@@ -117,11 +114,13 @@ def run_scaling(
             samples=queries_per_level,
             seed=seed,
             on_run=lambda: advance(1),
+            device=device,
         )
         report.write_csv(out / "table.csv", [{xcol: r["x"], **{k: v for k, v in r.items() if k != "x"}} for r in rows])
     else:
         xcol, rows = sc.read_table(table)
-    groups = sc.fit_groups(rows, _optimal_of(rows, data, scale, holdout, param, optimal, queries_per_level, seed))
+    j_star = _optimal_of(rows, data, scale, holdout, param, optimal, queries_per_level, seed, device)
+    groups = sc.fit_groups(rows, j_star)
     report.write_json(out / "scaling.json", {"x": xcol, "units": param.describe(), "groups": groups})
     flat = [
         {"sigma": g["sigma"], "fit": k, **{f: v for f, v in fit.items() if f not in ("kind",)}}
@@ -133,12 +132,12 @@ def run_scaling(
     return groups, flat
 
 
-def _optimal_of(rows, data, scale, holdout, param, optimal, samples, seed) -> Callable | None:
+def _optimal_of(rows, data, scale, holdout, param, optimal, samples, seed, device) -> Callable | None:
     """J* of a row's level (from ``data``) or the given ``optimal`` for rows without a level."""
     levels = sorted({r["sigma"] for r in rows if "sigma" in r})
     if data is not None and levels:
         ds = open_data(data, scale, holdout, seed=0)
-        j, _, _ = dg.optimal_levels(ds, np.array(levels), samples, seed)
+        j, _, _ = dg.optimal_levels(ds, np.array(levels), samples, seed, device)
         by_level = dict(zip(levels, j * param.factor(np.array(levels)), strict=True))
         return lambda s: by_level[s] if s is not None else optimal
     if optimal is not None:

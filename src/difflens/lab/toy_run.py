@@ -37,8 +37,7 @@ def run_toy_gap(
     progress: Progress = no_progress,
 ) -> list[GapCurve]:
     """G(s) of y_δ swept over ``values`` of δ, the number of points or the guidance weight;
-    writes toy_gap.{json,png}. ``device``: where the toy denoisers would run (``toy.sweep`` takes no
-    ``device`` yet: the one place to pass it)."""
+    writes toy_gap.{json,png}. The toy denoisers run on ``device`` (default cpu)."""
     grid = np.sort(processes.parse_sigmas(sigmas))
     advance = progress(f"{sweep} sweep", len(values) * len(grid))
     curves = toy.sweep(
@@ -52,6 +51,7 @@ def run_toy_gap(
         draws=draws,
         seed=seed,
         on_level=lambda *_: advance(1),
+        device=device or "cpu",
     )
     plot_gap(curves, out / "toy_gap.png", title=f"toy gap vs {sweep} (circle, M={draws})")
     config = {"sweep": sweep, "points": points, "delta": delta, "delta_neg": delta_neg, "random": random}
@@ -59,13 +59,14 @@ def run_toy_gap(
     return curves
 
 
-def toy_denoiser(name: str, train, delta: float, delta_neg: float, w: float):
+def toy_denoiser(name: str, train, delta: float, delta_neg: float, w: float, device: torch.device | str = "cpu"):
+    """One of the toy lab's denoisers (``DENOISERS``) of the points ``train``, its kernel on ``device``."""
     if name == "optimal":
-        return toy.Optimal(train)
+        return toy.Optimal(train, device=device)
     if name == "blurred":
-        return toy.Blurred(train, delta)
+        return toy.Blurred(train, delta, device)
     if name == "guided":
-        return toy.Guided(toy.Blurred(train, delta), toy.Blurred(train, delta_neg), w)
+        return toy.Guided(toy.Blurred(train, delta, device), toy.Blurred(train, delta_neg, device), w)
     raise DifflensError(f"unknown toy denoiser {name!r}; choose one of {', '.join(DENOISERS)}")
 
 
@@ -90,14 +91,15 @@ def run_toy_flow(
     progress: Progress = no_progress,
 ) -> dict:
     """Flow field at ``levels``, sampler trajectories, memorization and overlap; writes flow.{json,png},
-    overlap.png and samples.npy. ``device``: where sampling would run (``samplers.sample`` takes no
-    ``device`` yet: the one place to pass it)."""
+    overlap.png and samples.npy. Sampling and the denoiser run on ``device`` (default cpu; the noise is
+    drawn on the CPU), the analyses and plots on the CPU."""
+    device = device or torch.device("cpu")
     if data:
         ds2 = open_data(data, "none")
         train, val = toy.alternate_split(ds2.rows(0, ds2.n))
     else:
         train, val = toy.circle(points, random=random, seed=seed)
-    den = toy_denoiser(denoiser, train, delta, delta_neg, w)
+    den = toy_denoiser(denoiser, train, delta, delta_neg, w, device)
     sig = samplers.edm_sigmas(steps, sigma_min, sigma_max)
     advance = progress("sampler steps", steps)
     traj = samplers.sample(
@@ -108,10 +110,12 @@ def run_toy_flow(
         seed=seed,
         record=True,
         on_step=lambda _: advance(1),
+        device=device,
     )
+    traj = traj.cpu()
     advance2 = progress("overlap per level", steps)
     overlap = trajectories.trajectory_overlap(train, traj, seed=seed, on_level=lambda _: advance2(1))
-    mem = mm.memorization(traj.samples, train)
+    mem = mm.memorization(traj.samples, train, device=device)
     states = np.stack([s.numpy() for s in traj.states] + [traj.samples.numpy()])
     title = f"{denoiser} denoiser, {len(train)} training points, {sampler} sampler"
     toy.plot_flow(den, train, val, levels, out / "flow.png", trajectories=states, title=title)

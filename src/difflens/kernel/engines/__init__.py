@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from difflens.errors import DifflensError
+from difflens.errors import DifflensError, require
 from difflens.kernel.engines.local import LocalEngine
 
 LOCAL = LocalEngine()
@@ -33,6 +33,7 @@ def open_engine(workers: int | None = None, scheduler: str | None = None, **opti
         return LocalEngine()
     if workers is not None and workers < 1:
         raise DifflensError(f"--workers must be ≥ 1, got {workers}")
+    require("distributed", "scale", "the dask engine (--workers, --scheduler)")
     from difflens.kernel.engines.dask import DaskEngine
 
     return DaskEngine(workers=workers, scheduler=scheduler, **options)
