@@ -18,6 +18,7 @@ from difflens.analysis.run_support import Progress, no_progress, open_data, save
 from difflens.data import Dataset, check_same_layout
 from difflens.diffusion import processes, samplers
 from difflens.errors import DifflensError
+from difflens.kernel.neighbours import check_backend
 from difflens.models import load_denoiser
 from difflens.models.load import default_shape
 
@@ -55,6 +56,7 @@ def run_memorization(
         raise DifflensError(f"samples have {gen.dim} values each but the training data has {ds.dim}")
     check_same_layout(gen.shape, ds.shape, "samples", "the training data")
     fmap = gap_mod.load_callable(feature) if feature else None
+    check_backend(backend)
     x = gen.rows(0, gen.n)
     advance = progress("training rows", ds.n)
     mem = mm.memorization(

@@ -55,7 +55,7 @@ def run_schedule(
     ds = open_data(data, scale, holdout, seed=0)
     param = Parametrization.of(process, target)
     schedule = sched.OptimalLossSchedule.from_data(
-        ds, param.factor, samples=queries_per_level, seed=seed, **schedule_options
+        ds, param.factor, samples=queries_per_level, seed=seed, device=device, **schedule_options
     )
     centers = schedule.centers
     if model is not None:

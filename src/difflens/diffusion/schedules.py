@@ -259,16 +259,20 @@ class OptimalLossSchedule:
         sigma_max: float = 80.0,
         samples: int = 256,
         seed: int = 0,
+        device: torch.device | str | None = None,
         **kwargs,
     ) -> OptimalLossSchedule:
-        """J* at the bin centres of ``data`` (full estimator), converted to target units by
-        ``weight_factor(s)`` (the target's r(s)), then the schedule."""
+        """J* at the bin centres of ``data`` (full estimator, the kernel on ``device``), converted to target
+        units by ``weight_factor(s)`` (the target's r(s)), then the schedule."""
         edges = np.linspace(math.log(sigma_min), math.log(sigma_max), bins + 1)
         centers = np.exp(0.5 * (edges[1:] + edges[:-1]))
         data = as_dataset(data)
         full = make_estimator("full", data.n)
         j_x0 = np.array(
-            [estimate_level(data, s, full, samples, level_rng(seed, i), data.dim)[0] for i, s in enumerate(centers)]
+            [
+                estimate_level(data, s, full, samples, level_rng(seed, i), data.dim, device=device)[0]
+                for i, s in enumerate(centers)
+            ]
         )
         return cls(j_x0 * weight_factor(centers), sigma_min=sigma_min, sigma_max=sigma_max, **kwargs)
 

@@ -43,6 +43,14 @@ def _features(x: torch.Tensor, feature: Feature | None) -> torch.Tensor:
     return f.float()
 
 
+def check_backend(backend: str) -> None:
+    """A known backend whose package is installed (faiss is the 'faiss' extra), or one clear line."""
+    if backend not in BACKENDS:
+        raise DifflensError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "faiss":
+        require("faiss", "faiss", "--backend faiss")
+
+
 def _chunk_candidates(q: torch.Tensor, q_sq: torch.Tensor, f: torch.Tensor, k: int, backend: str):
     """Approximate (float32) squared distances and local indices of the k closest rows of one chunk."""
     k = min(k, len(f))
@@ -80,10 +88,9 @@ def nearest(
     ``device`` (default: the queries' device) is where the candidate GEMMs run and where ``feature``
     receives its inputs; data chunks are moved there, and the float64 re-measure runs on the CPU
     (docs/method.md, "Memorization and generalization gap"), so the answer does not depend on the device."""
-    if backend not in BACKENDS:
-        raise DifflensError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     data = as_source(data)
-    target = resolve_device(device) if device is not None else device_of(queries)
+    target = resolve_device(device if device is not None else device_of(queries))
     q_raw = check_queries(queries, data.dim).to(target)
     if not 1 <= k <= data.n:
         raise DifflensError(f"need 1 ≤ k ≤ number of training samples ({data.n}), got k={k}")

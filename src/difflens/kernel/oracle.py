@@ -165,7 +165,7 @@ def posterior(
 
 def _device(queries, device) -> torch.device:
     """Where the kernel runs: ``device`` if given, else the queries' device (CPU for arrays)."""
-    target = resolve_device(device) if device is not None else device_of(queries)
+    target = resolve_device(device if device is not None else device_of(queries))
     if target.type == "mps":
         raise DifflensError("the kernel merges its partial sums in float64, which MPS lacks: run it on cpu or cuda")
     return target

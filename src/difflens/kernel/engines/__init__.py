@@ -23,6 +23,10 @@ def resolve(engine) -> LocalEngine:
     return engine
 
 
+# what the dask engine needs (module, extra, what for): checked before a run starts (errors.require)
+DASK_EXTRA = ("distributed", "scale", "the dask engine (--workers, --scheduler)")
+
+
 def open_engine(workers: int | None = None, scheduler: str | None = None, **options):
     """An engine for the CLI options: in-process, a local dask cluster of ``workers``, or a scheduler.
 
@@ -33,10 +37,10 @@ def open_engine(workers: int | None = None, scheduler: str | None = None, **opti
         return LocalEngine()
     if workers is not None and workers < 1:
         raise DifflensError(f"--workers must be ≥ 1, got {workers}")
-    require("distributed", "scale", "the dask engine (--workers, --scheduler)")
+    require(*DASK_EXTRA)
     from difflens.kernel.engines.dask import DaskEngine
 
     return DaskEngine(workers=workers, scheduler=scheduler, **options)
 
 
-__all__ = ["LOCAL", "LocalEngine", "open_engine", "resolve"]
+__all__ = ["DASK_EXTRA", "LOCAL", "LocalEngine", "open_engine", "resolve"]

@@ -80,7 +80,7 @@ class DaskEngine:
         min_rows: int = 4096,
         memory_limit: str | int = "auto",
     ):
-        distributed = require("distributed", "scale", "the dask engine (--workers, --scheduler)")
+        distributed = require("distributed", "scale", "the dask engine")
         Client, LocalCluster = distributed.Client, distributed.LocalCluster
 
         self.tasks_per_worker = tasks_per_worker
