@@ -11,7 +11,7 @@ import torch
 
 import difflens.models
 from difflens.analysis import diagnose as dg
-from difflens.analysis import diagnose_run, memorization_run, schedule_run
+from difflens.analysis import diagnose_run, memorization_run, probes, probes_run, schedule_run
 from difflens.analysis import gap as gap_mod
 from difflens.analysis import memorization as mm
 from difflens.analysis.model_error import level_errors
@@ -84,6 +84,17 @@ def test_smooth_sample_denoiser_and_sampler_get_the_device(monkeypatch, tmp_path
     assert seen == [META, META]
 
 
+def test_probes_model_oracle_and_sampler_get_the_device(monkeypatch, tmp_path):
+    seen = spy(monkeypatch, probes_run, "load_denoiser", [])
+    stopped(seen, lambda: probes_run.run_probes(tmp_path, model="net.pt", device=META))
+    spy(monkeypatch, gap_mod, "resolve_denoiser", seen, position=2)
+    stopped(seen, lambda: probes_run.run_probes(tmp_path, data="toy:gmm:n=20", device=META))
+    monkeypatch.setattr(gap_mod, "resolve_denoiser", lambda spec, train, device: device)
+    spy(monkeypatch, probes, "early_stop_probes", seen)
+    stopped(seen, lambda: probes_run.run_probes(tmp_path, data="toy:gmm:n=20", feature=None, device=META))
+    assert seen == [META, META, META]
+
+
 def test_diagnose_model_optimal_loss_and_errors_get_the_device(monkeypatch, tmp_path):
     seen = spy(monkeypatch, diagnose_run, "load_denoiser", [])
     stopped(seen, lambda: diagnose_run.run_diagnose(tmp_path, model="net.pt", device=META))
@@ -97,7 +108,7 @@ def test_diagnose_model_optimal_loss_and_errors_get_the_device(monkeypatch, tmp_
 def test_schedule_and_scaling_get_the_device(monkeypatch, tmp_path):
     seen = spy(monkeypatch, schedule_run.sched.OptimalLossSchedule, "from_data", [])
     stopped(seen, lambda: schedule_run.run_schedule(tmp_path, {}, data="toy:gmm:n=20", device=META))
-    spy(monkeypatch, difflens.models, "load_denoiser", seen)
+    spy(monkeypatch, schedule_run.sc, "load_denoiser", seen)
     (tmp_path / "run1").mkdir()
     stopped(seen, lambda: schedule_run.run_scaling(tmp_path, runs=str(tmp_path / "run*"), device=META))
     assert seen == [META, META]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
+from difflens import data
 from difflens.errors import DifflensError, require
 from difflens.lab.distill.core import (
     ModelSpec,
@@ -106,7 +107,6 @@ def run_restore(
 ) -> dict:
     """Specialists, baseline and distilled generalists (and an oracle on all true pairs) per n; PSNR/SSIM.
     The nets train and sample on ``device``; data and scores stay on the CPU."""
-    from difflens import data
 
     clean = data.load("digits").rows(0, 1797)
     perm = torch.randperm(len(clean), generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "split")))
