@@ -137,7 +137,8 @@ def test_train_command_passes_the_device(monkeypatch, tmp_path):
 
     seen = spy(monkeypatch, cli_train, "train", [])
     res = CliRunner().invoke(app, ["train", "--device", "cpu", "--out", str(tmp_path)])
-    assert isinstance(res.exception, Stop) and seen == [torch.device("cpu")]
+    assert isinstance(res.exception, Stop)
+    assert seen == [torch.device("cpu")]
 
 
 # ---- the device-aware code, on the CPU given explicitly
@@ -193,7 +194,8 @@ def test_level_errors_send_inputs_to_the_device_and_compare_on_the_cpu():
         return x / (1 + s**2)
 
     got = level_errors(shrink, y, n, [0.5, 2.0], device="cpu")
-    assert devices and all(d == torch.device("cpu") for d in devices)
+    assert devices
+    assert all(d == torch.device("cpu") for d in devices)
     for k, s in enumerate([0.5, 2.0]):
         x = y.double() + s * n.double()
         want = ((x / (1 + s**2) - y.double()) ** 2).mean(-1).mean(0).numpy()
@@ -206,6 +208,7 @@ def test_distill_net_takes_inputs_from_any_device_and_answers_on_theirs():
     assert net.device == torch.device("cpu")
     x, c = torch.randn(5, 2), torch.randn(5, 2)
     out = net(x, torch.full((5,), 0.5), c, 0)
-    assert out.shape == x.shape and out.device == x.device
+    assert out.shape == x.shape
+    assert out.device == x.device
     spec = core.ModelSpec(width=8, depth=1, device="cpu")
     assert spec.build((2,), (2,), 1, 1.0, 0).device == torch.device("cpu")

@@ -61,7 +61,7 @@ class Memorization:
         q = [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0]
         counts, edges = np.histogram(self.d1, bins=bins)
         return {
-            "samples": int(len(self.d1)),
+            "samples": len(self.d1),
             "threshold": self.threshold,
             "memorization_ratio": self.memorization_ratio,
             "memorized": int(self.memorized.sum()),
@@ -71,7 +71,7 @@ class Memorization:
                 "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
             },
             "ratio_d1_d2": {f"q{int(p * 100)}": float(v) for p, v in zip(q, np.quantile(self.ratio, q), strict=True)},
-            "distinct_nearest": int(len(np.unique(self.index))),
+            "distinct_nearest": len(np.unique(self.index)),
         }
 
     def npz_bytes(self) -> bytes:

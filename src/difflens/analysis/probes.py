@@ -40,7 +40,7 @@ def stop_steps(steps: int, stops: int) -> list[int]:
     """``stops`` step indices spread evenly over a sampler grid of ``steps`` levels (first and last included)."""
     if stops < 1 or steps < 1:
         raise DifflensError(f"need ≥ 1 stop and ≥ 1 sampler step, got stops={stops}, steps={steps}")
-    return sorted({int(round(v)) for v in np.linspace(0, steps - 1, min(stops, steps))})
+    return sorted({round(v) for v in np.linspace(0, steps - 1, min(stops, steps))})
 
 
 @torch.no_grad()

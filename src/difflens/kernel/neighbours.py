@@ -19,7 +19,7 @@ from difflens.errors import DifflensError, has_module, require
 from difflens.kernel.device import device_of, resolve_device
 from difflens.kernel.fold import _to, data_chunks, default_chunk_rows
 from difflens.kernel.oracle import check_queries
-from difflens.kernel.source import RowSource, as_source
+from difflens.kernel.source import Array, Data, RowSource, as_source
 
 Feature = Callable[[torch.Tensor], torch.Tensor]
 BACKENDS = ("auto", "torch", "faiss")
@@ -58,16 +58,16 @@ def _chunk_candidates(q: torch.Tensor, q_sq: torch.Tensor, f: torch.Tensor, k: i
         faiss = require("faiss", "faiss", "--backend faiss")
         index = faiss.IndexFlatL2(f.shape[1])
         index.add(np.ascontiguousarray(f.cpu().numpy(), dtype=np.float32))
-        d, i = index.search(np.ascontiguousarray(q.cpu().numpy(), dtype=np.float32), k)
-        return torch.from_numpy(d).double().to(q.device), torch.from_numpy(i).long().to(q.device)
+        dist, idx = index.search(np.ascontiguousarray(q.cpu().numpy(), dtype=np.float32), k)
+        return torch.from_numpy(dist).double().to(q.device), torch.from_numpy(idx).long().to(q.device)
     d = (q_sq[:, None] + (f * f).sum(1)[None, :] - 2.0 * (q @ f.T)).double()
     d, i = torch.topk(d, k, dim=1, largest=False)
     return d, i
 
 
 def nearest(
-    queries,
-    data,
+    queries: Array,
+    data: Data,
     k: int = 2,
     *,
     feature: Feature | None = None,

@@ -285,17 +285,24 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None, devic
                     ),
                 }
     if cfg.oracle:
-        for un in cfg.unlabeled:
-            og = torch.Generator().manual_seed(derive_seed(cfg.seed, "oracle"))
-            exact = [Pairs(c[:un], tasks.sample(k, c[:un], og)) for k, c in enumerate(all_conds)]
-            for width in cfg.widths:
-                net, _ = fit_generalist(
-                    exact,
-                    model=ModelSpec(width=width, depth=cfg.depth, device=device),
-                    config=gen_cfg,
-                    scalarization=scal,
-                    seed=cfg.seed,
-                    progress=progress,
-                )
-                record("oracle", None, un, width, net, count_params(net))
+        for un, width, net in _fit_oracles(cfg, tasks, all_conds, gen_cfg, scal, progress, device):
+            record("oracle", None, un, width, net, count_params(net))
     return {"experiment": "toy", "config": asdict(cfg), "floor": floor, "runs": runs, "pareto": pareto}
+
+
+def _fit_oracles(cfg, tasks, all_conds, gen_cfg, scal, progress, device):
+    """(unlabeled, width, generalist) trained on ``device`` on exact samples for the first ``unlabeled``
+    conditions: the upper reference the distilled generalist is compared with."""
+    for un in cfg.unlabeled:
+        og = torch.Generator().manual_seed(derive_seed(cfg.seed, "oracle"))
+        exact = [Pairs(c[:un], tasks.sample(k, c[:un], og)) for k, c in enumerate(all_conds)]
+        for width in cfg.widths:
+            net, _ = fit_generalist(
+                exact,
+                model=ModelSpec(width=width, depth=cfg.depth, device=device),
+                config=gen_cfg,
+                scalarization=scal,
+                seed=cfg.seed,
+                progress=progress,
+            )
+            yield un, width, net
