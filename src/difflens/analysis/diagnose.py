@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from difflens.analysis.model_error import HELD, TRAIN, split_errors
 from difflens.analysis.optimal_loss import (
@@ -65,9 +66,12 @@ def _mean_se(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values.mean(1), se
 
 
-def optimal_levels(train: Dataset, sigmas: Levels, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """J*_x0 and its standard error at the levels (full estimator), plus the curve summary."""
-    curve = optimal_loss_curve(train, sigmas, samples=samples, seed=seed)
+def optimal_levels(
+    train: Dataset, sigmas: Levels, samples: int, seed: int, device: torch.device | str | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """J*_x0 and its standard error at the levels (full estimator, the kernel on ``device``), plus the
+    curve summary."""
+    curve = optimal_loss_curve(train, sigmas, samples=samples, seed=seed, device=device)
     j = np.array([lv.optimal_loss_x0 for lv in curve.levels])
     se = np.array([lv.stderr_x0 for lv in curve.levels])
     return j, se, {"critical_sigma": curve.critical_sigma, "data_variance": curve.data_variance}
@@ -143,15 +147,18 @@ def diagnose_model(
     batch_size: int = 512,
     optimal: tuple | None = None,
     units_text: str | None = None,
+    device: torch.device | str | None = None,
 ) -> dict:
     """The full per-level diagnosis of one denoiser (see module doc). ``units_text`` says which units
-    the losses are in and where they came from (``Units.text``); by default just the units."""
+    the losses are in and where they came from (``Units.text``); by default just the units. The
+    denoiser and the kernel run on ``device`` (images and noise are drawn on the CPU)."""
     sigmas = np.sort(np.asarray(sigmas, dtype=np.float64))
-    opt, opt_se, info = optimal if optimal is not None else optimal_levels(train, sigmas, samples, seed)
-    train_err = split_errors(denoiser, train, sigmas, images=images, seed=seed, stream=TRAIN, batch=batch_size)
+    opt, opt_se, info = optimal if optimal is not None else optimal_levels(train, sigmas, samples, seed, device)
+    kw = {"images": images, "seed": seed, "batch": batch_size, "device": device}
+    train_err = split_errors(denoiser, train, sigmas, stream=TRAIN, **kw)
     held_err = None
     if held is not None:
-        held_err = split_errors(denoiser, held, sigmas, images=images, seed=seed, stream=HELD, batch=batch_size)
+        held_err = split_errors(denoiser, held, sigmas, stream=HELD, **kw)
     levels = build_levels(sigmas, units.factor(sigmas), opt, opt_se, train_err, held_err)
     return {
         "units": {**units.describe(), "description": units_text or describe_units(units)},
@@ -172,13 +179,19 @@ def excess_history(
     **kw: Any,
 ) -> dict:
     """Train excess J_θ − J* (target units) per level for a list of (step, denoiser), with the images
-    and noise of ``diagnose_model``'s training split."""
+    and noise of ``diagnose_model``'s training split (``kw``: images, seed, batch_size, device)."""
     opt = optimal[0]
     fac = units.factor(sigmas)
     rows = []
     for _, den in models:
         err = split_errors(
-            den, train, sigmas, images=kw.get("images"), seed=kw.get("seed", 0), batch=kw.get("batch_size", 512)
+            den,
+            train,
+            sigmas,
+            images=kw.get("images"),
+            seed=kw.get("seed", 0),
+            batch=kw.get("batch_size", 512),
+            device=kw.get("device"),
         ).mean(1)
         rows.append((fac * (err - opt)).tolist())
     return {"steps": [st for st, _ in models], "sigmas": [float(s) for s in sigmas], "excess": rows}
@@ -295,13 +308,15 @@ def diagnose_log(
     samples: int,
     seed: int,
     units_text: str | None = None,
+    device: torch.device | str | None = None,
 ) -> dict:
-    """Logged per-level losses (target units) against the optimal loss at the logged levels.
+    """Logged per-level losses (target units) against the optimal loss at the logged levels (the kernel
+    on ``device``).
 
     The overlay uses each level's loss at the last step that logged it; all steps go to the map.
     ``warnings`` lists signs that the log is not in ``units`` (``log_unit_warnings``)."""
     sigmas = np.unique([r["sigma"] for r in rows])
-    opt, opt_se, info = optimal_levels(train, sigmas, samples, seed)
+    opt, opt_se, info = optimal_levels(train, sigmas, samples, seed, device)
     fac = units.factor(sigmas)
     last: dict[float, tuple[int, float]] = {}
     for r in rows:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from difflens.data import Dataset, as_dataset, check_same_layout
 from difflens.errors import DifflensError
@@ -88,15 +89,19 @@ def memorization(
     backend: str = "auto",
     chunk_size: int | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    device: torch.device | str | None = None,
 ) -> Memorization:
-    """Nearest and second-nearest training samples of each generated sample, and the ratio test."""
+    """Nearest and second-nearest training samples of each generated sample, and the ratio test; the
+    search runs on ``device`` (default: the samples' device), the distances come back float64 on the CPU."""
     if not 0.0 < threshold <= 1.0:
         raise DifflensError(f"the memorization threshold must be in (0, 1], got {threshold}")
     data = as_dataset(data)
     if data.n < 2:
         raise DifflensError("the memorization ratio needs at least 2 training samples")
     check_same_layout(tuple(getattr(samples, "shape", ()))[1:], data.shape, "samples", "the training data")
-    nb = nearest(samples, data, 2, feature=feature, backend=backend, chunk_size=chunk_size, on_chunk=on_chunk)
+    nb = nearest(
+        samples, data, 2, feature=feature, backend=backend, chunk_size=chunk_size, on_chunk=on_chunk, device=device
+    )
     return Memorization(nb.dist[:, 0], nb.dist[:, 1], nb.index[:, 0], nb.index[:, 1], float(threshold))
 
 

@@ -89,11 +89,15 @@ def train_cmd(
     out: Path = out_opt("runs/train"),
 ):
     """Train a tiny reference denoiser: metrics.jsonl, ckpt_*.pt, model.safetensors, train.json."""
-    check_device(device)  # train() takes no device yet: pass it here once it does
+    dev = check_device(device)
     with Bars() as bars:
         task = bars.bar.add_task("training", total=config.steps)
         summary = train(
-            config, out, on_step=lambda step, loss: bars.bar.update(task, completed=step), threads=threads or None
+            config,
+            out,
+            on_step=lambda step, loss: bars.bar.update(task, completed=step),
+            threads=threads or None,
+            device=dev,
         )
     console.print(
         f"trained {summary['arch']['name']} ({summary['parameters']:,} parameters) on {summary['data']['spec']} "

@@ -31,7 +31,7 @@ from difflens.data import storage
 from difflens.data.dataset import Dataset
 from difflens.data.images import IMAGE_SUFFIXES, image_files, read_image
 from difflens.data.layout import channels_last
-from difflens.errors import DifflensError
+from difflens.errors import DifflensError, require
 
 SCALES = ("auto", "none", "uint8", "minmax")
 
@@ -135,9 +135,8 @@ def _load_array(spec: str) -> tuple[storage.Rows, np.ndarray | None]:
         d = load_digits()
         return (d.images / 16.0 * 255.0).astype(np.float32), d.target  # as 0…255 intensities
     if spec == "lfw":
-        from skimage.data import lfw_subset
-
-        return (lfw_subset() * 255.0).astype(np.float32), None
+        skimage_data = require("skimage.data", "images", "the lfw data set")
+        return (skimage_data.lfw_subset() * 255.0).astype(np.float32), None
     if spec.startswith("toy:"):
         return _load_toy(spec), None
     path_text, sep, key = spec.partition(".npz:")

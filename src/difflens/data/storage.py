@@ -14,7 +14,7 @@ from typing import Literal, TypeAlias
 
 import numpy as np
 
-from difflens.errors import DifflensError
+from difflens.errors import DifflensError, require
 
 SCALE_ATTR = "difflens_scale"
 LAYOUT_ATTR = "difflens_layout"  # CHW or HWC: how ``convert`` stored (N, a, b, c) samples
@@ -59,8 +59,7 @@ class ZarrRows:
     recorded by ``convert`` (None for arrays written otherwise)."""
 
     def __init__(self, path: str | Path):
-        import zarr
-
+        zarr = require("zarr", "scale", "reading .zarr data")
         self.path = str(path)
         try:
             self._z = zarr.open_array(self.path, mode="r")

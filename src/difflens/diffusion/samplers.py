@@ -62,6 +62,10 @@ class Trajectory:
     sigmas: torch.Tensor
     states: list[torch.Tensor] = field(default_factory=list)
 
+    def cpu(self) -> Trajectory:
+        """The same trajectory with its samples and states on the CPU (for analyses and writing)."""
+        return Trajectory(self.samples.cpu(), self.sigmas.cpu(), [s.cpu() for s in self.states])
+
 
 def _d(denoiser: Denoiser, x: torch.Tensor, s: float) -> torch.Tensor:
     out = torch.as_tensor(denoiser(x, s)).to(x.dtype)

@@ -356,10 +356,11 @@ class OptimalLossSchedule:
         sigma_max: float = 80.0,
         samples: int = 256,
         seed: int = 0,
+        device: torch.device | str | None = None,
         **kwargs,
     ) -> OptimalLossSchedule:
-        """J*_x0 at the bin centres of ``data`` (full estimator), its critical level (unless given) and
-        the schedule."""
+        """J*_x0 at the bin centres of ``data`` (full estimator, the kernel on ``device``), its critical
+        level (unless given) and the schedule."""
         if bins < 2:
             raise DifflensError(f"the optimal-loss schedule needs at least 2 bins, got {bins}")
         edges = np.linspace(math.log(sigma_min), math.log(sigma_max), bins + 1)
@@ -367,7 +368,10 @@ class OptimalLossSchedule:
         data = as_dataset(data)
         full = make_estimator("full", data.n)
         j_x0 = np.array(
-            [estimate_level(data, s, full, samples, level_rng(seed, i), data.dim)[0] for i, s in enumerate(centers)]
+            [
+                estimate_level(data, s, full, samples, level_rng(seed, i), data.dim, device=device)[0]
+                for i, s in enumerate(centers)
+            ]
         )
         if kwargs.get("critical_sigma") is None:
             kwargs["critical_sigma"] = critical_sigma(centers, j_x0, data.stats.variance)

@@ -17,7 +17,7 @@ import torch
 
 from difflens.errors import DifflensError
 from difflens.kernel import engines, screening
-from difflens.kernel.device import resolve_device
+from difflens.kernel.device import device_of, resolve_device
 from difflens.kernel.engines import Engine
 from difflens.kernel.fold import data_chunks, default_chunk_rows
 from difflens.kernel.source import Array, Data, Indices, RowSource, as_source
@@ -168,7 +168,7 @@ def posterior(
 
 def _device(queries, device) -> torch.device:
     """Where the kernel runs: ``device`` if given, else the queries' device (CPU for arrays)."""
-    target = resolve_device(device) if device is not None else getattr(queries, "device", torch.device("cpu"))
+    target = resolve_device(device if device is not None else device_of(queries))
     if target.type == "mps":
         raise DifflensError("the kernel merges its partial sums in float64, which MPS lacks: run it on cpu or cuda")
     return target

@@ -36,7 +36,7 @@ from torch import nn
 
 from difflens.data import Dataset, check_same_layout
 from difflens.diffusion.precond import DiscreteVP, Parametrization
-from difflens.errors import DifflensError
+from difflens.errors import DifflensError, require
 from difflens.models.adapters import NetDenoiser
 from difflens.models.empirical import EmpiricalDenoiser
 from difflens.models.nets import build_net, count_params
@@ -375,10 +375,7 @@ def _scheduler_config_path(unet_dir: Path, scheduler: str | Path | None) -> Path
 def _load_diffusers(
     path: Path, scheduler: str | Path | None, prediction_type: str | None, shape, note: str | None
 ) -> LoadedModel:
-    try:
-        from diffusers import UNet2DModel
-    except ImportError:
-        raise DifflensError("diffusers models need the diffusers package (pip install diffusers)") from None
+    UNet2DModel = require("diffusers", "diffusers", "diffusers models").UNet2DModel
     if not path.is_dir():
         raise DifflensError(f"model diffusers:{path}: no such folder")
     unet_dir = path / "unet" if (path / "unet" / "config.json").exists() else path
@@ -408,8 +405,7 @@ def _load_diffusers(
 def _ddpm_scheduler(cfg: dict, where: Path | None):
     """The training noise schedule of a DDPM-family scheduler config (any class that defines its noise by a
     β schedule: DDPM, DDIM, PNDM, Euler, DPM-Solver…), as diffusers' DDPMScheduler computes it."""
-    import diffusers
-
+    diffusers = require("diffusers", "diffusers", "diffusers models")
     name = cfg.get("_class_name")
     cls = getattr(diffusers, name, None) if isinstance(name, str) else None
     if cls is not None and "beta_schedule" not in inspect.signature(cls.__init__).parameters:

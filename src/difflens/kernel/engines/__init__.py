@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
-from difflens.errors import DifflensError
+from difflens.errors import DifflensError, require
 from difflens.kernel.engines.local import LocalEngine
 from difflens.kernel.source import Indices, RowSource
 from difflens.kernel.state import PosteriorState, Step
@@ -55,6 +55,10 @@ def resolve(engine: Engine | None) -> Engine:
     return engine
 
 
+# what the dask engine needs (module, extra, what for): checked before a run starts (errors.require)
+DASK_EXTRA = ("distributed", "scale", "the dask engine (--workers, --scheduler)")
+
+
 def open_engine(workers: int | None = None, scheduler: str | None = None, **options: Any) -> Engine:
     """An engine for the CLI options: in-process, a local dask cluster of ``workers``, or a scheduler.
 
@@ -65,9 +69,10 @@ def open_engine(workers: int | None = None, scheduler: str | None = None, **opti
         return LocalEngine()
     if workers is not None and workers < 1:
         raise DifflensError(f"--workers must be ≥ 1, got {workers}")
+    require(*DASK_EXTRA)
     from difflens.kernel.engines.dask import DaskEngine
 
     return DaskEngine(workers=workers, scheduler=scheduler, **options)
 
 
-__all__ = ["LOCAL", "Engine", "LocalEngine", "open_engine", "resolve"]
+__all__ = ["DASK_EXTRA", "LOCAL", "Engine", "LocalEngine", "open_engine", "resolve"]

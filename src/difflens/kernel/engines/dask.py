@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from difflens.errors import DifflensError
+from difflens.errors import DifflensError, require
 from difflens.kernel.fold import data_chunks, posterior_state
 from difflens.kernel.source import Indices, RowSource
 from difflens.kernel.state import PosteriorState, Step
@@ -55,7 +55,7 @@ def _merge(a: PosteriorState, b: PosteriorState) -> PosteriorState:
 
 def _torch_threads(n: int):
     """A worker plugin that gives torch ``n`` threads on every worker, restarted ones included."""
-    from distributed.diagnostics.plugin import WorkerPlugin
+    from distributed.diagnostics.plugin import WorkerPlugin  # present: DaskEngine required it
 
     class TorchThreads(WorkerPlugin):
         name = "difflens-torch-threads"
@@ -82,7 +82,8 @@ class DaskEngine:
         min_rows: int = 4096,
         memory_limit: str | int = "auto",
     ):
-        from distributed import Client, LocalCluster
+        distributed = require("distributed", "scale", "the dask engine")
+        Client, LocalCluster = distributed.Client, distributed.LocalCluster
 
         self.tasks_per_worker = tasks_per_worker
         self.min_rows = min_rows
