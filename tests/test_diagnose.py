@@ -119,7 +119,7 @@ def test_cli_train_diagnose_schedule_scaling(tmp_path):
     )
     table = list(csv.DictReader((tmp_path / "s" / "schedule.csv").open()))
     assert len(table) == 8
-    assert math.isclose(sum(float(r["p"]) for r in table), 1.0, rel_tol=1e-6)
+    assert math.isclose(sum(float(r["density"]) for r in table), 1.0, rel_tol=1e-6)
     assert (tmp_path / "s" / "schedule.png").exists()
     assert (tmp_path / "s" / "recipe.csv").exists()
 

@@ -7,7 +7,6 @@ The per-level estimators are in ``difflens.diffusion.estimators``; docs/method.m
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from difflens.data import as_dataset
-from difflens.diffusion.estimators import estimate_level, level_rng, make_estimator
+from difflens.diffusion.estimators import critical_sigma, estimate_level, level_rng, make_estimator
 from difflens.diffusion.processes import Process, conversion_factor, get_process, sigma_grid
 from difflens.diffusion.schedules import LogNormal
 from difflens.errors import DifflensError
@@ -126,23 +125,6 @@ def weighted_total(
         "stderr": float(np.sqrt(np.sum((coeff[finite] * np.asarray(stderrs)[finite]) ** 2))),
         "coverage": float(mass[inside].sum() / mass.sum()),
     }
-
-
-def critical_sigma(
-    sigmas: Levels, values_x0: Sequence[float] | np.ndarray, plateau: float, fraction: float = 0.01
-) -> float | None:
-    """Smallest s where J*_x0 reaches ``fraction`` of the plateau (log-interpolated between levels)."""
-    if plateau <= 0:
-        return None
-    level = fraction * plateau
-    for i, v in enumerate(values_x0):
-        if v >= level:
-            if i == 0:
-                return float(sigmas[0])
-            v0, v1 = values_x0[i - 1], v
-            f = (level - v0) / (v1 - v0) if v1 > v0 else 0.0
-            return float(math.exp(math.log(sigmas[i - 1]) + f * (math.log(sigmas[i]) - math.log(sigmas[i - 1]))))
-    return None
 
 
 # ---------------------------------------------------------------- the curve

@@ -51,9 +51,7 @@ SamplerName = choice("SamplerName", METHODS)
 ArchName = choice("ArchName", ARCHS)
 ErrorName = choice("ErrorName", ERRORS)
 BackendName = choice("BackendName", BACKENDS)
-ScheduleName = choice(
-    "ScheduleName", (s.name for s in (schedules.LogNormal, schedules.UniformT, schedules.OptimalLossSchedule))
-)
+ScheduleUnits = choice("ScheduleUnits", schedules.UNITS)
 PredictionType = choice("PredictionType", DIFFUSERS_TARGETS)
 
 # Old spellings kept for one release: accepted, hidden from --help (only where they are not the option's name).

@@ -215,3 +215,19 @@ def estimate_level(
         "max_dropped_mass": float(post.dropped_mass.max()),
     }
     return float(values.mean()), stderr, float(paired.mean()), conc
+
+
+def critical_sigma(sigmas, values_x0, plateau: float, fraction: float = 0.01) -> float | None:
+    """Smallest s where J*_x0 reaches ``fraction`` of the plateau (log-interpolated between levels;
+    docs/method.md, "Critical noise level"). Lives here, under analysis and schedules, which both need it."""
+    if plateau <= 0:
+        return None
+    level = fraction * plateau
+    for i, v in enumerate(values_x0):
+        if v >= level:
+            if i == 0:
+                return float(sigmas[0])
+            v0, v1 = values_x0[i - 1], v
+            f = (level - v0) / (v1 - v0) if v1 > v0 else 0.0
+            return float(math.exp(math.log(sigmas[i - 1]) + f * (math.log(sigmas[i]) - math.log(sigmas[i - 1]))))
+    return None
