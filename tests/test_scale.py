@@ -27,6 +27,7 @@ from difflens.diffusion.processes import sigma_grid
 from difflens.kernel import oracle, screening
 from difflens.kernel.engines import LocalEngine, open_engine
 from difflens.kernel.engines.dask import partitions
+from reference import Float64Engine
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -44,31 +45,6 @@ def gmm(n=3000, dim=256, k=20, std=0.3, seed=0):
 
 def levels(curve):
     return np.array([lv.optimal_loss_x0 for lv in curve.levels])
-
-
-class Float64Engine:
-    """A brute-force engine: each query's posterior state over all the data at once, in float64.
-
-    Any estimator run with it gives the float64 truth for the same seed (the kernel's float32
-    paths are compared with it, never with each other)."""
-
-    def fold(self, queries, data, scale, *, log_weights, include, exclude, rows, query_batch, step, floor, center):
-        idx = torch.arange(data.n) if include is None else torch.as_tensor(np.asarray(include, dtype=np.int64))
-        x = data.take(idx.numpy()).double() - center.double()
-        q = queries.double()
-        logits = (
-            -0.5 * torch.cdist(q, x).square() * scale[:, None] + 0.5 * q.square().sum(1, keepdim=True) * scale[:, None]
-        )
-        if log_weights is not None:
-            logits = logits + log_weights[idx]
-        if exclude is not None:
-            logits = logits.masked_fill((exclude[:, None, :] == idx[None, :, None]).any(-1), -math.inf)
-        top = logits.amax(1)
-        p = torch.exp(logits - top[:, None])
-        total = p.sum(1)
-        mean = p @ x / total[:, None]
-        m2 = (p * torch.cdist(mean, x).square()).sum(1)
-        return kernel.PosteriorState(top, total, mean, m2, p.square().sum(1), idx[logits.argmax(1)])
 
 
 def truth(ds, **kw):
