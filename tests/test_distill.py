@@ -184,6 +184,15 @@ def test_cli_toy_writes_outputs_and_rejects_bad_input(tmp_path):
     assert [r["method"] for r in result["runs"]] == ["specialist", "baseline", "distilled"]
     assert all(len(r["tasks"]) == 2 for r in result["runs"])
     assert (tmp_path / "ok" / "toy.png").exists() and (tmp_path / "ok" / "toy.csv").exists()
+    assert result["runs"][-1]["ideal_point"] is None  # linear: z = 0
+    lin = runner.invoke(app, ["distill", "toy", "--ideal", "specialist", "--out", str(tmp_path / "lin")])
+    assert lin.exit_code == 2 and "tchebycheff" in lin.output
+    tch = runner.invoke(
+        app, [*args[:-1], str(tmp_path / "tch"), "--scalarization", "tchebycheff", "--ideal", "specialist"]
+    )
+    assert tch.exit_code == 0, tch.output
+    z = json.loads((tmp_path / "tch" / "toy.json").read_text())["runs"][-1]["ideal_point"]
+    assert len(z) == 2 and all(v > 0 for v in z)  # a specialist's DSM loss on its own pseudo-pairs
 
 
 def test_conditional_denoiser_is_edm_preconditioning_on_the_inputs_device():
@@ -219,3 +228,47 @@ def test_conditional_denoiser_is_edm_preconditioning_on_the_inputs_device():
     out = sample(den, cond, 1, (2,), steps=3, churn=1.0, generator=torch.Generator().manual_seed(1), device="cpu")
     again = sample(den, cond, 1, (2,), steps=3, churn=1.0, generator=torch.Generator().manual_seed(1))
     assert out.device == torch.device("cpu") and out.shape == (5, 2) and torch.equal(out, again)
+
+
+def test_fits_sharing_one_tchebycheff_scalarization_do_not_depend_on_their_order():
+    # docs/method.md, "Distillation": every fit starts its own running loss average
+    g = torch.Generator().manual_seed(0)
+    a = [Pairs(torch.zeros(64, 1), s * torch.randn(64, 2, generator=g)) for s in (0.1, 1.0)]
+    b = [Pairs(torch.zeros(64, 1), s * torch.randn(64, 2, generator=g)) for s in (2.0, 0.05)]
+    scal = Scalarization("tchebycheff", smooth=0.1)
+    spec, cfg = ModelSpec(width=16, depth=1), DSMConfig(steps=30, batch=32)
+    x, sigma, cond = torch.randn(8, 2, generator=g), torch.full((8,), 0.5), torch.zeros(8, 1)
+
+    def out(net):
+        with torch.no_grad():
+            return net(x, sigma, cond, torch.arange(8) % 2)
+
+    a_first, log_a1 = fit_generalist(a, model=spec, config=cfg, scalarization=scal)
+    fit_generalist(b, model=spec, config=cfg, scalarization=scal)
+    a_second, log_a2 = fit_generalist(a, model=spec, config=cfg, scalarization=scal)
+    assert log_a1.weights == log_a2.weights
+    assert torch.equal(out(a_first), out(a_second))
+
+
+def test_toy_run_result_for_an_n_does_not_depend_on_the_other_ns_run_before_it():
+    from difflens.lab.distill.toy import ToyConfig, run_toy
+
+    kw = dict(
+        tasks=2,
+        unlabeled=(32,),
+        widths=(16,),
+        specialist_width=8,
+        steps=20,
+        specialist_steps=10,
+        batch=16,
+        scalarization="tchebycheff",
+        pareto=0,
+        oracle=False,
+        eval_samples=64,
+        eval_conds=2,
+        per_cond=8,
+        sampler_steps=4,
+    )
+    both = run_toy(ToyConfig(pairs=(4, 8), **kw))["runs"]
+    alone = run_toy(ToyConfig(pairs=(8,), **kw))["runs"]
+    assert [r for r in both if r["n"] == 8] == alone

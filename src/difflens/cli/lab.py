@@ -21,6 +21,7 @@ from difflens.cli.common import (
     float_list,
     out_opt,
 )
+from difflens.lab.distill.core import IDEALS
 from difflens.lab.distill.policy import PolicyConfig
 from difflens.lab.distill.restore import RestoreConfig
 from difflens.lab.distill.run import run_distill
@@ -31,6 +32,7 @@ from difflens.lab.toy_run import DENOISERS, run_toy_flow, run_toy_gap
 SweepName = choice("SweepName", SWEEPS)
 ToyDenoiser = choice("ToyDenoiser", DENOISERS)
 ScalarizationName = choice("ScalarizationName", ("linear", "tchebycheff"))
+IdealName = choice("IdealName", IDEALS)
 
 
 def _print_gaps(curves) -> None:
@@ -116,6 +118,7 @@ COMMON_HELP = {
     "steps": "Generalist training steps.",
     "specialist_steps": "Specialist training steps.",
     "scalarization": "Generalist objective: linear Σλ_k L_k or Tchebycheff max.",
+    "ideal": "Tchebycheff ideal point z_k: zero, or each specialist's own loss on its pseudo-pairs.",
     "mix_real": "Mix the real pairs into the generalist's pseudo-labelled data.",
     "seed": "Random seed: same seed, same results.",
 }
@@ -149,7 +152,7 @@ POLICY_HELP = {
     **COMMON_HELP,
     "mix_real": "Mix the demonstrations into the generalist's pseudo-labelled data.",
 }
-CHOICES = {"scalarization": ScalarizationName}
+CHOICES = {"scalarization": ScalarizationName, "ideal": IdealName}
 
 
 def _distill(name: str, config, threads: int, device: str, out: Path) -> None:

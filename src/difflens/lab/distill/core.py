@@ -10,7 +10,7 @@ pairs alone is the baseline; ``pareto_sweep`` retrains under a grid of task weig
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -20,6 +20,7 @@ from difflens.lab.distill.sampling import sample
 from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, TrainLog, derive_seed, eval_dsm, train_dsm
 
 Progress = Callable[[int], None] | None
+IDEALS = ("zero", "specialist")  # Tchebycheff ideal points z (docs/method.md, "Distillation")
 
 
 @dataclass
@@ -74,6 +75,15 @@ class SamplerSpec:
         ]
         x = torch.cat(parts) if parts else torch.empty((0, *x_shape))
         return x.clamp(-self.clip, self.clip) if self.clip is not None else x
+
+
+def check_objective(scalarization: str, ideal: str) -> None:
+    """An experiment's generalist objective: a known ideal point, and a non-zero one only where it acts
+    (Tchebycheff; the linear scalarization has no ideal point)."""
+    if ideal not in IDEALS:
+        raise DifflensError(f"unknown --ideal {ideal!r}; choose {' or '.join(IDEALS)}")
+    if ideal != "zero" and scalarization != "tchebycheff":
+        raise DifflensError(f"--ideal {ideal} needs --scalarization tchebycheff (linear has no ideal point)")
 
 
 def data_sigma(data: Sequence[Pairs]) -> float:
@@ -154,10 +164,12 @@ def fit_generalist(
 
 @dataclass
 class Distilled:
-    """A distilled generalist with its pseudo-labelled training data and training log."""
+    """A distilled generalist with its pseudo-pairs, its whole training data (pseudo + any real pairs),
+    its training log and the Tchebycheff ideal point used (None: zero)."""
 
     generalist: CondDenoiser
     pseudo: list[Pairs]
+    data: list[Pairs]
     log: TrainLog
     ideal: list[float] | None
 
@@ -171,7 +183,7 @@ def distill_generalist(
     model: ModelSpec | None = None,
     config: DSMConfig | None = None,
     scalarization: Scalarization | None = None,
-    ideal: str | None = None,
+    ideal: str = "zero",
     sampler: SamplerSpec | None = None,
     seed: int = 0,
     pseudo: Sequence[Pairs] | None = None,
@@ -181,7 +193,10 @@ def distill_generalist(
 
     ``pairs``: real pairs mixed into each task's training set. ``ideal='specialist'`` sets the
     Tchebycheff ideal point z_k to specialist k's own DSM loss on its pseudo-pairs, so the max runs
-    over the generalist's excess over what each specialist reaches. ``pseudo``: reuse pseudo-pairs."""
+    over the generalist's excess over what each specialist reaches; ``'zero'`` keeps z = 0 (or the
+    scalarization's own). ``pseudo``: reuse pseudo-pairs."""
+    if ideal not in IDEALS:
+        raise DifflensError(f"unknown ideal point {ideal!r}; choose {' or '.join(IDEALS)}")
     pseudo = (
         list(pseudo)
         if pseudo is not None
@@ -192,14 +207,11 @@ def distill_generalist(
     if ideal == "specialist":
         cfg = config or DSMConfig()
         z = [float(eval_dsm(s, [p], config=cfg)[0]) for s, p in zip(specialists, pseudo, strict=True)]
-        base = scalarization or Scalarization("tchebycheff")
-        scalarization = Scalarization(base.kind, base.lam, smooth=base.smooth, ideal=z, momentum=base.momentum)
-    elif ideal is not None:
-        raise DifflensError(f"unknown ideal point {ideal!r}; use 'specialist' or none")
+        scalarization = replace(scalarization or Scalarization("tchebycheff"), ideal=tuple(z))
     net, log = fit_generalist(
         train, model=model, config=config, scalarization=scalarization, seed=seed, progress=progress
     )
-    return Distilled(net, pseudo, log, z)
+    return Distilled(net, pseudo, list(train), log, z)
 
 
 def pareto_weights(k: int, points: int = 2) -> list[list[float]]:

@@ -17,7 +17,15 @@ import numpy as np
 import torch
 
 from difflens.errors import DifflensError
-from difflens.lab.distill.core import ModelSpec, SamplerSpec, fit_generalist, fit_specialists, pseudo_label
+from difflens.lab.distill.core import (
+    ModelSpec,
+    SamplerSpec,
+    check_objective,
+    distill_generalist,
+    fit_generalist,
+    fit_specialists,
+    pseudo_label,
+)
 from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, derive_seed, train_dsm
 from difflens.models.nets import count_params
 
@@ -209,6 +217,7 @@ class PolicyConfig:
     specialist_steps: int = 1500
     batch: int = 128
     scalarization: str = "linear"
+    ideal: str = "zero"
     mix_real: bool = True
     sampler_steps: int = 12
     tasks: tuple[ReachTask, ...] = field(default=TASKS)
@@ -219,6 +228,7 @@ class PolicyConfig:
             raise DifflensError("need positive --demos, --unlabeled, --eval-episodes and --horizon")
         if self.relabel_rounds < 0 or (self.relabel_rounds and min(self.relabel_episodes, self.relabel_steps) < 1):
             raise DifflensError("relabelling needs rounds ≥ 0 and positive episodes and steps")
+        check_objective(self.scalarization, self.ideal)
 
     def units(self) -> int:
         per_n = len(self.tasks) * self.specialist_steps + 2 * self.steps + self.relabel_rounds * self.relabel_steps
@@ -276,13 +286,21 @@ def run_policy(cfg: PolicyConfig, progress: Callable[[int], None] | None = None)
         )
         record("baseline", n, cfg.width, base, count_params(base), {"pairs": sizes})
         conds = [random_states(tasks, t, cfg.unlabeled, rng) for t in range(k)]
-        data = pseudo_label(specs, conds, (2,), sampler=sampler, seed=cfg.seed + 3)
-        if cfg.mix_real:
-            data = [p + q for p, q in zip(data, demos, strict=True)]
-        gen, _ = fit_generalist(
-            data, model=gen_model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress
+        dist = distill_generalist(
+            specs,
+            conds,
+            (2,),
+            pairs=demos if cfg.mix_real else None,
+            model=gen_model,
+            config=gen_cfg,
+            scalarization=scal,
+            ideal=cfg.ideal,
+            pseudo=pseudo_label(specs, conds, (2,), sampler=sampler, seed=cfg.seed + 3),
+            seed=cfg.seed,
+            progress=progress,
         )
-        record("distilled", n, cfg.width, gen, count_params(gen), {"pairs": sizes})
+        gen, data = dist.generalist, dist.data
+        record("distilled", n, cfg.width, gen, count_params(gen), {"pairs": sizes, "ideal_point": dist.ideal})
         if cfg.relabel_rounds:
             spec_policy = DiffusionPolicy(specs, sampler, seed=cfg.seed + 21)
             ids = np.repeat(np.arange(k), cfg.relabel_episodes)

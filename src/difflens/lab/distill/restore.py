@@ -18,6 +18,7 @@ from difflens.errors import DifflensError
 from difflens.lab.distill.core import (
     ModelSpec,
     SamplerSpec,
+    check_objective,
     distill_generalist,
     fit_generalist,
     fit_specialists,
@@ -82,6 +83,7 @@ class RestoreConfig:
     specialist_steps: int = 2000
     batch: int = 128
     scalarization: str = "linear"
+    ideal: str = "zero"
     mix_real: bool = True
     oracle: bool = True
     sampler_steps: int = 18
@@ -92,6 +94,7 @@ class RestoreConfig:
             raise DifflensError("need degradations, and positive --pairs, --unlabeled and --test")
         if self.arch not in ("mlp", "conv"):
             raise DifflensError(f"unknown arch {self.arch!r}; choose mlp or conv")
+        check_objective(self.scalarization, self.ideal)
         if max(self.pairs) + self.unlabeled > pool:
             raise DifflensError(
                 f"largest n ({max(self.pairs)}) + unlabeled ({self.unlabeled}) exceeds the {pool} training images"
@@ -172,11 +175,13 @@ def run_restore(cfg: RestoreConfig, progress: Callable[[int], None] | None = Non
             model=gen_model,
             config=gen_cfg,
             scalarization=scal,
+            ideal=cfg.ideal,
             pseudo=pseudo,
             seed=cfg.seed,
             progress=progress,
         )
         record("distilled", n, cfg.unlabeled, cfg.width, dist.generalist, count_params(dist.generalist))
+        runs[-1]["ideal_point"] = dist.ideal
     if cfg.oracle:
         full = [shaped(Pairs(c, x)) for c, x in zip(unlabeled, hidden, strict=True)]
         net, _ = fit_generalist(

@@ -18,6 +18,7 @@ from difflens.errors import DifflensError
 from difflens.lab.distill.core import (
     ModelSpec,
     SamplerSpec,
+    check_objective,
     distill_generalist,
     fit_generalist,
     fit_specialists,
@@ -155,6 +156,7 @@ class ToyConfig:
     batch: int = 128
     scalarization: str = "linear"
     smooth: float = 0.1
+    ideal: str = "zero"
     mix_real: bool = False
     pareto: int = 1
     oracle: bool = True
@@ -169,6 +171,7 @@ class ToyConfig:
             raise DifflensError("--pairs, --unlabeled and --widths need positive integers")
         if self.per_cond < self.dim + 2 or self.eval_conds < 1:
             raise DifflensError(f"--per-cond must be ≥ dim + 2 = {self.dim + 2} to fit a covariance")
+        check_objective(self.scalarization, self.ideal)
 
     def units(self) -> int:
         """Training steps of the whole run (for a progress bar)."""
@@ -224,7 +227,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
     ]
     runs: list[dict] = []
 
-    def record(method, n, un, width, model, params):
+    def record(method, n, un, width, model, params, extra=None):
         runs.append(
             {
                 "method": method,
@@ -233,6 +236,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
                 "width": width,
                 "params": params,
                 "tasks": metrics(model),
+                **(extra or {}),
             }
         )
 
@@ -260,11 +264,13 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
                     model=model,
                     config=gen_cfg,
                     scalarization=scal,
+                    ideal=cfg.ideal,
                     pseudo=pseudo,
                     seed=cfg.seed,
                     progress=progress,
                 )
-                record("distilled", n, un, width, dist.generalist, count_params(dist.generalist))
+                extra = {"ideal_point": dist.ideal}
+                record("distilled", n, un, width, dist.generalist, count_params(dist.generalist), extra)
             if cfg.pareto and n == max_n and un == cfg.unlabeled[0]:
                 grid = pareto_weights(cfg.tasks, cfg.pareto)
                 pareto = {
