@@ -12,6 +12,7 @@ from difflens.lab.distill.core import ModelSpec, SamplerSpec, distill_generalist
 from difflens.lab.distill.models import make_denoiser
 from difflens.lab.distill.policy import TASKS, DiffusionPolicy, demonstrations, expert_actions, random_starts, rollout
 from difflens.lab.distill.restore import degrade, psnr_ssim
+from difflens.lab.distill.specialists import KernelSpecialist, LinearGaussian, Sampled
 from difflens.lab.distill.toy import GaussianTasks, conditional_fit, excess_risk, gaussian_w2_kl
 from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, train_dsm
 
@@ -89,7 +90,8 @@ def test_pseudo_labels_from_the_true_score_reproduce_the_supervised_generalist()
     exact = [Pairs(c, tasks.sample(k, c, g)) for k, c in enumerate(conds)]
     spec, cfg = ModelSpec(width=64, depth=2), DSMConfig(steps=800, batch=128)
     supervised, _ = fit_generalist(exact, model=spec, config=cfg)
-    dist = distill_generalist([tasks.denoiser(k) for k in range(2)], conds, (1,), model=spec, config=cfg)
+    truth = [Sampled(tasks.denoiser(k), (1,)) for k in range(2)]
+    dist = distill_generalist(truth, conds, model=spec, config=cfg)
     for k in range(2):
         # the pseudo-labels are draws from the true conditional: same moments as the exact labels
         resid = (dist.pseudo[k].x.double() - tasks.mean(k, conds[k])) / tasks.var(k, conds[k]).sqrt()
@@ -175,6 +177,12 @@ def test_cli_toy_writes_outputs_and_rejects_bad_input(tmp_path):
         "--pareto",
         "0",
         "--no-oracle",
+        "--eval-samples",
+        "256",
+        "--eval-conds",
+        "4",
+        "--sampler-steps",
+        "6",
         "--out",
         str(tmp_path / "ok"),
     ]
@@ -272,3 +280,130 @@ def test_toy_run_result_for_an_n_does_not_depend_on_the_other_ns_run_before_it()
     both = run_toy(ToyConfig(pairs=(4, 8), **kw))["runs"]
     alone = run_toy(ToyConfig(pairs=(8,), **kw))["runs"]
     assert [r for r in both if r["n"] == 8] == alone
+
+
+def _linear_task(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.tensor([[1.0, -0.5, 0.3], [0.2, 0.8, -1.0]], dtype=torch.float64)
+    b = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    chol = torch.tensor([[0.3, 0.0], [0.1, 0.2]], dtype=torch.float64)
+    c = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    x = c @ a.T + b + torch.randn(n, 2, generator=g, dtype=torch.float64) @ chol.T
+    return a, b, chol @ chol.T, c, x
+
+
+def test_linear_specialist_recovers_a_linear_gaussian_task_within_its_standard_errors():
+    n = 4000
+    a, b, cov, c, x = _linear_task(n)
+    spec = LinearGaussian().fit(Pairs(c, x))
+    # OLS standard errors: Cov(coef_j) = Σ_jj·(DᵀD)⁻¹ with the design D = [1, c]
+    design = torch.cat([torch.ones(n, 1, dtype=torch.float64), c], 1)
+    inv = torch.linalg.inv(design.T @ design).diagonal()
+    se = (cov.diagonal()[:, None] * inv[None, :]).sqrt()
+    assert ((spec.b - b).abs() < 5 * se[:, 0]).all()
+    assert ((spec.A - a).abs() < 5 * se[:, 1:]).all()
+    se_cov = ((cov**2 + cov.diagonal()[:, None] * cov.diagonal()[None, :]) / n).sqrt()  # Wishart
+    assert ((spec.cov - cov).abs() < 5 * se_cov).all()
+    # its samples follow N(A·c + b, Σ) (the fitted one): standardised residuals have identity covariance
+    draws = spec.sample(c, torch.Generator().manual_seed(1)).double() - spec.mean(c)
+    white = draws @ torch.linalg.inv(torch.linalg.cholesky(spec.cov)).T
+    assert torch.allclose(white.T @ white / n, torch.eye(2, dtype=torch.float64), atol=5 * (2 / n) ** 0.5)
+
+
+def test_linear_specialist_is_the_ridge_fit_with_leave_one_out_covariance_from_few_pairs():
+    _, _, _, c, x = _linear_task(5, seed=2)  # 5 pairs in a 3-D condition space
+    spec = LinearGaussian().fit(Pairs(c, x))
+    lam = spec.ridge
+
+    def ridge(ci, xi):  # brute force: normal equations with an unpenalised intercept
+        d = torch.cat([torch.ones(len(ci), 1, dtype=torch.float64), ci], 1)
+        pen = lam * torch.eye(4, dtype=torch.float64)
+        pen[0, 0] = 0
+        coef = torch.linalg.solve(d.T @ d + pen, d.T @ xi)
+        return coef[1:].T, coef[0]
+
+    a, b = ridge(c, x)
+    torch.testing.assert_close(spec.A, a, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(spec.b, b, rtol=1e-8, atol=1e-10)
+    loo = []
+    for i in range(5):
+        rest = torch.arange(5) != i
+        ai, bi = ridge(c[rest], x[rest])
+        loo.append(x[i] - (c[i] @ ai.T + bi))
+    loo = torch.stack(loo)
+    torch.testing.assert_close(spec.cov, loo.T @ loo / 5, rtol=1e-8, atol=1e-12)
+    assert torch.linalg.eigvalsh(spec.cov).min() > 0  # not the vanishing in-sample residuals
+    one = LinearGaussian().fit(Pairs(c[:1], x[:1]))
+    assert torch.equal(one.sample(c, torch.Generator()).double(), x[:1].float().double().expand(5, 2))
+
+
+def test_linear_specialist_denoiser_is_the_gaussian_posterior_mean():
+    _, _, _, c, x = _linear_task(50, seed=3)
+    spec = LinearGaussian().fit(Pairs(c, x))
+    g = torch.Generator().manual_seed(0)
+    q, sigma = torch.randn(6, 2, generator=g, dtype=torch.float64), torch.logspace(-2, 1, 6, dtype=torch.float64)
+    got = spec(q, sigma, c[:6])
+    for i in range(6):
+        mu = spec.mean(c[i : i + 1])[0]
+        want = mu + spec.cov @ torch.linalg.solve(
+            spec.cov + sigma[i] ** 2 * torch.eye(2, dtype=torch.float64), q[i] - mu
+        )
+        torch.testing.assert_close(got[i], want, rtol=1e-9, atol=1e-12)
+
+
+def test_kernel_specialist_reproduces_a_single_pair_and_weights_pairs_by_condition():
+    x1 = torch.tensor([[0.3, -0.7]])
+    one = KernelSpecialist().fit(Pairs(torch.tensor([[1.0, 2.0]]), x1))
+    conds = torch.randn(9, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(one.sample(conds, torch.Generator()), x1.expand(9, 2))
+    assert torch.allclose(one(torch.randn(9, 2), torch.full((9,), 0.3), conds).double(), x1.double().expand(9, 2))
+    # three pairs: the denoiser is Bayes' rule over them with condition weights (float64 brute force)
+    c = torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
+    spec = KernelSpecialist().fit(Pairs(c, x))
+    h = float(c.var(0).mean().sqrt()) * 3 ** (-1 / 5)
+    q, qc, s = torch.tensor([[0.4, 0.2]], dtype=torch.float64), torch.tensor([[0.6]], dtype=torch.float64), 0.8
+    w = torch.tensor(
+        [
+            math.exp(-((0.6 - ci) ** 2) / (2 * h * h) - float(((q[0] - xi) ** 2).sum()) / (2 * s * s))
+            for ci, xi in zip(c[:, 0].tolist(), x, strict=True)
+        ],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(
+        spec(q, torch.tensor([s], dtype=torch.float64), qc)[0], (w / w.sum()) @ x, rtol=1e-10, atol=1e-12
+    )
+    # sampling picks pair i with probability w_i(c)
+    draws = spec.sample(qc.expand(20000, 1), torch.Generator().manual_seed(2)).double()
+    freq = torch.stack([(draws == xi).all(1).double().mean() for xi in x])
+    p = spec.log_weights(qc)[0].exp()
+    assert torch.allclose(freq, p, atol=5 * (0.25 / 20000) ** 0.5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "kernel"])
+def test_toy_run_with_light_specialists(kind):
+    from difflens.lab.distill.toy import ToyConfig, run_toy
+
+    cfg = ToyConfig(
+        tasks=2,
+        pairs=(4,),
+        unlabeled=(32,),
+        widths=(16,),
+        steps=20,
+        batch=16,
+        specialist=kind,
+        pareto=0,
+        oracle=False,
+        eval_samples=64,
+        eval_conds=2,
+        per_cond=8,
+        sampler_steps=4,
+    )
+    runs = run_toy(cfg)["runs"]
+    assert runs[0]["method"] == "specialist" and runs[0]["class"] == kind
+    assert all(math.isfinite(t[m]) for r in runs for t in r["tasks"] for m in ("excess_risk", "w2"))
+    # a kernel specialist's conditional is discrete: where its draws at a condition coincide, the fitted
+    # Gaussian is singular and its KL to the (continuous) truth is +inf — never NaN
+    assert all(t["kl"] > 0 for r in runs for t in r["tasks"])
+    with pytest.raises(DifflensError):
+        run_toy(ToyConfig(specialist="gp"))

@@ -25,6 +25,7 @@ from difflens.lab.distill.core import IDEALS
 from difflens.lab.distill.policy import PolicyConfig
 from difflens.lab.distill.restore import RestoreConfig
 from difflens.lab.distill.run import run_distill
+from difflens.lab.distill.specialists import SPECIALISTS
 from difflens.lab.distill.toy import ToyConfig
 from difflens.lab.toy import SWEEPS
 from difflens.lab.toy_run import DENOISERS, run_toy_flow, run_toy_gap
@@ -33,6 +34,7 @@ SweepName = choice("SweepName", SWEEPS)
 ToyDenoiser = choice("ToyDenoiser", DENOISERS)
 ScalarizationName = choice("ScalarizationName", ("linear", "tchebycheff"))
 IdealName = choice("IdealName", IDEALS)
+SpecialistName = choice("SpecialistName", SPECIALISTS)
 
 
 def _print_gaps(curves) -> None:
@@ -114,9 +116,10 @@ def print_runs(result: dict, metrics: dict[str, str]) -> None:
 
 THREADS_HELP = "Torch CPU threads (small models run best on one)."
 COMMON_HELP = {
-    "specialist_width": "Specialist width.",
+    "specialist": "Specialist class: linear-Gaussian (closed form), small MLP, or kernel (empirical conditional).",
+    "specialist_width": "Specialist width (mlp).",
     "steps": "Generalist training steps.",
-    "specialist_steps": "Specialist training steps.",
+    "specialist_steps": "Specialist training steps (mlp).",
     "scalarization": "Generalist objective: linear Σλ_k L_k or Tchebycheff max.",
     "ideal": "Tchebycheff ideal point z_k: zero, or each specialist's own loss on its pseudo-pairs.",
     "mix_real": "Mix the real pairs into the generalist's pseudo-labelled data.",
@@ -132,6 +135,9 @@ TOY_HELP = {
     **COMMON_HELP,
     "pareto": "Pareto sweep of task weights at the largest n: tilts per task (0: off).",
     "oracle": "Also train a generalist on exact samples for the unlabeled conditions.",
+    "eval_samples": "Noisy samples per task for the exact excess DSM risk.",
+    "eval_conds": "Test conditions per task for W2/KL (each fitted from --per-cond draws).",
+    "sampler_steps": "EDM Heun steps of the sampler (pseudo-labels and evaluation).",
 }
 RESTORE_HELP = {
     "degradations": "Tasks: comma list of noise, blur, mask.",
@@ -152,7 +158,7 @@ POLICY_HELP = {
     **COMMON_HELP,
     "mix_real": "Mix the demonstrations into the generalist's pseudo-labelled data.",
 }
-CHOICES = {"scalarization": ScalarizationName, "ideal": IdealName}
+CHOICES = {"scalarization": ScalarizationName, "ideal": IdealName, "specialist": SpecialistName}
 
 
 def _distill(name: str, config, threads: int, device: str, out: Path) -> None:

@@ -15,66 +15,13 @@ from dataclasses import dataclass, replace
 import torch
 
 from difflens.errors import DifflensError
-from difflens.lab.distill.models import CondDenoiser, make_denoiser
-from difflens.lab.distill.sampling import sample
+from difflens.lab.distill.models import CondDenoiser
+from difflens.lab.distill.settings import ModelSpec, SamplerSpec, data_sigma
+from difflens.lab.distill.specialists import SPECIALISTS, make_specialist
 from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, TrainLog, derive_seed, eval_dsm, train_dsm
 
 Progress = Callable[[int], None] | None
 IDEALS = ("zero", "specialist")  # Tchebycheff ideal points z (docs/method.md, "Distillation")
-
-
-@dataclass
-class ModelSpec:
-    """Architecture of a conditional denoiser (see ``models.make_denoiser``)."""
-
-    arch: str = "mlp"
-    width: int = 128
-    depth: int = 3
-
-    def build(self, x_shape, cond_shape, num_tasks: int, sigma_data: float, seed: int) -> CondDenoiser:
-        return make_denoiser(
-            tuple(x_shape),
-            tuple(cond_shape),
-            num_tasks=num_tasks,
-            arch=self.arch,
-            width=self.width,
-            depth=self.depth,
-            sigma_data=sigma_data,
-            seed=seed,
-        )
-
-
-@dataclass
-class SamplerSpec:
-    """Settings of the EDM Heun sampler used for pseudo-labels and evaluation. ``clip``: clamp the final
-    samples to [−clip, clip] (the data range, e.g. 1 for images in [−1, 1]), so that a specialist's rare
-    wild extrapolations do not end up as pseudo-labels."""
-
-    steps: int = 18
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    churn: float = 0.0
-    chunk: int = 2048
-    clip: float | None = None
-
-    def __call__(self, denoiser, cond: torch.Tensor, task, x_shape, generator: torch.Generator) -> torch.Tensor:
-        task = torch.as_tensor(task, dtype=torch.long).reshape(-1).expand(len(cond))
-        parts = [
-            sample(
-                denoiser,
-                cond[i : i + self.chunk],
-                task[i : i + self.chunk],
-                tuple(x_shape),
-                steps=self.steps,
-                sigma_min=self.sigma_min,
-                sigma_max=self.sigma_max,
-                churn=self.churn,
-                generator=generator,
-            )
-            for i in range(0, len(cond), self.chunk)
-        ]
-        x = torch.cat(parts) if parts else torch.empty((0, *x_shape))
-        return x.clamp(-self.clip, self.clip) if self.clip is not None else x
 
 
 def check_objective(scalarization: str, ideal: str) -> None:
@@ -86,10 +33,10 @@ def check_objective(scalarization: str, ideal: str) -> None:
         raise DifflensError(f"--ideal {ideal} needs --scalarization tchebycheff (linear has no ideal point)")
 
 
-def data_sigma(data: Sequence[Pairs]) -> float:
-    """σ_data for EDM preconditioning: the standard deviation of all targets (at least 1e-3)."""
-    x = torch.cat([p.x.reshape(len(p), -1) for p in data])
-    return max(float(x.std()), 1e-3) if x.numel() > 1 else 0.5
+def check_specialist(kind: str) -> None:
+    """A known specialist class (``specialists.SPECIALISTS``)."""
+    if kind not in SPECIALISTS:
+        raise DifflensError(f"unknown --specialist {kind!r}; choose {', '.join(SPECIALISTS)}")
 
 
 def _shapes(data: Sequence[Pairs]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -103,21 +50,23 @@ def _shapes(data: Sequence[Pairs]) -> tuple[tuple[int, ...], tuple[int, ...]]:
 def fit_specialists(
     pairs: Sequence[Pairs],
     *,
+    kind: str = "mlp",
     model: ModelSpec | None = None,
     config: DSMConfig | None = None,
+    sampler: SamplerSpec | None = None,
     seed: int = 0,
     progress: Progress = None,
-) -> list[CondDenoiser]:
-    """Stage 1: one single-task denoiser per task, trained by DSM on that task's pairs only."""
+) -> list:
+    """Stage 1: one specialist of class ``kind`` (``specialists.SPECIALISTS``) per task, fitted on that
+    task's pairs only; ``model``/``config`` are the mlp's, ``sampler`` how it samples."""
+    _shapes(pairs)
     model = model or ModelSpec(width=64, depth=2)
-    config = config or DSMConfig()
-    x_shape, c_shape = _shapes(pairs)
-    out = []
-    for k, p in enumerate(pairs):
-        net = model.build(x_shape, c_shape, 1, data_sigma([p]), seed + 1000 * k)
-        train_dsm(net, [p], config=_reseed(config, seed + 1000 * k), progress=progress)
-        out.append(net)
-    return out
+    return [
+        make_specialist(kind, model=model, config=config, sampler=sampler, seed=seed + 1000 * k, progress=progress).fit(
+            p
+        )
+        for k, p in enumerate(pairs)
+    ]
 
 
 def _reseed(config: DSMConfig, seed: int) -> DSMConfig:
@@ -127,19 +76,15 @@ def _reseed(config: DSMConfig, seed: int) -> DSMConfig:
 def pseudo_label(
     specialists: Sequence,
     conds: Sequence[torch.Tensor],
-    x_shape,
     *,
-    sampler: SamplerSpec | None = None,
     seed: int = 0,
 ) -> list[Pairs]:
-    """Pseudo-pairs: specialist k samples one target for every unlabeled condition of task k.
-
-    A specialist is any ``denoiser(x, sigma, cond, task)`` for its own task (called with task 0)."""
-    sampler = sampler or SamplerSpec()
+    """Pseudo-pairs: specialist k samples one target for every unlabeled condition of task k
+    (``specialists``: anything with ``sample(cond, generator)``)."""
     if len(specialists) != len(conds):
         raise DifflensError(f"{len(specialists)} specialists for {len(conds)} tasks of unlabeled conditions")
     g = torch.Generator().manual_seed(derive_seed(seed, "pseudo-label"))
-    return [Pairs(c, sampler(s, c, 0, x_shape, g)) for s, c in zip(specialists, conds, strict=True)]
+    return [Pairs(c, s.sample(c, g)) for s, c in zip(specialists, conds, strict=True)]
 
 
 def fit_generalist(
@@ -177,14 +122,12 @@ class Distilled:
 def distill_generalist(
     specialists: Sequence,
     unlabeled: Sequence[torch.Tensor],
-    x_shape,
     *,
     pairs: Sequence[Pairs] | None = None,
     model: ModelSpec | None = None,
     config: DSMConfig | None = None,
     scalarization: Scalarization | None = None,
     ideal: str = "zero",
-    sampler: SamplerSpec | None = None,
     seed: int = 0,
     pseudo: Sequence[Pairs] | None = None,
     progress: Progress = None,
@@ -197,11 +140,7 @@ def distill_generalist(
     scalarization's own). ``pseudo``: reuse pseudo-pairs."""
     if ideal not in IDEALS:
         raise DifflensError(f"unknown ideal point {ideal!r}; choose {' or '.join(IDEALS)}")
-    pseudo = (
-        list(pseudo)
-        if pseudo is not None
-        else pseudo_label(specialists, unlabeled, x_shape, sampler=sampler, seed=seed)
-    )
+    pseudo = list(pseudo) if pseudo is not None else pseudo_label(specialists, unlabeled, seed=seed)
     train = [p + q for p, q in zip(pseudo, pairs, strict=True)] if pairs is not None else pseudo
     z = None
     if ideal == "specialist":

@@ -21,6 +21,7 @@ from difflens.lab.distill.core import (
     ModelSpec,
     SamplerSpec,
     check_objective,
+    check_specialist,
     distill_generalist,
     fit_generalist,
     fit_specialists,
@@ -153,8 +154,8 @@ def rollout(
 
 
 class DiffusionPolicy:
-    """Actions sampled from conditional denoisers: one per task (specialists, called with task 0) or
-    one task-conditional generalist. Deterministic given the seed."""
+    """Actions sampled from one specialist per task (their ``sample``) or from one task-conditional
+    generalist (by ``sampler``). Deterministic given the seed."""
 
     def __init__(self, models, sampler: SamplerSpec, seed: int = 0):
         self.models = models
@@ -169,7 +170,7 @@ class DiffusionPolicy:
         out = torch.zeros(len(cond), 2)
         for k in ids.unique().tolist():
             sel = ids == k
-            out[sel] = self.sampler(self.models[k], cond[sel], 0, (2,), self.generator)
+            out[sel] = self.models[k].sample(cond[sel], self.generator)
         return out.clamp(-1, 1).numpy()
 
 
@@ -211,6 +212,7 @@ class PolicyConfig:
     horizon: int = 50
     width: int = 256
     depth: int = 3
+    specialist: str = "mlp"
     specialist_width: int = 64
     specialist_depth: int = 2
     steps: int = 3000
@@ -229,6 +231,7 @@ class PolicyConfig:
         if self.relabel_rounds < 0 or (self.relabel_rounds and min(self.relabel_episodes, self.relabel_steps) < 1):
             raise DifflensError("relabelling needs rounds ≥ 0 and positive episodes and steps")
         check_objective(self.scalarization, self.ideal)
+        check_specialist(self.specialist)
 
     def units(self) -> int:
         per_n = len(self.tasks) * self.specialist_steps + 2 * self.steps + self.relabel_rounds * self.relabel_steps
@@ -279,8 +282,18 @@ def run_policy(cfg: PolicyConfig, progress: Callable[[int], None] | None = None)
         rng = np.random.default_rng(derive_seed(cfg.seed, f"demos-{n}"))
         demos = demonstrations(tasks, n, rng, cfg.horizon)
         sizes = [len(p) for p in demos]
-        specs = fit_specialists(demos, model=spec_model, config=spec_cfg, seed=cfg.seed, progress=progress)
-        record("specialist", n, cfg.specialist_width, specs, count_params(specs[0]), {"pairs": sizes})
+        specs = fit_specialists(
+            demos,
+            kind=cfg.specialist,
+            model=spec_model,
+            config=spec_cfg,
+            sampler=sampler,
+            seed=cfg.seed,
+            progress=progress,
+        )
+        record(
+            "specialist", n, cfg.specialist_width, specs, specs[0].params(), {"pairs": sizes, "class": cfg.specialist}
+        )
         base, _ = fit_generalist(
             demos, model=gen_model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress
         )
@@ -289,13 +302,12 @@ def run_policy(cfg: PolicyConfig, progress: Callable[[int], None] | None = None)
         dist = distill_generalist(
             specs,
             conds,
-            (2,),
             pairs=demos if cfg.mix_real else None,
             model=gen_model,
             config=gen_cfg,
             scalarization=scal,
             ideal=cfg.ideal,
-            pseudo=pseudo_label(specs, conds, (2,), sampler=sampler, seed=cfg.seed + 3),
+            pseudo=pseudo_label(specs, conds, seed=cfg.seed + 3),
             seed=cfg.seed,
             progress=progress,
         )

@@ -19,6 +19,7 @@ from difflens.lab.distill.core import (
     ModelSpec,
     SamplerSpec,
     check_objective,
+    check_specialist,
     distill_generalist,
     fit_generalist,
     fit_specialists,
@@ -77,6 +78,7 @@ class RestoreConfig:
     arch: str = "mlp"
     width: int = 256
     depth: int = 3
+    specialist: str = "mlp"
     specialist_width: int = 128
     specialist_depth: int = 2
     steps: int = 4000
@@ -95,6 +97,7 @@ class RestoreConfig:
         if self.arch not in ("mlp", "conv"):
             raise DifflensError(f"unknown arch {self.arch!r}; choose mlp or conv")
         check_objective(self.scalarization, self.ideal)
+        check_specialist(self.specialist)
         if max(self.pairs) + self.unlabeled > pool:
             raise DifflensError(
                 f"largest n ({max(self.pairs)}) + unlabeled ({self.unlabeled}) exceeds the {pool} training images"
@@ -140,10 +143,11 @@ def run_restore(cfg: RestoreConfig, progress: Callable[[int], None] | None = Non
     def metrics(model) -> list[dict]:
         out = []
         for t in range(k):
-            net, tid = (model[t], 0) if isinstance(model, list) else (model, t)
-            restored = sampler(
-                net, test_c[t], tid, x_shape, torch.Generator().manual_seed(derive_seed(cfg.seed, "eval-sampler"))
-            )
+            g = torch.Generator().manual_seed(derive_seed(cfg.seed, "eval-sampler"))
+            if isinstance(model, list):
+                restored = model[t].sample(test_c[t], g)
+            else:
+                restored = sampler(model, test_c[t], t, x_shape, g)
             out.append(_scores(restored, test_x))
         return out
 
@@ -160,17 +164,25 @@ def run_restore(cfg: RestoreConfig, progress: Callable[[int], None] | None = Non
 
     for n in cfg.pairs:
         pairs = [shaped(p.take(slice(0, n))) for p in labelled]
-        specs = fit_specialists(pairs, model=spec_model, config=spec_cfg, seed=cfg.seed, progress=progress)
-        record("specialist", n, None, cfg.specialist_width, specs, count_params(specs[0]))
+        specs = fit_specialists(
+            pairs,
+            kind=cfg.specialist,
+            model=spec_model,
+            config=spec_cfg,
+            sampler=sampler,
+            seed=cfg.seed,
+            progress=progress,
+        )
+        record("specialist", n, None, cfg.specialist_width, specs, specs[0].params())
+        runs[-1]["class"] = cfg.specialist
         base, _ = fit_generalist(
             pairs, model=gen_model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress
         )
         record("baseline", n, None, cfg.width, base, count_params(base))
-        pseudo = pseudo_label(specs, unlabeled, x_shape, sampler=sampler, seed=cfg.seed + 3)
+        pseudo = pseudo_label(specs, unlabeled, seed=cfg.seed + 3)
         dist = distill_generalist(
             specs,
             unlabeled,
-            x_shape,
             pairs=pairs if cfg.mix_real else None,
             model=gen_model,
             config=gen_cfg,

@@ -19,6 +19,7 @@ from difflens.lab.distill.core import (
     ModelSpec,
     SamplerSpec,
     check_objective,
+    check_specialist,
     distill_generalist,
     fit_generalist,
     fit_specialists,
@@ -149,6 +150,7 @@ class ToyConfig:
     unlabeled: tuple[int, ...] = (2048,)
     widths: tuple[int, ...] = (128,)
     depth: int = 3
+    specialist: str = "mlp"
     specialist_width: int = 32
     specialist_depth: int = 2
     steps: int = 4000
@@ -172,6 +174,7 @@ class ToyConfig:
         if self.per_cond < self.dim + 2 or self.eval_conds < 1:
             raise DifflensError(f"--per-cond must be ≥ dim + 2 = {self.dim + 2} to fit a covariance")
         check_objective(self.scalarization, self.ideal)
+        check_specialist(self.specialist)
 
     def units(self) -> int:
         """Training steps of the whole run (for a progress bar)."""
@@ -207,7 +210,10 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
             out.append({"excess_risk": risk, "excess_risk_se": se})
             if samples:
                 sg = torch.Generator().manual_seed(derive_seed(cfg.seed, "eval-sampler"))
-                draw = lambda c, net=net, tid=tid, sg=sg: sampler(net, c, tid, (cfg.dim,), sg)  # noqa: E731
+                if isinstance(model, list):
+                    draw = lambda c, net=net, sg=sg: net.sample(c, sg)  # noqa: E731
+                else:
+                    draw = lambda c, net=net, tid=tid, sg=sg: sampler(net, c, tid, (cfg.dim,), sg)  # noqa: E731
                 out[-1].update(
                     conditional_fit(tasks, k, draw, conds=cfg.eval_conds, per_cond=cfg.per_cond, seed=cfg.seed)
                 )
@@ -243,8 +249,16 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
     pareto = None
     for n in cfg.pairs:
         pairs = [p.take(slice(0, n)) for p in all_pairs]
-        specs = fit_specialists(pairs, model=spec_model, config=spec_cfg, seed=cfg.seed, progress=progress)
-        record("specialist", n, None, cfg.specialist_width, specs, count_params(specs[0]))
+        specs = fit_specialists(
+            pairs,
+            kind=cfg.specialist,
+            model=spec_model,
+            config=spec_cfg,
+            sampler=sampler,
+            seed=cfg.seed,
+            progress=progress,
+        )
+        record("specialist", n, None, cfg.specialist_width, specs, specs[0].params(), {"class": cfg.specialist})
         for width in cfg.widths:
             model = ModelSpec(width=width, depth=cfg.depth)
             base, _ = fit_generalist(
@@ -253,13 +267,12 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
             record("baseline", n, None, width, base, count_params(base))
         for un in cfg.unlabeled:
             conds = [c[:un] for c in all_conds]
-            pseudo = pseudo_label(specs, conds, (cfg.dim,), sampler=sampler, seed=cfg.seed)
+            pseudo = pseudo_label(specs, conds, seed=cfg.seed)
             for width in cfg.widths:
                 model = ModelSpec(width=width, depth=cfg.depth)
                 dist = distill_generalist(
                     specs,
                     conds,
-                    (cfg.dim,),
                     pairs=pairs if cfg.mix_real else None,
                     model=model,
                     config=gen_cfg,
