@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from difflens.errors import DifflensError
-from difflens.lab.distill.core import ModelSpec, SamplerSpec, distill_generalist, fit_generalist, pareto_weights
+from difflens.lab.distill.core import (
+    ModelSpec,
+    SamplerSpec,
+    distill_generalist,
+    fit_generalist,
+    pareto_weights,
+    pseudo_label,
+)
 from difflens.lab.distill.models import make_denoiser
 from difflens.lab.distill.policy import TASKS, DiffusionPolicy, demonstrations, expert_actions, random_starts, rollout
 from difflens.lab.distill.restore import degrade, psnr_ssim
@@ -177,6 +184,9 @@ def test_cli_toy_writes_outputs_and_rejects_bad_input(tmp_path):
         "--pareto",
         "0",
         "--no-oracle",
+        "--pseudo-per-cond",
+        "2",
+        "--mix-real",
         "--eval-samples",
         "256",
         "--eval-conds",
@@ -193,6 +203,9 @@ def test_cli_toy_writes_outputs_and_rejects_bad_input(tmp_path):
     assert all(len(r["tasks"]) == 2 for r in result["runs"])
     assert (tmp_path / "ok" / "toy.png").exists() and (tmp_path / "ok" / "toy.csv").exists()
     assert result["runs"][-1]["ideal_point"] is None  # linear: z = 0
+    budget = {k: result["runs"][-1][k] for k in ("pseudo_per_cond", "mix_real", "train_pairs")}
+    assert budget == {"pseudo_per_cond": 2, "mix_real": True, "train_pairs": [2 * 32 + 4] * 2}
+    assert result["config"]["pseudo_per_cond"] == 2 and result["config"]["mix_real"] is True
     lin = runner.invoke(app, ["distill", "toy", "--ideal", "specialist", "--out", str(tmp_path / "lin")])
     assert lin.exit_code == 2 and "tchebycheff" in lin.output
     tch = runner.invoke(
@@ -407,3 +420,19 @@ def test_toy_run_with_light_specialists(kind):
     assert all(t["kl"] > 0 for r in runs for t in r["tasks"])
     with pytest.raises(DifflensError):
         run_toy(ToyConfig(specialist="gp"))
+
+
+def test_pseudo_labels_draw_the_budget_per_condition_from_each_specialist():
+    c = torch.tensor([[0.0], [1.0], [5.0]])
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    spec = KernelSpecialist(bandwidth=0.05).fit(Pairs(c, x))  # h ≈ 0.1: a condition picks its nearest pair
+    conds = torch.tensor([[0.1], [4.9]])
+    pseudo = pseudo_label([spec], [conds], per_cond=16, seed=0)[0]
+    assert len(pseudo) == 32 and torch.equal(pseudo.cond, conds.repeat_interleave(16, dim=0))
+    # every pseudo-target is one of the task's pairs; at c = 4.9 only the third has weight
+    assert all(any(torch.equal(p, xi) for xi in x) for p in pseudo.x)
+    assert torch.equal(pseudo.x[16:], x[2].expand(16, 2))
+    again = pseudo_label([spec], [conds], per_cond=16, seed=0)[0]
+    assert torch.equal(again.x, pseudo.x)
+    with pytest.raises(DifflensError):
+        pseudo_label([spec], [conds], per_cond=0)

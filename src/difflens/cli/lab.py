@@ -123,6 +123,7 @@ COMMON_HELP = {
     "scalarization": "Generalist objective: linear Σλ_k L_k or Tchebycheff max.",
     "ideal": "Tchebycheff ideal point z_k: zero, or each specialist's own loss on its pseudo-pairs.",
     "mix_real": "Mix the real pairs into the generalist's pseudo-labelled data.",
+    "pseudo_per_cond": "Pseudo-labels each specialist draws per unlabeled condition (e.g. 1, 4, 16).",
     "seed": "Random seed: same seed, same results.",
 }
 TOY_HELP = {

@@ -24,6 +24,15 @@ Progress = Callable[[int], None] | None
 IDEALS = ("zero", "specialist")  # Tchebycheff ideal points z (docs/method.md, "Distillation")
 
 
+def budget(pseudo_per_cond: int, mix_real: bool, distilled: Distilled) -> dict:
+    """The pseudo-label budget of a distilled run, as recorded in an experiment's output."""
+    return {
+        "pseudo_per_cond": pseudo_per_cond,
+        "mix_real": mix_real,
+        "train_pairs": [len(p) for p in distilled.data],
+    }
+
+
 def check_objective(scalarization: str, ideal: str) -> None:
     """An experiment's generalist objective: a known ideal point, and a non-zero one only where it acts
     (Tchebycheff; the linear scalarization has no ideal point)."""
@@ -33,10 +42,12 @@ def check_objective(scalarization: str, ideal: str) -> None:
         raise DifflensError(f"--ideal {ideal} needs --scalarization tchebycheff (linear has no ideal point)")
 
 
-def check_specialist(kind: str) -> None:
-    """A known specialist class (``specialists.SPECIALISTS``)."""
+def check_specialist(kind: str, pseudo_per_cond: int) -> None:
+    """A known specialist class (``specialists.SPECIALISTS``) and a positive pseudo-label budget."""
     if kind not in SPECIALISTS:
         raise DifflensError(f"unknown --specialist {kind!r}; choose {', '.join(SPECIALISTS)}")
+    if pseudo_per_cond < 1:
+        raise DifflensError(f"--pseudo-per-cond must be ≥ 1, got {pseudo_per_cond}")
 
 
 def _shapes(data: Sequence[Pairs]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -77,10 +88,14 @@ def pseudo_label(
     specialists: Sequence,
     conds: Sequence[torch.Tensor],
     *,
+    per_cond: int = 1,
     seed: int = 0,
 ) -> list[Pairs]:
-    """Pseudo-pairs: specialist k samples one target for every unlabeled condition of task k
-    (``specialists``: anything with ``sample(cond, generator)``)."""
+    """Pseudo-pairs: specialist k samples ``per_cond`` targets for every unlabeled condition of task k
+    (``specialists``: anything with ``sample(cond, generator)``); the pairs of one condition are adjacent."""
+    if per_cond < 1:
+        raise DifflensError(f"need ≥ 1 pseudo-label per unlabeled condition, got {per_cond}")
+    conds = [c.repeat_interleave(per_cond, dim=0) for c in conds]
     if len(specialists) != len(conds):
         raise DifflensError(f"{len(specialists)} specialists for {len(conds)} tasks of unlabeled conditions")
     g = torch.Generator().manual_seed(derive_seed(seed, "pseudo-label"))
@@ -124,6 +139,7 @@ def distill_generalist(
     unlabeled: Sequence[torch.Tensor],
     *,
     pairs: Sequence[Pairs] | None = None,
+    per_cond: int = 1,
     model: ModelSpec | None = None,
     config: DSMConfig | None = None,
     scalarization: Scalarization | None = None,
@@ -134,13 +150,14 @@ def distill_generalist(
 ) -> Distilled:
     """Stage 2: pseudo-label ``unlabeled`` with the specialists, then train the generalist on them.
 
-    ``pairs``: real pairs mixed into each task's training set. ``ideal='specialist'`` sets the
+    ``pairs``: real pairs mixed into each task's training set; ``per_cond``: pseudo-labels per unlabeled
+    condition. ``ideal='specialist'`` sets the
     Tchebycheff ideal point z_k to specialist k's own DSM loss on its pseudo-pairs, so the max runs
     over the generalist's excess over what each specialist reaches; ``'zero'`` keeps z = 0 (or the
     scalarization's own). ``pseudo``: reuse pseudo-pairs."""
     if ideal not in IDEALS:
         raise DifflensError(f"unknown ideal point {ideal!r}; choose {' or '.join(IDEALS)}")
-    pseudo = list(pseudo) if pseudo is not None else pseudo_label(specialists, unlabeled, seed=seed)
+    pseudo = list(pseudo) if pseudo is not None else pseudo_label(specialists, unlabeled, per_cond=per_cond, seed=seed)
     train = [p + q for p, q in zip(pseudo, pairs, strict=True)] if pairs is not None else pseudo
     z = None
     if ideal == "specialist":

@@ -20,6 +20,7 @@ from difflens.errors import DifflensError
 from difflens.lab.distill.core import (
     ModelSpec,
     SamplerSpec,
+    budget,
     check_objective,
     check_specialist,
     distill_generalist,
@@ -221,6 +222,7 @@ class PolicyConfig:
     scalarization: str = "linear"
     ideal: str = "zero"
     mix_real: bool = True
+    pseudo_per_cond: int = 1
     sampler_steps: int = 12
     tasks: tuple[ReachTask, ...] = field(default=TASKS)
     seed: int = 0
@@ -231,7 +233,7 @@ class PolicyConfig:
         if self.relabel_rounds < 0 or (self.relabel_rounds and min(self.relabel_episodes, self.relabel_steps) < 1):
             raise DifflensError("relabelling needs rounds ≥ 0 and positive episodes and steps")
         check_objective(self.scalarization, self.ideal)
-        check_specialist(self.specialist)
+        check_specialist(self.specialist, self.pseudo_per_cond)
 
     def units(self) -> int:
         per_n = len(self.tasks) * self.specialist_steps + 2 * self.steps + self.relabel_rounds * self.relabel_steps
@@ -307,12 +309,19 @@ def run_policy(cfg: PolicyConfig, progress: Callable[[int], None] | None = None)
             config=gen_cfg,
             scalarization=scal,
             ideal=cfg.ideal,
-            pseudo=pseudo_label(specs, conds, seed=cfg.seed + 3),
+            pseudo=pseudo_label(specs, conds, per_cond=cfg.pseudo_per_cond, seed=cfg.seed + 3),
             seed=cfg.seed,
             progress=progress,
         )
         gen, data = dist.generalist, dist.data
-        record("distilled", n, cfg.width, gen, count_params(gen), {"pairs": sizes, "ideal_point": dist.ideal})
+        record(
+            "distilled",
+            n,
+            cfg.width,
+            gen,
+            count_params(gen),
+            {"pairs": sizes, "ideal_point": dist.ideal, **budget(cfg.pseudo_per_cond, cfg.mix_real, dist)},
+        )
         if cfg.relabel_rounds:
             spec_policy = DiffusionPolicy(specs, sampler, seed=cfg.seed + 21)
             ids = np.repeat(np.arange(k), cfg.relabel_episodes)

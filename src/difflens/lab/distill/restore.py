@@ -18,6 +18,7 @@ from difflens.errors import DifflensError
 from difflens.lab.distill.core import (
     ModelSpec,
     SamplerSpec,
+    budget,
     check_objective,
     check_specialist,
     distill_generalist,
@@ -87,6 +88,7 @@ class RestoreConfig:
     scalarization: str = "linear"
     ideal: str = "zero"
     mix_real: bool = True
+    pseudo_per_cond: int = 1
     oracle: bool = True
     sampler_steps: int = 18
     seed: int = 0
@@ -97,7 +99,7 @@ class RestoreConfig:
         if self.arch not in ("mlp", "conv"):
             raise DifflensError(f"unknown arch {self.arch!r}; choose mlp or conv")
         check_objective(self.scalarization, self.ideal)
-        check_specialist(self.specialist)
+        check_specialist(self.specialist, self.pseudo_per_cond)
         if max(self.pairs) + self.unlabeled > pool:
             raise DifflensError(
                 f"largest n ({max(self.pairs)}) + unlabeled ({self.unlabeled}) exceeds the {pool} training images"
@@ -179,7 +181,7 @@ def run_restore(cfg: RestoreConfig, progress: Callable[[int], None] | None = Non
             pairs, model=gen_model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress
         )
         record("baseline", n, None, cfg.width, base, count_params(base))
-        pseudo = pseudo_label(specs, unlabeled, seed=cfg.seed + 3)
+        pseudo = pseudo_label(specs, unlabeled, per_cond=cfg.pseudo_per_cond, seed=cfg.seed + 3)
         dist = distill_generalist(
             specs,
             unlabeled,
@@ -193,7 +195,7 @@ def run_restore(cfg: RestoreConfig, progress: Callable[[int], None] | None = Non
             progress=progress,
         )
         record("distilled", n, cfg.unlabeled, cfg.width, dist.generalist, count_params(dist.generalist))
-        runs[-1]["ideal_point"] = dist.ideal
+        runs[-1].update(ideal_point=dist.ideal, **budget(cfg.pseudo_per_cond, cfg.mix_real, dist))
     if cfg.oracle:
         full = [shaped(Pairs(c, x)) for c, x in zip(unlabeled, hidden, strict=True)]
         net, _ = fit_generalist(

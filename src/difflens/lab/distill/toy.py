@@ -18,6 +18,7 @@ from difflens.errors import DifflensError
 from difflens.lab.distill.core import (
     ModelSpec,
     SamplerSpec,
+    budget,
     check_objective,
     check_specialist,
     distill_generalist,
@@ -160,6 +161,7 @@ class ToyConfig:
     smooth: float = 0.1
     ideal: str = "zero"
     mix_real: bool = False
+    pseudo_per_cond: int = 1
     pareto: int = 1
     oracle: bool = True
     eval_samples: int = 4096
@@ -174,7 +176,7 @@ class ToyConfig:
         if self.per_cond < self.dim + 2 or self.eval_conds < 1:
             raise DifflensError(f"--per-cond must be ≥ dim + 2 = {self.dim + 2} to fit a covariance")
         check_objective(self.scalarization, self.ideal)
-        check_specialist(self.specialist)
+        check_specialist(self.specialist, self.pseudo_per_cond)
 
     def units(self) -> int:
         """Training steps of the whole run (for a progress bar)."""
@@ -267,7 +269,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
             record("baseline", n, None, width, base, count_params(base))
         for un in cfg.unlabeled:
             conds = [c[:un] for c in all_conds]
-            pseudo = pseudo_label(specs, conds, seed=cfg.seed)
+            pseudo = pseudo_label(specs, conds, per_cond=cfg.pseudo_per_cond, seed=cfg.seed)
             for width in cfg.widths:
                 model = ModelSpec(width=width, depth=cfg.depth)
                 dist = distill_generalist(
@@ -282,7 +284,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
                     seed=cfg.seed,
                     progress=progress,
                 )
-                extra = {"ideal_point": dist.ideal}
+                extra = {"ideal_point": dist.ideal, **budget(cfg.pseudo_per_cond, cfg.mix_real, dist)}
                 record("distilled", n, un, width, dist.generalist, count_params(dist.generalist), extra)
             if cfg.pareto and n == max_n and un == cfg.unlabeled[0]:
                 grid = pareto_weights(cfg.tasks, cfg.pareto)
