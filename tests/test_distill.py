@@ -436,3 +436,48 @@ def test_pseudo_labels_draw_the_budget_per_condition_from_each_specialist():
     assert torch.equal(again.x, pseudo.x)
     with pytest.raises(DifflensError):
         pseudo_label([spec], [conds], per_cond=0)
+
+
+def test_cli_sweep_writes_the_regime_map_and_its_cells_are_the_one_off_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from difflens.cli import app
+    from difflens.lab.distill.toy import ToyConfig, run_toy
+
+    small = ["--tasks", "2", "--steps", "20", "--specialist-steps", "10"]
+    small += ["--eval-samples", "64", "--eval-conds", "2", "--sampler-steps", "4", "--specialist", "linear"]
+    grid = ["--sweep-pairs", "4", "--sweep-ratios", "2,4", "--sweep-widths", "8", "--sweep-seeds", "2"]
+    res = CliRunner().invoke(app, ["distill", "toy", "--sweep", *small, *grid, "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    assert (tmp_path / "sweep.png").exists() and not (tmp_path / "toy.json").exists()
+    cells = sweep["cells"]
+    assert sorted((c["ratio"], c["seed"]) for c in cells) == [(2, 0), (2, 1), (4, 0), (4, 1)]
+    for c in cells:
+        for m in ("excess_risk", "w2"):
+            want = np.mean([d[m] - b[m] for b, d in zip(c["baseline"], c["distilled"], strict=True)])
+            assert c["diff"][m] == pytest.approx(want, rel=1e-12)
+    for row in (r for r in sweep["summary"] if r["metric"] == "excess_risk"):
+        d = [c["diff"]["excess_risk"] for c in cells if c["ratio"] == row["ratio"]]
+        assert row["mean"] == pytest.approx(np.mean(d)) and row["sd"] == pytest.approx(np.std(d, ddof=1))
+    # a cell is the experiment run alone at that cell's settings
+    cfg = ToyConfig(
+        tasks=2,
+        pairs=(4,),
+        unlabeled=(16,),
+        widths=(8,),
+        steps=20,
+        specialist_steps=10,
+        eval_samples=64,
+        eval_conds=2,
+        sampler_steps=4,
+        specialist="linear",
+        pareto=0,
+        oracle=False,
+        seed=1,
+    )
+    alone = {r["method"]: r["tasks"] for r in run_toy(cfg)["runs"]}
+    cell = next(c for c in cells if c["ratio"] == 4 and c["seed"] == 1)
+    assert cell["baseline"] == alone["baseline"] and cell["distilled"] == alone["distilled"]
+    bad = CliRunner().invoke(app, ["distill", "toy", "--sweep", "--sweep-ratios", "0", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2

@@ -24,7 +24,7 @@ from difflens.cli.common import (
 from difflens.lab.distill.core import IDEALS
 from difflens.lab.distill.policy import PolicyConfig
 from difflens.lab.distill.restore import RestoreConfig
-from difflens.lab.distill.run import run_distill
+from difflens.lab.distill.run import SweepGrid, run_distill, run_sweep
 from difflens.lab.distill.specialists import SPECIALISTS
 from difflens.lab.distill.toy import ToyConfig
 from difflens.lab.toy import SWEEPS
@@ -159,11 +159,23 @@ POLICY_HELP = {
     **COMMON_HELP,
     "mix_real": "Mix the demonstrations into the generalist's pseudo-labelled data.",
 }
+SWEEP_HELP = {
+    "sweep_pairs": "With --sweep: n per task (demonstrations for policy), comma list.",
+    "sweep_ratios": "With --sweep: unlabeled conditions per task as multiples of n, comma list.",
+    "sweep_widths": "With --sweep: generalist widths, comma list.",
+    "sweep_seeds": "With --sweep: seeds per cell (the heat map's ± is their standard deviation).",
+}
+SWEEP_OPT = typer.Option(False, "--sweep", help="Regime map: sweep.json + sweep.png of distilled − baseline.")
 CHOICES = {"scalarization": ScalarizationName, "ideal": IdealName, "specialist": SpecialistName}
 
 
-def _distill(name: str, config, threads: int, device: str, out: Path) -> None:
+def _distill(name: str, config, grid: SweepGrid, sweep: bool, threads: int, device: str, out: Path) -> None:
     dev = check_device(device)
+    if sweep:
+        with Bars() as bars:
+            run_sweep(name, config, grid, out, threads=threads, progress=bars)
+        console.print(f"wrote {out}/sweep.json, sweep.png")
+        return
     with Bars() as bars:
         result, metrics = run_distill(name, config, out, threads=threads, device=dev, progress=bars)
     print_runs(result, metrics)
@@ -171,33 +183,45 @@ def _distill(name: str, config, threads: int, device: str, out: Path) -> None:
 
 
 @config_options(ToyConfig, TOY_HELP, into="config", choices=CHOICES)
+@config_options(SweepGrid, SWEEP_HELP, into="grid")
 def distill_toy_cmd(
+    *,
     config: ToyConfig,
+    grid: SweepGrid,
+    sweep: bool = SWEEP_OPT,
     threads: int = typer.Option(1, help=THREADS_HELP),
     device: str = DeviceOpt,
     out: Path = out_opt("runs/distill-toy"),
 ):
     """Gaussian conditional tasks with analytic scores: exact excess DSM risk, W2 and KL per task vs n."""
-    _distill("toy", config, threads, device, out)
+    _distill("toy", config, grid, sweep, threads, device, out)
 
 
 @config_options(RestoreConfig, RESTORE_HELP, into="config", choices=CHOICES)
+@config_options(SweepGrid, SWEEP_HELP, into="grid")
 def distill_restore_cmd(
+    *,
     config: RestoreConfig,
+    grid: SweepGrid,
+    sweep: bool = SWEEP_OPT,
     threads: int = typer.Option(1, help=THREADS_HELP),
     device: str = DeviceOpt,
     out: Path = out_opt("runs/distill-restore"),
 ):
     """Digits restoration, one task per degradation: PSNR/SSIM of specialists, baseline and distilled generalist."""
-    _distill("restore", config, threads, device, out)
+    _distill("restore", config, grid, sweep, threads, device, out)
 
 
 @config_options(PolicyConfig, POLICY_HELP, into="config", choices=CHOICES)
+@config_options(SweepGrid, SWEEP_HELP, into="grid")
 def distill_policy_cmd(
+    *,
     config: PolicyConfig,
+    grid: SweepGrid,
+    sweep: bool = SWEEP_OPT,
     threads: int = typer.Option(1, help=THREADS_HELP),
     device: str = DeviceOpt,
     out: Path = out_opt("runs/distill-policy"),
 ):
     """Diffusion policies on 2-D point-mass reaching tasks: success rate and return vs demonstrations."""
-    _distill("policy", config, threads, device, out)
+    _distill("policy", config, grid, sweep, threads, device, out)

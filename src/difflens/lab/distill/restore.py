@@ -30,6 +30,7 @@ from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, derive_s
 from difflens.models.nets import count_params
 
 SIDE = 8
+DIGITS = 1797  # images in the digits set; the test split comes out of them
 
 
 def degrade(kind: str, clean: torch.Tensor, generator: torch.Generator, *, strength: float = 1.0) -> torch.Tensor:
@@ -114,7 +115,7 @@ def run_restore(cfg: RestoreConfig, progress: Callable[[int], None] | None = Non
     """Specialists, baseline and distilled generalists (and an oracle on all true pairs) per n; PSNR/SSIM."""
     from difflens import data
 
-    clean = data.load("digits").rows(0, 1797)
+    clean = data.load("digits").rows(0, DIGITS)
     perm = torch.randperm(len(clean), generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "split")))
     test_x, pool = clean[perm[: cfg.test]], clean[perm[cfg.test :]]
     cfg.check(len(pool))
