@@ -87,7 +87,8 @@ def test_training_on_abundant_exact_samples_recovers_the_true_score():
     before = excess_risk(untrained, tasks, 0, samples=2048)[0]
     net, _ = fit_generalist(data, model=ModelSpec(width=64, depth=2), config=DSMConfig(steps=1200, batch=256))
     after = excess_risk(net, tasks, 0, samples=2048)[0]
-    assert after < 0.03 and after < 0.05 * before
+    assert after < 0.03
+    assert after < 0.05 * before
 
 
 def test_pseudo_labels_from_the_true_score_reproduce_the_supervised_generalist():
@@ -102,7 +103,8 @@ def test_pseudo_labels_from_the_true_score_reproduce_the_supervised_generalist()
     for k in range(2):
         # the pseudo-labels are draws from the true conditional: same moments as the exact labels
         resid = (dist.pseudo[k].x.double() - tasks.mean(k, conds[k])) / tasks.var(k, conds[k]).sqrt()
-        assert abs(float(resid.mean())) < 0.1 and abs(float(resid.std()) - 1) < 0.1
+        assert abs(float(resid.mean())) < 0.1
+        assert abs(float(resid.std()) - 1) < 0.1
         mu = tasks.mean(k, conds[k]).ravel()
         assert abs(float(torch.corrcoef(torch.stack([resid.ravel(), mu]))[0, 1])) < 0.1  # noise independent of c
         r_sup = excess_risk(supervised, tasks, k, k, samples=2048)[0]
@@ -113,7 +115,9 @@ def test_pseudo_labels_from_the_true_score_reproduce_the_supervised_generalist()
 def test_pareto_weights_are_on_the_simplex():
     for k, points in [(2, 3), (3, 2), (4, 1)]:
         grid = np.array(pareto_weights(k, points))
-        assert np.allclose(grid.sum(1), 1) and (grid > 0).all() and len(np.unique(grid, axis=0)) == len(grid)
+        assert np.allclose(grid.sum(1), 1)
+        assert (grid > 0).all()
+        assert len(np.unique(grid, axis=0)) == len(grid)
     with pytest.raises(DifflensError):
         pareto_weights(0)
     with pytest.raises(DifflensError):
@@ -140,7 +144,9 @@ def test_diffusion_policy_is_deterministic_under_its_seed():
     ids = np.array([0, 1, 2, 0, 1])
     a1 = DiffusionPolicy(net, SamplerSpec(steps=4), seed=3)(s, ids)
     a2 = DiffusionPolicy(net, SamplerSpec(steps=4), seed=3)(s, ids)
-    assert np.array_equal(a1, a2) and a1.shape == (5, 2) and np.abs(a1).max() <= 1
+    assert np.array_equal(a1, a2)
+    assert a1.shape == (5, 2)
+    assert np.abs(a1).max() <= 1
 
 
 def test_degradations_and_restoration_metrics():
@@ -153,7 +159,8 @@ def test_degradations_and_restoration_metrics():
     assert torch.equal(masked[:, 0] * masked[:, 1], masked[:, 0])
     assert torch.equal(masked[:, 0][masked[:, 1] == 1], clean.reshape(4, 8, 8)[masked[:, 1] == 1])
     psnr, ssim = psnr_ssim(clean, clean)
-    assert (psnr > 100).all() and np.allclose(ssim, 1)
+    assert (psnr > 100).all()
+    assert np.allclose(ssim, 1)
     psnr, _ = psnr_ssim(clean + 0.1, clean)
     assert np.allclose(psnr, 10 * np.log10(4 / 0.01), atol=0.5)  # clamping to [−1, 1] can only lower the MSE
     with pytest.raises(DifflensError):
@@ -167,7 +174,8 @@ def test_cli_toy_writes_outputs_and_rejects_bad_input(tmp_path):
 
     runner = CliRunner()
     bad = runner.invoke(app, ["distill", "toy", "--pairs", "0,8", "--out", str(tmp_path / "bad")])
-    assert bad.exit_code == 2 and not (tmp_path / "bad" / "toy.json").exists()
+    assert bad.exit_code == 2
+    assert not (tmp_path / "bad" / "toy.json").exists()
     args = [
         "distill",
         "toy",
@@ -201,19 +209,23 @@ def test_cli_toy_writes_outputs_and_rejects_bad_input(tmp_path):
     result = json.loads((tmp_path / "ok" / "toy.json").read_text())
     assert [r["method"] for r in result["runs"]] == ["specialist", "baseline", "distilled"]
     assert all(len(r["tasks"]) == 2 for r in result["runs"])
-    assert (tmp_path / "ok" / "toy.png").exists() and (tmp_path / "ok" / "toy.csv").exists()
+    assert (tmp_path / "ok" / "toy.png").exists()
+    assert (tmp_path / "ok" / "toy.csv").exists()
     assert result["runs"][-1]["ideal_point"] is None  # linear: z = 0
     budget = {k: result["runs"][-1][k] for k in ("pseudo_per_cond", "mix_real", "train_pairs")}
     assert budget == {"pseudo_per_cond": 2, "mix_real": True, "train_pairs": [2 * 32 + 4] * 2}
-    assert result["config"]["pseudo_per_cond"] == 2 and result["config"]["mix_real"] is True
+    assert result["config"]["pseudo_per_cond"] == 2
+    assert result["config"]["mix_real"] is True
     lin = runner.invoke(app, ["distill", "toy", "--ideal", "specialist", "--out", str(tmp_path / "lin")])
-    assert lin.exit_code == 2 and "tchebycheff" in lin.output
+    assert lin.exit_code == 2
+    assert "tchebycheff" in lin.output
     tch = runner.invoke(
         app, [*args[:-1], str(tmp_path / "tch"), "--scalarization", "tchebycheff", "--ideal", "specialist"]
     )
     assert tch.exit_code == 0, tch.output
     z = json.loads((tmp_path / "tch" / "toy.json").read_text())["runs"][-1]["ideal_point"]
-    assert len(z) == 2 and all(v > 0 for v in z)  # a specialist's DSM loss on its own pseudo-pairs
+    assert len(z) == 2
+    assert all(v > 0 for v in z)
 
 
 def test_conditional_denoiser_is_edm_preconditioning_on_the_inputs_device():
@@ -248,7 +260,9 @@ def test_conditional_denoiser_is_edm_preconditioning_on_the_inputs_device():
     assert meta(torch.empty(5, 2, device=m), torch.empty(5, device=m), torch.empty(5, 1, device=m), 0).device == m
     out = sample(den, cond, 1, (2,), steps=3, churn=1.0, generator=torch.Generator().manual_seed(1), device="cpu")
     again = sample(den, cond, 1, (2,), steps=3, churn=1.0, generator=torch.Generator().manual_seed(1))
-    assert out.device == torch.device("cpu") and out.shape == (5, 2) and torch.equal(out, again)
+    assert out.device == torch.device("cpu")
+    assert out.shape == (5, 2)
+    assert torch.equal(out, again)
 
 
 def test_fits_sharing_one_tchebycheff_scalarization_do_not_depend_on_their_order():
@@ -413,7 +427,8 @@ def test_toy_run_with_light_specialists(kind):
         sampler_steps=4,
     )
     runs = run_toy(cfg)["runs"]
-    assert runs[0]["method"] == "specialist" and runs[0]["class"] == kind
+    assert runs[0]["method"] == "specialist"
+    assert runs[0]["class"] == kind
     assert all(math.isfinite(t[m]) for r in runs for t in r["tasks"] for m in ("excess_risk", "w2"))
     # a kernel specialist's conditional is discrete: where its draws at a condition coincide, the fitted
     # Gaussian is singular and its KL to the (continuous) truth is +inf — never NaN
@@ -428,7 +443,8 @@ def test_pseudo_labels_draw_the_budget_per_condition_from_each_specialist():
     spec = KernelSpecialist(bandwidth=0.05).fit(Pairs(c, x))  # h ≈ 0.1: a condition picks its nearest pair
     conds = torch.tensor([[0.1], [4.9]])
     pseudo = pseudo_label([spec], [conds], per_cond=16, seed=0)[0]
-    assert len(pseudo) == 32 and torch.equal(pseudo.cond, conds.repeat_interleave(16, dim=0))
+    assert len(pseudo) == 32
+    assert torch.equal(pseudo.cond, conds.repeat_interleave(16, dim=0))
     # every pseudo-target is one of the task's pairs; at c = 4.9 only the third has weight
     assert all(any(torch.equal(p, xi) for xi in x) for p in pseudo.x)
     assert torch.equal(pseudo.x[16:], x[2].expand(16, 2))
@@ -450,7 +466,8 @@ def test_cli_sweep_writes_the_regime_map_and_its_cells_are_the_one_off_runs(tmp_
     res = CliRunner().invoke(app, ["distill", "toy", "--sweep", *small, *grid, "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     sweep = json.loads((tmp_path / "sweep.json").read_text())
-    assert (tmp_path / "sweep.png").exists() and not (tmp_path / "toy.json").exists()
+    assert (tmp_path / "sweep.png").exists()
+    assert not (tmp_path / "toy.json").exists()
     cells = sweep["cells"]
     assert sorted((c["ratio"], c["seed"]) for c in cells) == [(2, 0), (2, 1), (4, 0), (4, 1)]
     for c in cells:
@@ -459,7 +476,8 @@ def test_cli_sweep_writes_the_regime_map_and_its_cells_are_the_one_off_runs(tmp_
             assert c["diff"][m] == pytest.approx(want, rel=1e-12)
     for row in (r for r in sweep["summary"] if r["metric"] == "excess_risk"):
         d = [c["diff"]["excess_risk"] for c in cells if c["ratio"] == row["ratio"]]
-        assert row["mean"] == pytest.approx(np.mean(d)) and row["sd"] == pytest.approx(np.std(d, ddof=1))
+        assert row["mean"] == pytest.approx(np.mean(d))
+        assert row["sd"] == pytest.approx(np.std(d, ddof=1))
     # a cell is the experiment run alone at that cell's settings
     cfg = ToyConfig(
         tasks=2,
@@ -478,6 +496,7 @@ def test_cli_sweep_writes_the_regime_map_and_its_cells_are_the_one_off_runs(tmp_
     )
     alone = {r["method"]: r["tasks"] for r in run_toy(cfg)["runs"]}
     cell = next(c for c in cells if c["ratio"] == 4 and c["seed"] == 1)
-    assert cell["baseline"] == alone["baseline"] and cell["distilled"] == alone["distilled"]
+    assert cell["baseline"] == alone["baseline"]
+    assert cell["distilled"] == alone["distilled"]
     bad = CliRunner().invoke(app, ["distill", "toy", "--sweep", "--sweep-ratios", "0", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 2

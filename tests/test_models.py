@@ -243,8 +243,11 @@ def test_precond_coefficients_are_torch_tensors_on_x_device_in_x_dtype():
             x = torch.ones(9, 2, 3, dtype=dtype, device=device)
             c = p.coefficients(s64.to(dtype), x)
             for v in (c.c_skip, c.c_out, c.c_in, c.c_noise):
-                assert torch.is_tensor(v) and v.device == device and v.dtype == dtype
-            assert c.c_in.shape == (9, 1, 1) and c.c_noise.shape == (9,)
+                assert torch.is_tensor(v)
+                assert v.device == device
+                assert v.dtype == dtype
+            assert c.c_in.shape == (9, 1, 1)
+            assert c.c_noise.shape == (9,)
         s = s64.numpy()
         t = p.process.t_of_s(s)
         if p.target == "edm":
@@ -275,14 +278,16 @@ def test_forward_paths_never_leave_the_inputs_device():
         assert all(o.device == meta for o in outs), p.describe()
     net = build_net({"name": "mlp", "dim": 3, "width": 8, "depth": 1})
     den = NetDenoiser(net, Parametrization.of("vp", "v"), device=meta)
-    assert den(x, 0.5).device == meta and next(den.parameters()).device == meta
+    assert den(x, 0.5).device == meta
+    assert next(den.parameters()).device == meta
     raw = DenoiserAsNet(lambda x, s: 0.5 * x, Parametrization.of("fm", "flow"))
     assert raw(x, torch.full((4,), 0.3, device=meta)).device == meta
     sig = samplers.edm_sigmas(3, 0.01, 5.0)
     for method in samplers.METHODS:
         init = samplers.initial_noise(4, 3, 5.0, device=meta)
         out = samplers.sample(den, init, sig, method=method, device=meta).samples
-        assert out.device == meta and out.shape == (4, 3)
+        assert out.device == meta
+        assert out.shape == (4, 3)
 
 
 def test_net_denoiser_and_samplers_on_an_explicit_cpu_device(toy):
@@ -304,7 +309,8 @@ def test_net_denoiser_and_samplers_on_an_explicit_cpu_device(toy):
     x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
     s = torch.as_tensor(np.geomspace(0.05, 20.0, 6))
     got = den(x, s)
-    assert got.device == torch.device("cpu") and got.dtype == torch.float32
+    assert got.device == torch.device("cpu")
+    assert got.dtype == torch.float32
     xd, sd = x.double(), s[:, None]
     w, b = lin.weight.detach().double(), lin.bias.detach().double()
     c_skip, c_out, c_in = 0.25 / (sd**2 + 0.25), sd * 0.5 / (sd**2 + 0.25).sqrt(), 1 / (sd**2 + 0.25).sqrt()
@@ -314,7 +320,8 @@ def test_net_denoiser_and_samplers_on_an_explicit_cpu_device(toy):
     init = samplers.initial_noise(5, toy.dim, 5.0, seed=2, device="cpu")
     for method in samplers.METHODS:
         explicit = samplers.sample(EmpiricalDenoiser(toy, device="cpu"), init, sig, method=method, device="cpu")
-        assert explicit.samples.device == torch.device("cpu") and explicit.samples.dtype == torch.float64
+        assert explicit.samples.device == torch.device("cpu")
+        assert explicit.samples.dtype == torch.float64
         default = samplers.sample(EmpiricalDenoiser(toy), init, sig, method=method)
         assert torch.equal(explicit.samples, default.samples)  # the same seeded draws on every device
     loaded = load_denoiser("oracle", data=toy, device="cpu").denoiser

@@ -115,13 +115,15 @@ def test_subset_estimators_converge_to_full_as_l_reaches_n():
     kw = dict(samples=256, seed=2)
     full = values(curve(data, sig, **kw), "paired_x0")
     snis_gap = [np.abs(values(curve(data, sig, estimator="snis", subset=L, **kw)) - full).mean() for L in (8, 32, 64)]
-    assert snis_gap[-1] < 1e-6 and snis_gap[0] > snis_gap[-1]
+    assert snis_gap[-1] < 1e-6
+    assert snis_gap[0] > snis_gap[-1]
     # cDOL with C = (N−1)/(L−1), the inverse inclusion probability of the others, is exact at L = N
     cdol_gap = [
         np.abs(values(curve(data, sig, estimator="cdol", subset=L, C=63 / (L - 1), **kw)) - full).mean()
         for L in (8, 32, 64)
     ]
-    assert cdol_gap[-1] < 1e-6 and cdol_gap[0] > cdol_gap[-1]
+    assert cdol_gap[-1] < 1e-6
+    assert cdol_gap[0] > cdol_gap[-1]
 
 
 def test_weighted_total_matches_direct_integration():
@@ -155,7 +157,8 @@ def test_vp_eps_total_is_in_eps_units_under_uniform_t_by_default(small):
     t for vp: Σ Δt · J*_ε(s(t)) with ᾱ(t) = exp(−0.1 t − 9.95 t²), s = √(1/ᾱ − 1) and J*_ε = J*_x0/s²."""
     sig = np.geomspace(0.02, 20.0, 9)
     c = curve(small, sig, process="vp", target="eps", samples=64, seed=1)
-    assert c.recipe == "uniform-t" and c.to_dict()["recipe"] == "uniform-t"
+    assert c.recipe == "uniform-t"
+    assert c.to_dict()["recipe"] == "uniform-t"
     assert np.allclose(values(c, "optimal_loss"), values(c) / sig**2, rtol=1e-9, atol=0)  # the table: ε units
     t = (np.arange(200_000) + 0.5) / 200_000
     s = np.sqrt(np.expm1(0.1 * t + 9.95 * t**2))
@@ -168,7 +171,8 @@ def test_vp_eps_total_is_in_eps_units_under_uniform_t_by_default(small):
     # an explicit recipe is used as given, still in the table's units
     c = curve(small, sig, process="vp", target="eps", samples=64, seed=1, recipe="edm")
     j_eps = lambda s: np.interp(math.log(s), np.log(sig), values(c)) / s**2  # noqa: E731
-    assert c.recipe == "edm" and c.total["edm"]["value"] == pytest.approx(lognormal_average(j_eps, 0.02, 20), rel=1e-3)
+    assert c.recipe == "edm"
+    assert c.total["edm"]["value"] == pytest.approx(lognormal_average(j_eps, 0.02, 20), rel=1e-3)
 
 
 def test_edm_x0_total_is_in_x0_units_under_the_edm_recipe_by_default(small):
@@ -180,9 +184,10 @@ def test_edm_x0_total_is_in_x0_units_under_the_edm_recipe_by_default(small):
     assert c.total["edm"]["value"] < small.stats.variance  # an x0 loss never exceeds the data variance
 
 
-@pytest.mark.parametrize("process, recipe", [("vp", "uniform-t"), ("vp-cosine", "uniform-t"), ("fm", "uniform-t")])
+@pytest.mark.parametrize(("process", "recipe"), [("vp", "uniform-t"), ("vp-cosine", "uniform-t"), ("fm", "uniform-t")])
 def test_default_recipe_follows_the_process(process, recipe):
-    assert ol.default_recipe(process) == recipe and ol.default_recipe(get_process(process)) == recipe
+    assert ol.default_recipe(process) == recipe
+    assert ol.default_recipe(get_process(process)) == recipe
     assert ol.default_recipe("edm") == ol.default_recipe("ve") == "edm"
 
 
@@ -210,7 +215,7 @@ def test_critical_sigma_interpolates_in_log_space():
 
 
 @pytest.mark.parametrize(
-    "kw, message",
+    ("kw", "message"),
     [
         (dict(estimator="magic"), "unknown estimator"),
         (dict(estimator="dol", subset=1), "subset"),

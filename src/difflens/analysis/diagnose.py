@@ -15,14 +15,24 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from difflens.analysis.model_error import HELD, TRAIN, split_errors
-from difflens.analysis.optimal_loss import optimal_loss_curve, weighted_total
+from difflens.analysis.optimal_loss import (
+    Levels,
+    Quadrature,
+    default_recipe,
+    optimal_loss_curve,
+    recipe_quadrature,
+    weighted_total,
+)
 from difflens.data import Dataset
-from difflens.diffusion.precond import Parametrization
-from difflens.diffusion.processes import TARGETS, get_process
+from difflens.diffusion import schedules as sched
+from difflens.diffusion.denoiser import Denoiser
+from difflens.diffusion.precond import DiscreteVP, Parametrization
+from difflens.diffusion.processes import TARGETS, Process, get_process
 from difflens.errors import DifflensError
 from difflens.report import plot_excess, plot_heatmap, plot_losses, report_html, write_csv, write_json, write_text
 
@@ -54,7 +64,7 @@ def _mean_se(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values.mean(1), se
 
 
-def optimal_levels(train: Dataset, sigmas, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def optimal_levels(train: Dataset, sigmas: Levels, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """J*_x0 and its standard error at the levels (full estimator), plus the curve summary."""
     curve = optimal_loss_curve(train, sigmas, samples=samples, seed=seed)
     j = np.array([lv.optimal_loss_x0 for lv in curve.levels])
@@ -62,7 +72,14 @@ def optimal_levels(train: Dataset, sigmas, samples: int, seed: int) -> tuple[np.
     return j, se, {"critical_sigma": curve.critical_sigma, "data_variance": curve.data_variance}
 
 
-def build_levels(sigmas, factor, opt, opt_se, train_err, held_err) -> list[DiagLevel]:
+def build_levels(
+    sigmas: Levels,
+    factor: np.ndarray,
+    opt: np.ndarray,
+    opt_se: np.ndarray,
+    train_err: np.ndarray,
+    held_err: np.ndarray | None,
+) -> list[DiagLevel]:
     """Per-level rows from J*_x0 and per-image errors (levels × images, x0 units)."""
     tr, tr_se = _mean_se(train_err)
     he, he_se = _mean_se(held_err) if held_err is not None else (None, None)
@@ -92,7 +109,7 @@ def build_levels(sigmas, factor, opt, opt_se, train_err, held_err) -> list[DiagL
     return levels
 
 
-def totals(levels: list[DiagLevel], quad) -> dict:
+def totals(levels: list[DiagLevel], quad: Quadrature) -> dict:
     """Recipe-weighted totals of the model (train, held-out) and optimal losses, and their excess.
 
     ``quad`` = (s, mass, λ) with λ applied to x0-unit losses (see optimal_loss.recipe_quadrature)."""
@@ -112,13 +129,13 @@ def totals(levels: list[DiagLevel], quad) -> dict:
 
 
 def diagnose_model(
-    denoiser,
+    denoiser: Denoiser,
     train: Dataset,
     held: Dataset | None,
-    sigmas,
+    sigmas: Levels,
     *,
     units: Parametrization,
-    quad,
+    quad: Quadrature,
     images: int | None = 1024,
     samples: int = 1024,
     seed: int = 0,
@@ -145,7 +162,14 @@ def diagnose_model(
     }
 
 
-def excess_history(models, train: Dataset, sigmas, units: Parametrization, optimal, **kw) -> dict:
+def excess_history(
+    models: list[tuple[int, Denoiser]],
+    train: Dataset,
+    sigmas: Levels,
+    units: Parametrization,
+    optimal: tuple[np.ndarray, np.ndarray, dict],
+    **kw: Any,
+) -> dict:
     """Train excess J_θ − J* (target units) per level for a list of (step, denoiser), with the images
     and noise of ``diagnose_model``'s training split."""
     opt = optimal[0]
@@ -231,14 +255,11 @@ def resolve_units(
     return Units(report, own, source, own_source, tuple(warnings))
 
 
-def model_recipe(info: dict, param: Parametrization, recipe: str | None = None):
+def model_recipe(info: dict, param: Parametrization, recipe: str | None = None) -> tuple[Quadrature, str]:
     """((s, mass, λ_x0), name) of a model's training recipe, for weighted totals: a difflens run's own
     schedule (with its final state), else ``recipe`` (edm, uniform-t or a CSV; default the process's,
     see optimal_loss.DEFAULT_RECIPES, with uniform timesteps for a discrete DDPM schedule). The totals
     are in the model's own target units (``param``): its training loss."""
-    from difflens.analysis.optimal_loss import default_recipe, recipe_quadrature
-    from difflens.diffusion import schedules as sched
-    from difflens.diffusion.precond import DiscreteVP
 
     desc = info.get("schedule")
     if recipe is None and desc is not None:
@@ -258,7 +279,7 @@ def model_recipe(info: dict, param: Parametrization, recipe: str | None = None):
 # ---------------------------------------------------------------- logs instead of models
 
 
-def read_loss_log(path: Path, process) -> list[dict]:
+def read_loss_log(path: Path, process: Process) -> list[dict]:
     """Rows {step, sigma, loss} from a CSV (columns sigma or t, loss[, step]) or a difflens
     metrics.jsonl (per-level train loss per log line)."""
     path = Path(path)
@@ -341,7 +362,7 @@ def diagnose_log(
     rows: list[dict],
     train: Dataset,
     units: Parametrization,
-    quad,
+    quad: Quadrature,
     samples: int,
     seed: int,
     units_text: str | None = None,

@@ -36,7 +36,7 @@ def open_data(spec: str, scale: str, holdout: float | None = None, seed: int = 0
     return ds
 
 
-def kernel_precision(precision: str, fast_tol: float):
+def kernel_precision(precision: str, fast_tol: float) -> str | screening.Fast:
     """What ``oracle.posterior`` takes as ``precision``, checked before any work."""
     if precision == "fast" and not 0 < fast_tol < 1:
         raise DifflensError(f"--fast-tol must be in (0, 1), got {fast_tol}")

@@ -47,33 +47,34 @@ def run_schedule(
     seed: int = 0,
     device: torch.device | None = None,
 ) -> dict:
-    """Fit the schedule (``schedule_options``: bins, sigma_min, sigma_max, a, w_max, bump*, mix) and write
-    schedule.{json,csv,png} and recipe.csv (x0-unit weights, usable as ``--recipe``) to ``out``.
+    """Fit the schedule (``schedule_options``: bins, sigma_min, sigma_max, units, a, w_max, bump, bump_mu,
+    bump_std, mix) and write schedule.json (the recipe ``train --schedule`` reads), schedule.csv, recipe.csv
+    (x0-unit weights, usable as ``--recipe``) and schedule.png to ``out``. With a pilot run's per-level loss
+    (``model`` measured here, or ``from_log``) the schedule is fixed, else adaptive (docs/method.md,
+    "Training schedules"); ``process``/``target`` are the training target's (and a log's loss units).
 
     ``device``: where the model would run (``load_denoiser`` takes no ``device`` yet: the one place to pass it)."""
     if model is not None and from_log is not None:
         raise DifflensError("give at most one of --model or --from-log")
     ds = open_data(data, scale, holdout, seed=0)
     param = Parametrization.of(process, target)
-    schedule = sched.OptimalLossSchedule.from_data(
-        ds, param.factor, samples=queries_per_level, seed=seed, **schedule_options
-    )
+    schedule = sched.OptimalLossSchedule.from_data(ds, param, samples=queries_per_level, seed=seed, **schedule_options)
     centers = schedule.centers
     if model is not None:
         m = load_denoiser(model, data=ds)
-        err = split_errors(m.denoiser, ds, centers, images=images, seed=seed).mean(1)
-        schedule.set_model_loss(err * param.factor(centers))
-    elif from_log is not None:
+        schedule.set_model_loss(split_errors(m.denoiser, ds, centers, images=images, seed=seed).mean(1))
+    elif from_log is not None:  # a log's losses are in the training target's units: J_x0 = J/r
         s_log, loss = last_loss_per_level(dg.read_loss_log(from_log, param.process))
-        schedule.set_model_loss(np.exp(np.interp(np.log(centers), np.log(s_log), np.log(np.maximum(loss, 1e-300)))))
+        loss_x0 = np.maximum(loss / param.factor(s_log), 1e-300)
+        schedule.set_model_loss(np.exp(np.interp(np.log(centers), np.log(s_log), np.log(loss_x0))))
     table = schedule.table()
     report.write_csv(out / "schedule.csv", table)
     report.write_csv(  # x0-unit weights: usable as --recipe by optimal-loss and diagnose
-        out / "recipe.csv",
-        [{"sigma": r["sigma"], "p": r["p"], "weight": r["weight"] * param.factor(r["sigma"])} for r in table],
+        out / "recipe.csv", [{"sigma": r["sigma"], "p": r["density"], "weight": r["weight_x0"]} for r in table]
     )
-    report.plot_schedule(table, out / "schedule.png", f"optimal-loss schedule on {ds.spec} ({target} units)")
-    result = {"schedule": schedule.describe(), "units": param.describe(), "table": table}
+    title = f"{schedule.params()['mode']} optimal-loss schedule on {ds.spec} ({schedule.units} units)"
+    report.plot_schedule(table, out / "schedule.png", title, schedule.critical_sigma)
+    result = {**schedule.recipe(), "units": param.describe(), "data": ds.summary()}
     report.write_json(out / "schedule.json", result)
     return result
 

@@ -51,9 +51,7 @@ SamplerName = choice("SamplerName", METHODS)
 ArchName = choice("ArchName", ARCHS)
 ErrorName = choice("ErrorName", ERRORS)
 BackendName = choice("BackendName", BACKENDS)
-ScheduleName = choice(
-    "ScheduleName", (s.name for s in (schedules.LogNormal, schedules.UniformT, schedules.OptimalLossSchedule))
-)
+ScheduleUnits = choice("ScheduleUnits", schedules.UNITS)
 PredictionType = choice("PredictionType", DIFFUSERS_TARGETS)
 
 # Old spellings kept for one release: accepted, hidden from --help (only where they are not the option's name).
@@ -226,7 +224,7 @@ def config_options(
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     params, kinds = [], {}
     for name, text in help.items():
-        kind, optional = _field_type(hints[name])
+        kind, _optional = _field_type(hints[name])
         default = defaults[name]
         if name in choices:
             kind, default = choices[name], choices[name](default)

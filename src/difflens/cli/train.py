@@ -11,25 +11,27 @@ from difflens.cli.common import (
     DeviceOpt,
     ProcessName,
     ScaleName,
-    ScheduleName,
+    ScheduleUnits,
     TargetName,
     ThreadsOpt,
     check_device,
+    choice,
     config_options,
     console,
     out_opt,
 )
-from difflens.models.train import TrainConfig, train
+from difflens.models.train import LOSSES, TrainConfig, train
 
 SCHEDULE_HELP = {
     "bins": "optimal-loss schedule: bins in ln σ between --sigma-min and --sigma-max.",
     "sigma_min": "optimal-loss schedule: lowest σ.",
     "sigma_max": "optimal-loss schedule: highest σ.",
+    "units": "optimal-loss schedule: units of J*, the gap and the weight (x0 as the paper; target: earlier variant).",
     "a": "optimal-loss schedule: weight scale a.",
-    "w_max": "optimal-loss schedule: weight cap w_max.",
-    "bump": "optimal-loss schedule: Gaussian bump height (× a) in ln σ.",
-    "bump_center": "optimal-loss schedule: bump centre σ.",
-    "bump_width": "optimal-loss schedule: bump width in ln σ.",
+    "w_max": "optimal-loss schedule: weight cap w_max (on a·min(1/J*, w_max)).",
+    "bump": "optimal-loss schedule: add the critical-σ term 𝒩(ln σ; μ, ς²)·𝟙[σ < σ*].",
+    "bump_mu": "optimal-loss schedule: μ of the critical-σ term, in ln σ [default: ln σ* − ς].",
+    "bump_std": "optimal-loss schedule: ς of the critical-σ term, in ln σ.",
     "mix": "optimal-loss schedule: uniform floor mixed into p(σ).",
 }
 TRAIN_HELP = {
@@ -43,7 +45,7 @@ TRAIN_HELP = {
     "process": "Forward process the network is trained on.",
     "target": "Prediction target (edm = EDM preconditioning).",
     "time_scale": "Multiplier of the network's time input.",
-    "schedule": "Noise-level schedule and weighting.",
+    "schedule": "Noise-level schedule: edm, uniform-t, optimal-loss, or a schedule.json from `difflens schedule`.",
     **SCHEDULE_HELP,
     "steps": "Optimizer steps.",
     "batch": "Batch size.",
@@ -55,13 +57,21 @@ TRAIN_HELP = {
     "noise_unconditioned": "The network gets a constant time input (blind to σ; the preconditioning still uses σ).",
     "smooth_below": "Regress samples with σ < S_C on the smoothed empirical denoiser E_T(σ)[x0|x̃] instead of x0.",
     "smooth_temperature": "With --smooth-below: T in T(σ) = T·max(S_C/σ, 1).",
+    "loss": "denoising (the recipe above); Zhou et al.'s unconditioned (L_u, Eq. 9: a σ-blind score net, σ uniform "
+    "over --levels geometric levels) or smoothed (Eq. 11: Eq. 10 targets for σ ≤ --collapse).",
+    "levels": "--loss unconditioned/smoothed: number of geometric noise levels N.",
+    "level_min": "--loss unconditioned/smoothed: lowest level.",
+    "level_max": "--loss unconditioned/smoothed: highest level.",
+    "collapse": "--loss smoothed: σ_collapse (T = σ_collapse/σ below it).",
+    "k": "--loss smoothed: the K nearest training points of each source [default: all].",
 }
 TRAIN_CHOICES = {
     "scale": ScaleName,
     "arch": ArchName,
     "process": ProcessName,
     "target": TargetName,
-    "schedule": ScheduleName,
+    "units": ScheduleUnits,
+    "loss": choice("LossName", tuple(LOSSES)),
 }
 
 

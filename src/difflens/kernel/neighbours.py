@@ -18,7 +18,7 @@ import torch
 from difflens.errors import DifflensError
 from difflens.kernel.fold import data_chunks, default_chunk_rows
 from difflens.kernel.oracle import check_queries
-from difflens.kernel.source import RowSource, as_source
+from difflens.kernel.source import Array, Data, RowSource, as_source
 
 Feature = Callable[[torch.Tensor], torch.Tensor]
 BACKENDS = ("auto", "torch", "faiss")
@@ -50,16 +50,16 @@ def _chunk_candidates(q: torch.Tensor, q_sq: torch.Tensor, f: torch.Tensor, k: i
 
         index = faiss.IndexFlatL2(f.shape[1])
         index.add(np.ascontiguousarray(f.numpy(), dtype=np.float32))
-        d, i = index.search(np.ascontiguousarray(q.numpy(), dtype=np.float32), k)
-        return torch.from_numpy(d).double(), torch.from_numpy(i).long()
+        dist, idx = index.search(np.ascontiguousarray(q.numpy(), dtype=np.float32), k)
+        return torch.from_numpy(dist).double(), torch.from_numpy(idx).long()
     d = (q_sq[:, None] + (f * f).sum(1)[None, :] - 2.0 * (q @ f.T)).double()
     d, i = torch.topk(d, k, dim=1, largest=False)
     return d, i
 
 
 def nearest(
-    queries,
-    data,
+    queries: Array,
+    data: Data,
     k: int = 2,
     *,
     feature: Feature | None = None,

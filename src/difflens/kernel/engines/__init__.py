@@ -8,13 +8,45 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
+import torch
+
 from difflens.errors import DifflensError
 from difflens.kernel.engines.local import LocalEngine
+from difflens.kernel.source import Indices, RowSource
+from difflens.kernel.state import PosteriorState, Step
 
 LOCAL = LocalEngine()
 
 
-def resolve(engine) -> LocalEngine:
+class Engine(Protocol):
+    """Where the kernel's chunks run: folds them into one state per query (``LocalEngine.fold``)."""
+
+    def fold(
+        self,
+        queries: torch.Tensor,
+        data: RowSource,
+        scale: torch.Tensor,
+        *,
+        log_weights: torch.Tensor | None,
+        include: Indices | None,
+        exclude: torch.Tensor | None,
+        rows: int,
+        query_batch: int,
+        step: Step | None,
+        floor: torch.Tensor | None = None,
+        center: torch.Tensor | None = None,
+    ) -> PosteriorState: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Engine: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def resolve(engine: Engine | None) -> Engine:
     """The engine to use for ``engine`` (None → in-process)."""
     if engine is None:
         return LOCAL
@@ -23,7 +55,7 @@ def resolve(engine) -> LocalEngine:
     return engine
 
 
-def open_engine(workers: int | None = None, scheduler: str | None = None, **options):
+def open_engine(workers: int | None = None, scheduler: str | None = None, **options: Any) -> Engine:
     """An engine for the CLI options: in-process, a local dask cluster of ``workers``, or a scheduler.
 
     Use it as a context manager so a cluster it starts is shut down."""
@@ -38,4 +70,4 @@ def open_engine(workers: int | None = None, scheduler: str | None = None, **opti
     return DaskEngine(workers=workers, scheduler=scheduler, **options)
 
 
-__all__ = ["LOCAL", "LocalEngine", "open_engine", "resolve"]
+__all__ = ["LOCAL", "Engine", "LocalEngine", "open_engine", "resolve"]

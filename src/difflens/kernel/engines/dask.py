@@ -13,13 +13,15 @@ recomputed elsewhere from their recipe, so the answer is unchanged.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import torch
 
 from difflens.errors import DifflensError
 from difflens.kernel.fold import data_chunks, posterior_state
-from difflens.kernel.state import PosteriorState
+from difflens.kernel.source import Indices, RowSource
+from difflens.kernel.state import PosteriorState, Step
 
 
 def partitions(n: int, rows: int, parts: int) -> list[tuple[int, int]]:
@@ -28,7 +30,7 @@ def partitions(n: int, rows: int, parts: int) -> list[tuple[int, int]]:
     parts = max(1, parts)
     inner = {round(n / rows * k / parts) * rows for k in range(1, parts)}
     cuts = sorted({0, n} | {c for c in inner if 0 < c < n})
-    return list(zip(cuts, cuts[1:], strict=False))
+    return list(itertools.pairwise(cuts))
 
 
 def _fold_part(data, span, include, queries, scale, log_weights, exclude, rows, query_batch, step, floor, center):
@@ -92,6 +94,8 @@ class DaskEngine:
             except (OSError, TimeoutError) as exc:
                 raise DifflensError(f"cannot reach the dask scheduler at {scheduler} ({exc})") from None
         else:
+            if workers is None or workers < 1:
+                raise DifflensError(f"a local dask cluster needs workers ≥ 1, got {workers}")
             threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
             self.cluster = LocalCluster(
                 n_workers=workers,
@@ -121,8 +125,20 @@ class DaskEngine:
         return self._scattered[key][1]
 
     def fold(
-        self, queries, data, scale, *, log_weights, include, exclude, rows, query_batch, step, floor=None, center=None
-    ):
+        self,
+        queries: torch.Tensor,
+        data: RowSource,
+        scale: torch.Tensor,
+        *,
+        log_weights: torch.Tensor | None,
+        include: Indices | None,
+        exclude: torch.Tensor | None,
+        rows: int,
+        query_batch: int,
+        step: Step | None,
+        floor: torch.Tensor | None = None,
+        center: torch.Tensor | None = None,
+    ) -> PosteriorState:
         n = data.n if include is None else len(include)
         if n < self.min_rows:
             chunks = data_chunks(data, rows, include)
@@ -171,7 +187,7 @@ class DaskEngine:
         if self.cluster is not None:
             self.cluster.close()
 
-    def __enter__(self):
+    def __enter__(self) -> DaskEngine:
         return self
 
     def __exit__(self, *exc) -> None:

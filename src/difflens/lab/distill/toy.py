@@ -187,6 +187,14 @@ class ToyConfig:
         return total
 
 
+def _drawer(model, task: int, sampler: SamplerSpec, x_shape, generator: torch.Generator) -> Callable:
+    """Draws of task ``task``'s model at given conditions: specialist ``task`` of a list (its own
+    ``sample``) or one generalist through the EDM sampler."""
+    if isinstance(model, list):
+        return lambda c: model[task].sample(c, generator)
+    return lambda c: sampler(model, c, task, x_shape, generator)
+
+
 def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> dict:
     """Specialists, baseline generalist, distilled generalist (and an oracle generalist trained on exact
     samples for the same unlabeled conditions) for every n; exact per-task metrics for each."""
@@ -212,10 +220,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
             out.append({"excess_risk": risk, "excess_risk_se": se})
             if samples:
                 sg = torch.Generator().manual_seed(derive_seed(cfg.seed, "eval-sampler"))
-                if isinstance(model, list):
-                    draw = lambda c, net=net, sg=sg: net.sample(c, sg)  # noqa: E731
-                else:
-                    draw = lambda c, net=net, tid=tid, sg=sg: sampler(net, c, tid, (cfg.dim,), sg)  # noqa: E731
+                draw = _drawer(model, k, sampler, (cfg.dim,), sg)
                 out[-1].update(
                     conditional_fit(tasks, k, draw, conds=cfg.eval_conds, per_cond=cfg.per_cond, seed=cfg.seed)
                 )
@@ -305,17 +310,24 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None) -> di
                     ),
                 }
     if cfg.oracle:
-        for un in cfg.unlabeled:
-            og = torch.Generator().manual_seed(derive_seed(cfg.seed, "oracle"))
-            exact = [Pairs(c[:un], tasks.sample(k, c[:un], og)) for k, c in enumerate(all_conds)]
-            for width in cfg.widths:
-                net, _ = fit_generalist(
-                    exact,
-                    model=ModelSpec(width=width, depth=cfg.depth),
-                    config=gen_cfg,
-                    scalarization=scal,
-                    seed=cfg.seed,
-                    progress=progress,
-                )
-                record("oracle", None, un, width, net, count_params(net))
+        for un, width, net in _fit_oracles(cfg, tasks, all_conds, gen_cfg, scal, progress):
+            record("oracle", None, un, width, net, count_params(net))
     return {"experiment": "toy", "config": asdict(cfg), "floor": floor, "runs": runs, "pareto": pareto}
+
+
+def _fit_oracles(cfg, tasks, all_conds, gen_cfg, scal, progress):
+    """(unlabeled, width, generalist) trained on exact samples for the first ``unlabeled`` conditions: the
+    upper reference the distilled generalist is compared with."""
+    for un in cfg.unlabeled:
+        og = torch.Generator().manual_seed(derive_seed(cfg.seed, "oracle"))
+        exact = [Pairs(c[:un], tasks.sample(k, c[:un], og)) for k, c in enumerate(all_conds)]
+        for width in cfg.widths:
+            net, _ = fit_generalist(
+                exact,
+                model=ModelSpec(width=width, depth=cfg.depth),
+                config=gen_cfg,
+                scalarization=scal,
+                seed=cfg.seed,
+                progress=progress,
+            )
+            yield un, width, net
