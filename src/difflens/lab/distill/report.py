@@ -118,7 +118,7 @@ def plot_sweep(sweep: dict, path: Path) -> None:
     fig, axes = plt.subplots(
         len(metrics),
         len(widths),
-        figsize=(1.2 + 1.3 * len(ratios) * len(widths), 0.6 + 1.0 * len(ns) * len(metrics)),
+        figsize=(2.0 + 1.6 * len(ratios) * len(widths), 1.0 + 1.1 * len(ns) * len(metrics)),
         squeeze=False,
         layout="constrained",
     )
@@ -140,7 +140,11 @@ def plot_sweep(sweep: dict, path: Path) -> None:
             ax.set_ylabel("n per task", fontsize=8)
             ax.set_title(f"{label}, width {w}", fontsize=8)
         gain = "baseline − distilled" if sign < 0 else "distilled − baseline"
-        fig.colorbar(img, ax=axes[i].tolist(), shrink=0.8, label=f"{gain} (> 0: distilled better)")
+        fig.colorbar(img, ax=axes[i].tolist(), shrink=0.8).set_label(gain, fontsize=7)
     seeds = grid["sweep_seeds"]
-    fig.suptitle(f"difflens distill {sweep['experiment']} sweep: distilled − baseline, mean ± sd over {seeds} seeds")
+    fig.suptitle(
+        f"difflens distill {sweep['experiment']}: distilled − baseline (mean over tasks), mean ± sd over {seeds} "
+        "seeds; green: distillation better",
+        fontsize=9,
+    )
     save_figure(fig, path)
