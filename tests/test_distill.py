@@ -8,10 +8,18 @@ import pytest
 import torch
 
 from difflens.errors import DifflensError
-from difflens.lab.distill.core import ModelSpec, SamplerSpec, distill_generalist, fit_generalist, pareto_weights
+from difflens.lab.distill.core import (
+    ModelSpec,
+    SamplerSpec,
+    distill_generalist,
+    fit_generalist,
+    pareto_weights,
+    pseudo_label,
+)
 from difflens.lab.distill.models import make_denoiser
 from difflens.lab.distill.policy import TASKS, DiffusionPolicy, demonstrations, expert_actions, random_starts, rollout
 from difflens.lab.distill.restore import degrade, psnr_ssim
+from difflens.lab.distill.specialists import KernelSpecialist, LinearGaussian, Sampled
 from difflens.lab.distill.toy import GaussianTasks, conditional_fit, excess_risk, gaussian_w2_kl
 from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, train_dsm
 
@@ -90,7 +98,8 @@ def test_pseudo_labels_from_the_true_score_reproduce_the_supervised_generalist()
     exact = [Pairs(c, tasks.sample(k, c, g)) for k, c in enumerate(conds)]
     spec, cfg = ModelSpec(width=64, depth=2), DSMConfig(steps=800, batch=128)
     supervised, _ = fit_generalist(exact, model=spec, config=cfg)
-    dist = distill_generalist([tasks.denoiser(k) for k in range(2)], conds, (1,), model=spec, config=cfg)
+    truth = [Sampled(tasks.denoiser(k), (1,)) for k in range(2)]
+    dist = distill_generalist(truth, conds, model=spec, config=cfg)
     for k in range(2):
         # the pseudo-labels are draws from the true conditional: same moments as the exact labels
         resid = (dist.pseudo[k].x.double() - tasks.mean(k, conds[k])) / tasks.var(k, conds[k]).sqrt()
@@ -183,6 +192,15 @@ def test_cli_toy_writes_outputs_and_rejects_bad_input(tmp_path):
         "--pareto",
         "0",
         "--no-oracle",
+        "--pseudo-per-cond",
+        "2",
+        "--mix-real",
+        "--eval-samples",
+        "256",
+        "--eval-conds",
+        "4",
+        "--sampler-steps",
+        "6",
         "--out",
         str(tmp_path / "ok"),
     ]
@@ -193,6 +211,21 @@ def test_cli_toy_writes_outputs_and_rejects_bad_input(tmp_path):
     assert all(len(r["tasks"]) == 2 for r in result["runs"])
     assert (tmp_path / "ok" / "toy.png").exists()
     assert (tmp_path / "ok" / "toy.csv").exists()
+    assert result["runs"][-1]["ideal_point"] is None  # linear: z = 0
+    budget = {k: result["runs"][-1][k] for k in ("pseudo_per_cond", "mix_real", "train_pairs")}
+    assert budget == {"pseudo_per_cond": 2, "mix_real": True, "train_pairs": [2 * 32 + 4] * 2}
+    assert result["config"]["pseudo_per_cond"] == 2
+    assert result["config"]["mix_real"] is True
+    lin = runner.invoke(app, ["distill", "toy", "--ideal", "specialist", "--out", str(tmp_path / "lin")])
+    assert lin.exit_code == 2
+    assert "tchebycheff" in lin.output
+    tch = runner.invoke(
+        app, [*args[:-1], str(tmp_path / "tch"), "--scalarization", "tchebycheff", "--ideal", "specialist"]
+    )
+    assert tch.exit_code == 0, tch.output
+    z = json.loads((tmp_path / "tch" / "toy.json").read_text())["runs"][-1]["ideal_point"]
+    assert len(z) == 2
+    assert all(v > 0 for v in z)
 
 
 def test_conditional_denoiser_is_edm_preconditioning_on_the_inputs_device():
@@ -230,3 +263,240 @@ def test_conditional_denoiser_is_edm_preconditioning_on_the_inputs_device():
     assert out.device == torch.device("cpu")
     assert out.shape == (5, 2)
     assert torch.equal(out, again)
+
+
+def test_fits_sharing_one_tchebycheff_scalarization_do_not_depend_on_their_order():
+    # docs/method.md, "Distillation": every fit starts its own running loss average
+    g = torch.Generator().manual_seed(0)
+    a = [Pairs(torch.zeros(64, 1), s * torch.randn(64, 2, generator=g)) for s in (0.1, 1.0)]
+    b = [Pairs(torch.zeros(64, 1), s * torch.randn(64, 2, generator=g)) for s in (2.0, 0.05)]
+    scal = Scalarization("tchebycheff", smooth=0.1)
+    spec, cfg = ModelSpec(width=16, depth=1), DSMConfig(steps=30, batch=32)
+    x, sigma, cond = torch.randn(8, 2, generator=g), torch.full((8,), 0.5), torch.zeros(8, 1)
+
+    def out(net):
+        with torch.no_grad():
+            return net(x, sigma, cond, torch.arange(8) % 2)
+
+    a_first, log_a1 = fit_generalist(a, model=spec, config=cfg, scalarization=scal)
+    fit_generalist(b, model=spec, config=cfg, scalarization=scal)
+    a_second, log_a2 = fit_generalist(a, model=spec, config=cfg, scalarization=scal)
+    assert log_a1.weights == log_a2.weights
+    assert torch.equal(out(a_first), out(a_second))
+
+
+def test_toy_run_result_for_an_n_does_not_depend_on_the_other_ns_run_before_it():
+    from difflens.lab.distill.toy import ToyConfig, run_toy
+
+    kw = dict(
+        tasks=2,
+        unlabeled=(32,),
+        widths=(16,),
+        specialist_width=8,
+        steps=20,
+        specialist_steps=10,
+        batch=16,
+        scalarization="tchebycheff",
+        pareto=0,
+        oracle=False,
+        eval_samples=64,
+        eval_conds=2,
+        per_cond=8,
+        sampler_steps=4,
+    )
+    both = run_toy(ToyConfig(pairs=(4, 8), **kw))["runs"]
+    alone = run_toy(ToyConfig(pairs=(8,), **kw))["runs"]
+    assert [r for r in both if r["n"] == 8] == alone
+
+
+def _linear_task(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.tensor([[1.0, -0.5, 0.3], [0.2, 0.8, -1.0]], dtype=torch.float64)
+    b = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    chol = torch.tensor([[0.3, 0.0], [0.1, 0.2]], dtype=torch.float64)
+    c = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    x = c @ a.T + b + torch.randn(n, 2, generator=g, dtype=torch.float64) @ chol.T
+    return a, b, chol @ chol.T, c, x
+
+
+def test_linear_specialist_recovers_a_linear_gaussian_task_within_its_standard_errors():
+    n = 4000
+    a, b, cov, c, x = _linear_task(n)
+    spec = LinearGaussian().fit(Pairs(c, x))
+    # OLS standard errors: Cov(coef_j) = Σ_jj·(DᵀD)⁻¹ with the design D = [1, c]
+    design = torch.cat([torch.ones(n, 1, dtype=torch.float64), c], 1)
+    inv = torch.linalg.inv(design.T @ design).diagonal()
+    se = (cov.diagonal()[:, None] * inv[None, :]).sqrt()
+    assert ((spec.b - b).abs() < 5 * se[:, 0]).all()
+    assert ((spec.A - a).abs() < 5 * se[:, 1:]).all()
+    se_cov = ((cov**2 + cov.diagonal()[:, None] * cov.diagonal()[None, :]) / n).sqrt()  # Wishart
+    assert ((spec.cov - cov).abs() < 5 * se_cov).all()
+    # its samples follow N(A·c + b, Σ) (the fitted one): standardised residuals have identity covariance
+    draws = spec.sample(c, torch.Generator().manual_seed(1)).double() - spec.mean(c)
+    white = draws @ torch.linalg.inv(torch.linalg.cholesky(spec.cov)).T
+    assert torch.allclose(white.T @ white / n, torch.eye(2, dtype=torch.float64), atol=5 * (2 / n) ** 0.5)
+
+
+def test_linear_specialist_is_the_ridge_fit_with_leave_one_out_covariance_from_few_pairs():
+    _, _, _, c, x = _linear_task(5, seed=2)  # 5 pairs in a 3-D condition space
+    spec = LinearGaussian().fit(Pairs(c, x))
+    lam = spec.ridge
+
+    def ridge(ci, xi):  # brute force: normal equations with an unpenalised intercept
+        d = torch.cat([torch.ones(len(ci), 1, dtype=torch.float64), ci], 1)
+        pen = lam * torch.eye(4, dtype=torch.float64)
+        pen[0, 0] = 0
+        coef = torch.linalg.solve(d.T @ d + pen, d.T @ xi)
+        return coef[1:].T, coef[0]
+
+    a, b = ridge(c, x)
+    torch.testing.assert_close(spec.A, a, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(spec.b, b, rtol=1e-8, atol=1e-10)
+    loo = []
+    for i in range(5):
+        rest = torch.arange(5) != i
+        ai, bi = ridge(c[rest], x[rest])
+        loo.append(x[i] - (c[i] @ ai.T + bi))
+    loo = torch.stack(loo)
+    torch.testing.assert_close(spec.cov, loo.T @ loo / 5, rtol=1e-8, atol=1e-12)
+    assert torch.linalg.eigvalsh(spec.cov).min() > 0  # not the vanishing in-sample residuals
+    one = LinearGaussian().fit(Pairs(c[:1], x[:1]))
+    assert torch.equal(one.sample(c, torch.Generator()).double(), x[:1].float().double().expand(5, 2))
+
+
+def test_linear_specialist_denoiser_is_the_gaussian_posterior_mean():
+    _, _, _, c, x = _linear_task(50, seed=3)
+    spec = LinearGaussian().fit(Pairs(c, x))
+    g = torch.Generator().manual_seed(0)
+    q, sigma = torch.randn(6, 2, generator=g, dtype=torch.float64), torch.logspace(-2, 1, 6, dtype=torch.float64)
+    got = spec(q, sigma, c[:6])
+    for i in range(6):
+        mu = spec.mean(c[i : i + 1])[0]
+        want = mu + spec.cov @ torch.linalg.solve(
+            spec.cov + sigma[i] ** 2 * torch.eye(2, dtype=torch.float64), q[i] - mu
+        )
+        torch.testing.assert_close(got[i], want, rtol=1e-9, atol=1e-12)
+
+
+def test_kernel_specialist_reproduces_a_single_pair_and_weights_pairs_by_condition():
+    x1 = torch.tensor([[0.3, -0.7]])
+    one = KernelSpecialist().fit(Pairs(torch.tensor([[1.0, 2.0]]), x1))
+    conds = torch.randn(9, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(one.sample(conds, torch.Generator()), x1.expand(9, 2))
+    assert torch.allclose(one(torch.randn(9, 2), torch.full((9,), 0.3), conds).double(), x1.double().expand(9, 2))
+    # three pairs: the denoiser is Bayes' rule over them with condition weights (float64 brute force)
+    c = torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
+    spec = KernelSpecialist().fit(Pairs(c, x))
+    h = float(c.var(0).mean().sqrt()) * 3 ** (-1 / 5)
+    q, qc, s = torch.tensor([[0.4, 0.2]], dtype=torch.float64), torch.tensor([[0.6]], dtype=torch.float64), 0.8
+    w = torch.tensor(
+        [
+            math.exp(-((0.6 - ci) ** 2) / (2 * h * h) - float(((q[0] - xi) ** 2).sum()) / (2 * s * s))
+            for ci, xi in zip(c[:, 0].tolist(), x, strict=True)
+        ],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(
+        spec(q, torch.tensor([s], dtype=torch.float64), qc)[0], (w / w.sum()) @ x, rtol=1e-10, atol=1e-12
+    )
+    # sampling picks pair i with probability w_i(c)
+    draws = spec.sample(qc.expand(20000, 1), torch.Generator().manual_seed(2)).double()
+    freq = torch.stack([(draws == xi).all(1).double().mean() for xi in x])
+    p = spec.log_weights(qc)[0].exp()
+    assert torch.allclose(freq, p, atol=5 * (0.25 / 20000) ** 0.5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "kernel"])
+def test_toy_run_with_light_specialists(kind):
+    from difflens.lab.distill.toy import ToyConfig, run_toy
+
+    cfg = ToyConfig(
+        tasks=2,
+        pairs=(4,),
+        unlabeled=(32,),
+        widths=(16,),
+        steps=20,
+        batch=16,
+        specialist=kind,
+        pareto=0,
+        oracle=False,
+        eval_samples=64,
+        eval_conds=2,
+        per_cond=8,
+        sampler_steps=4,
+    )
+    runs = run_toy(cfg)["runs"]
+    assert runs[0]["method"] == "specialist"
+    assert runs[0]["class"] == kind
+    assert all(math.isfinite(t[m]) for r in runs for t in r["tasks"] for m in ("excess_risk", "w2"))
+    # a kernel specialist's conditional is discrete: where its draws at a condition coincide, the fitted
+    # Gaussian is singular and its KL to the (continuous) truth is +inf — never NaN
+    assert all(t["kl"] > 0 for r in runs for t in r["tasks"])
+    with pytest.raises(DifflensError):
+        run_toy(ToyConfig(specialist="gp"))
+
+
+def test_pseudo_labels_draw_the_budget_per_condition_from_each_specialist():
+    c = torch.tensor([[0.0], [1.0], [5.0]])
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    spec = KernelSpecialist(bandwidth=0.05).fit(Pairs(c, x))  # h ≈ 0.1: a condition picks its nearest pair
+    conds = torch.tensor([[0.1], [4.9]])
+    pseudo = pseudo_label([spec], [conds], per_cond=16, seed=0)[0]
+    assert len(pseudo) == 32
+    assert torch.equal(pseudo.cond, conds.repeat_interleave(16, dim=0))
+    # every pseudo-target is one of the task's pairs; at c = 4.9 only the third has weight
+    assert all(any(torch.equal(p, xi) for xi in x) for p in pseudo.x)
+    assert torch.equal(pseudo.x[16:], x[2].expand(16, 2))
+    again = pseudo_label([spec], [conds], per_cond=16, seed=0)[0]
+    assert torch.equal(again.x, pseudo.x)
+    with pytest.raises(DifflensError):
+        pseudo_label([spec], [conds], per_cond=0)
+
+
+def test_cli_sweep_writes_the_regime_map_and_its_cells_are_the_one_off_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from difflens.cli import app
+    from difflens.lab.distill.toy import ToyConfig, run_toy
+
+    small = ["--tasks", "2", "--steps", "20", "--specialist-steps", "10"]
+    small += ["--eval-samples", "64", "--eval-conds", "2", "--sampler-steps", "4", "--specialist", "linear"]
+    grid = ["--sweep-pairs", "4", "--sweep-ratios", "2,4", "--sweep-widths", "8", "--sweep-seeds", "2"]
+    res = CliRunner().invoke(app, ["distill", "toy", "--sweep", *small, *grid, "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    assert (tmp_path / "sweep.png").exists()
+    assert not (tmp_path / "toy.json").exists()
+    cells = sweep["cells"]
+    assert sorted((c["ratio"], c["seed"]) for c in cells) == [(2, 0), (2, 1), (4, 0), (4, 1)]
+    for c in cells:
+        for m in ("excess_risk", "w2"):
+            want = np.mean([d[m] - b[m] for b, d in zip(c["baseline"], c["distilled"], strict=True)])
+            assert c["diff"][m] == pytest.approx(want, rel=1e-12)
+    for row in (r for r in sweep["summary"] if r["metric"] == "excess_risk"):
+        d = [c["diff"]["excess_risk"] for c in cells if c["ratio"] == row["ratio"]]
+        assert row["mean"] == pytest.approx(np.mean(d))
+        assert row["sd"] == pytest.approx(np.std(d, ddof=1))
+    # a cell is the experiment run alone at that cell's settings
+    cfg = ToyConfig(
+        tasks=2,
+        pairs=(4,),
+        unlabeled=(16,),
+        widths=(8,),
+        steps=20,
+        specialist_steps=10,
+        eval_samples=64,
+        eval_conds=2,
+        sampler_steps=4,
+        specialist="linear",
+        pareto=0,
+        oracle=False,
+        seed=1,
+    )
+    alone = {r["method"]: r["tasks"] for r in run_toy(cfg)["runs"]}
+    cell = next(c for c in cells if c["ratio"] == 4 and c["seed"] == 1)
+    assert cell["baseline"] == alone["baseline"]
+    assert cell["distilled"] == alone["distilled"]
+    bad = CliRunner().invoke(app, ["distill", "toy", "--sweep", "--sweep-ratios", "0", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2

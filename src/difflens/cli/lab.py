@@ -21,9 +21,11 @@ from difflens.cli.common import (
     float_list,
     out_opt,
 )
+from difflens.lab.distill.core import IDEALS
 from difflens.lab.distill.policy import PolicyConfig
 from difflens.lab.distill.restore import RestoreConfig
-from difflens.lab.distill.run import run_distill
+from difflens.lab.distill.run import SweepGrid, run_distill, run_sweep
+from difflens.lab.distill.specialists import SPECIALISTS
 from difflens.lab.distill.toy import ToyConfig
 from difflens.lab.toy import PAPER_DELTAS, PAPER_POINTS, SWEEPS
 from difflens.lab.toy_run import DENOISERS, run_toy_flow, run_toy_gap
@@ -31,6 +33,8 @@ from difflens.lab.toy_run import DENOISERS, run_toy_flow, run_toy_gap
 SweepName = choice("SweepName", SWEEPS)
 ToyDenoiser = choice("ToyDenoiser", DENOISERS)
 ScalarizationName = choice("ScalarizationName", ("linear", "tchebycheff"))
+IdealName = choice("IdealName", IDEALS)
+SpecialistName = choice("SpecialistName", SPECIALISTS)
 
 
 def _print_gaps(curves) -> None:
@@ -122,11 +126,14 @@ def print_runs(result: dict, metrics: dict[str, str]) -> None:
 
 THREADS_HELP = "Torch CPU threads (small models run best on one)."
 COMMON_HELP = {
-    "specialist_width": "Specialist width.",
+    "specialist": "Specialist class: linear-Gaussian (closed form), small MLP, or kernel (empirical conditional).",
+    "specialist_width": "Specialist width (mlp).",
     "steps": "Generalist training steps.",
-    "specialist_steps": "Specialist training steps.",
+    "specialist_steps": "Specialist training steps (mlp).",
     "scalarization": "Generalist objective: linear Σλ_k L_k or Tchebycheff max.",
+    "ideal": "Tchebycheff ideal point z_k: zero, or each specialist's own loss on its pseudo-pairs.",
     "mix_real": "Mix the real pairs into the generalist's pseudo-labelled data.",
+    "pseudo_per_cond": "Pseudo-labels each specialist draws per unlabeled condition (e.g. 1, 4, 16).",
     "seed": "Random seed: same seed, same results.",
 }
 TOY_HELP = {
@@ -139,6 +146,9 @@ TOY_HELP = {
     **COMMON_HELP,
     "pareto": "Pareto sweep of task weights at the largest n: tilts per task (0: off).",
     "oracle": "Also train a generalist on exact samples for the unlabeled conditions.",
+    "eval_samples": "Noisy samples per task for the exact excess DSM risk.",
+    "eval_conds": "Test conditions per task for W2/KL (each fitted from --per-cond draws).",
+    "sampler_steps": "EDM Heun steps of the sampler (pseudo-labels and evaluation).",
 }
 RESTORE_HELP = {
     "degradations": "Tasks: comma list of noise, blur, mask.",
@@ -159,11 +169,23 @@ POLICY_HELP = {
     **COMMON_HELP,
     "mix_real": "Mix the demonstrations into the generalist's pseudo-labelled data.",
 }
-CHOICES = {"scalarization": ScalarizationName}
+SWEEP_HELP = {
+    "sweep_pairs": "With --sweep: n per task (demonstrations for policy), comma list.",
+    "sweep_ratios": "With --sweep: unlabeled conditions per task as multiples of n, comma list.",
+    "sweep_widths": "With --sweep: generalist widths, comma list.",
+    "sweep_seeds": "With --sweep: seeds per cell (the heat map's ± is their standard deviation).",
+}
+SWEEP_OPT = typer.Option(False, "--sweep", help="Regime map: sweep.json + sweep.png of distilled − baseline.")
+CHOICES = {"scalarization": ScalarizationName, "ideal": IdealName, "specialist": SpecialistName}
 
 
-def _distill(name: str, config, threads: int, device: str, out: Path) -> None:
+def _distill(name: str, config, grid: SweepGrid, sweep: bool, threads: int, device: str, out: Path) -> None:
     dev = check_device(device)
+    if sweep:
+        with Bars() as bars:
+            run_sweep(name, config, grid, out, threads=threads, device=dev, progress=bars)
+        console.print(f"wrote {out}/sweep.json, sweep.png")
+        return
     with Bars() as bars:
         result, metrics = run_distill(name, config, out, threads=threads, device=dev, progress=bars)
     print_runs(result, metrics)
@@ -171,33 +193,45 @@ def _distill(name: str, config, threads: int, device: str, out: Path) -> None:
 
 
 @config_options(ToyConfig, TOY_HELP, into="config", choices=CHOICES)
+@config_options(SweepGrid, SWEEP_HELP, into="grid")
 def distill_toy_cmd(
+    *,
     config: ToyConfig,
+    grid: SweepGrid,
+    sweep: bool = SWEEP_OPT,
     threads: int = typer.Option(1, help=THREADS_HELP),
     device: str = DeviceOpt,
     out: Path = out_opt("runs/distill-toy"),
 ):
     """Gaussian conditional tasks with analytic scores: exact excess DSM risk, W2 and KL per task vs n."""
-    _distill("toy", config, threads, device, out)
+    _distill("toy", config, grid, sweep, threads, device, out)
 
 
 @config_options(RestoreConfig, RESTORE_HELP, into="config", choices=CHOICES)
+@config_options(SweepGrid, SWEEP_HELP, into="grid")
 def distill_restore_cmd(
+    *,
     config: RestoreConfig,
+    grid: SweepGrid,
+    sweep: bool = SWEEP_OPT,
     threads: int = typer.Option(1, help=THREADS_HELP),
     device: str = DeviceOpt,
     out: Path = out_opt("runs/distill-restore"),
 ):
     """Digits restoration, one task per degradation: PSNR/SSIM of specialists, baseline and distilled generalist."""
-    _distill("restore", config, threads, device, out)
+    _distill("restore", config, grid, sweep, threads, device, out)
 
 
 @config_options(PolicyConfig, POLICY_HELP, into="config", choices=CHOICES)
+@config_options(SweepGrid, SWEEP_HELP, into="grid")
 def distill_policy_cmd(
+    *,
     config: PolicyConfig,
+    grid: SweepGrid,
+    sweep: bool = SWEEP_OPT,
     threads: int = typer.Option(1, help=THREADS_HELP),
     device: str = DeviceOpt,
     out: Path = out_opt("runs/distill-policy"),
 ):
     """Diffusion policies on 2-D point-mass reaching tasks: success rate and return vs demonstrations."""
-    _distill("policy", config, threads, device, out)
+    _distill("policy", config, grid, sweep, threads, device, out)

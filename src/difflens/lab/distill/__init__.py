@@ -4,13 +4,12 @@ Few paired (condition, sample) data per task, many unlabeled conditions: small s
 (``fit_specialists``) label the unlabeled conditions with pseudo-samples, and one larger generalist
 is trained on them under a linear or Tchebycheff scalarization (``distill_generalist``). Modules:
 ``models`` (conditional denoisers), ``train`` (DSM, scalarizations), ``sampling`` (EDM sampler),
+``settings`` (architecture and sampler settings), ``specialists`` (linear, mlp and kernel specialists),
 ``core`` (the two stages, baselines, Pareto sweep), and three experiments — ``toy`` (Gaussian tasks
 with exact metrics), ``restore`` (digits restoration) and ``policy`` (diffusion policies).
 """
 
 from difflens.lab.distill.core import (
-    ModelSpec,
-    SamplerSpec,
     distill_generalist,
     fit_generalist,
     fit_specialists,
@@ -18,10 +17,22 @@ from difflens.lab.distill.core import (
     pareto_weights,
     pseudo_label,
 )
+from difflens.lab.distill.settings import ModelSpec, SamplerSpec
+from difflens.lab.distill.specialists import (
+    SPECIALISTS,
+    KernelSpecialist,
+    LinearGaussian,
+    MLPSpecialist,
+    make_specialist,
+)
 from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, train_dsm
 
 __all__ = [
+    "SPECIALISTS",
     "DSMConfig",
+    "KernelSpecialist",
+    "LinearGaussian",
+    "MLPSpecialist",
     "ModelSpec",
     "Pairs",
     "SamplerSpec",
@@ -29,6 +40,7 @@ __all__ = [
     "distill_generalist",
     "fit_generalist",
     "fit_specialists",
+    "make_specialist",
     "pareto_sweep",
     "pareto_weights",
     "pseudo_label",

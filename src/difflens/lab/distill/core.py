@@ -10,81 +10,44 @@ pairs alone is the baseline; ``pareto_sweep`` retrains under a grid of task weig
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from difflens.errors import DifflensError
-from difflens.lab.distill.models import CondDenoiser, make_denoiser
-from difflens.lab.distill.sampling import sample
+from difflens.lab.distill.models import CondDenoiser
+from difflens.lab.distill.settings import ModelSpec, SamplerSpec, data_sigma
+from difflens.lab.distill.specialists import SPECIALISTS, make_specialist
 from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, TrainLog, derive_seed, eval_dsm, train_dsm
 
 Progress = Callable[[int], None] | None
+IDEALS = ("zero", "specialist")  # Tchebycheff ideal points z (docs/method.md, "Distillation")
 
 
-@dataclass
-class ModelSpec:
-    """Architecture of a conditional denoiser (see ``models.make_denoiser``) and the device it is built
-    on; training and sampling then run where it lives."""
-
-    arch: str = "mlp"
-    width: int = 128
-    depth: int = 3
-    device: torch.device | str = "cpu"
-
-    def build(self, x_shape, cond_shape, num_tasks: int, sigma_data: float, seed: int) -> CondDenoiser:
-        return make_denoiser(
-            tuple(x_shape),
-            tuple(cond_shape),
-            num_tasks=num_tasks,
-            arch=self.arch,
-            width=self.width,
-            depth=self.depth,
-            sigma_data=sigma_data,
-            seed=seed,
-            device=self.device,
-        )
+def budget(pseudo_per_cond: int, mix_real: bool, distilled: Distilled) -> dict:
+    """The pseudo-label budget of a distilled run, as recorded in an experiment's output."""
+    return {
+        "pseudo_per_cond": pseudo_per_cond,
+        "mix_real": mix_real,
+        "train_pairs": [len(p) for p in distilled.data],
+    }
 
 
-@dataclass
-class SamplerSpec:
-    """Settings of the EDM Heun sampler used for pseudo-labels and evaluation. ``clip``: clamp the final
-    samples to [−clip, clip] (the data range, e.g. 1 for images in [−1, 1]), so that a specialist's rare
-    wild extrapolations do not end up as pseudo-labels. Sampling runs on the denoiser's device; the
-    samples come back on the CPU."""
-
-    steps: int = 18
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    churn: float = 0.0
-    chunk: int = 2048
-    clip: float | None = None
-
-    def __call__(self, denoiser, cond: torch.Tensor, task, x_shape, generator: torch.Generator) -> torch.Tensor:
-        task = torch.as_tensor(task, dtype=torch.long).reshape(-1).expand(len(cond))
-        parts = [
-            sample(
-                denoiser,
-                cond[i : i + self.chunk],
-                task[i : i + self.chunk],
-                tuple(x_shape),
-                steps=self.steps,
-                sigma_min=self.sigma_min,
-                sigma_max=self.sigma_max,
-                churn=self.churn,
-                generator=generator,
-            )
-            for i in range(0, len(cond), self.chunk)
-        ]
-        x = torch.cat(parts) if parts else torch.empty((0, *x_shape))
-        x = x.cpu()
-        return x.clamp(-self.clip, self.clip) if self.clip is not None else x
+def check_objective(scalarization: str, ideal: str) -> None:
+    """An experiment's generalist objective: a known ideal point, and a non-zero one only where it acts
+    (Tchebycheff; the linear scalarization has no ideal point)."""
+    if ideal not in IDEALS:
+        raise DifflensError(f"unknown --ideal {ideal!r}; choose {' or '.join(IDEALS)}")
+    if ideal != "zero" and scalarization != "tchebycheff":
+        raise DifflensError(f"--ideal {ideal} needs --scalarization tchebycheff (linear has no ideal point)")
 
 
-def data_sigma(data: Sequence[Pairs]) -> float:
-    """σ_data for EDM preconditioning: the standard deviation of all targets (at least 1e-3)."""
-    x = torch.cat([p.x.reshape(len(p), -1) for p in data])
-    return max(float(x.std()), 1e-3) if x.numel() > 1 else 0.5
+def check_specialist(kind: str, pseudo_per_cond: int) -> None:
+    """A known specialist class (``specialists.SPECIALISTS``) and a positive pseudo-label budget."""
+    if kind not in SPECIALISTS:
+        raise DifflensError(f"unknown --specialist {kind!r}; choose {', '.join(SPECIALISTS)}")
+    if pseudo_per_cond < 1:
+        raise DifflensError(f"--pseudo-per-cond must be ≥ 1, got {pseudo_per_cond}")
 
 
 def _shapes(data: Sequence[Pairs]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -98,21 +61,23 @@ def _shapes(data: Sequence[Pairs]) -> tuple[tuple[int, ...], tuple[int, ...]]:
 def fit_specialists(
     pairs: Sequence[Pairs],
     *,
+    kind: str = "mlp",
     model: ModelSpec | None = None,
     config: DSMConfig | None = None,
+    sampler: SamplerSpec | None = None,
     seed: int = 0,
     progress: Progress = None,
-) -> list[CondDenoiser]:
-    """Stage 1: one single-task denoiser per task, trained by DSM on that task's pairs only."""
+) -> list:
+    """Stage 1: one specialist of class ``kind`` (``specialists.SPECIALISTS``) per task, fitted on that
+    task's pairs only; ``model``/``config`` are the mlp's, ``sampler`` how it samples."""
+    _shapes(pairs)
     model = model or ModelSpec(width=64, depth=2)
-    config = config or DSMConfig()
-    x_shape, c_shape = _shapes(pairs)
-    out = []
-    for k, p in enumerate(pairs):
-        net = model.build(x_shape, c_shape, 1, data_sigma([p]), seed + 1000 * k)
-        train_dsm(net, [p], config=_reseed(config, seed + 1000 * k), progress=progress)
-        out.append(net)
-    return out
+    return [
+        make_specialist(kind, model=model, config=config, sampler=sampler, seed=seed + 1000 * k, progress=progress).fit(
+            p
+        )
+        for k, p in enumerate(pairs)
+    ]
 
 
 def _reseed(config: DSMConfig, seed: int) -> DSMConfig:
@@ -122,19 +87,19 @@ def _reseed(config: DSMConfig, seed: int) -> DSMConfig:
 def pseudo_label(
     specialists: Sequence,
     conds: Sequence[torch.Tensor],
-    x_shape,
     *,
-    sampler: SamplerSpec | None = None,
+    per_cond: int = 1,
     seed: int = 0,
 ) -> list[Pairs]:
-    """Pseudo-pairs: specialist k samples one target for every unlabeled condition of task k.
-
-    A specialist is any ``denoiser(x, sigma, cond, task)`` for its own task (called with task 0)."""
-    sampler = sampler or SamplerSpec()
+    """Pseudo-pairs: specialist k samples ``per_cond`` targets for every unlabeled condition of task k
+    (``specialists``: anything with ``sample(cond, generator)``); the pairs of one condition are adjacent."""
+    if per_cond < 1:
+        raise DifflensError(f"need ≥ 1 pseudo-label per unlabeled condition, got {per_cond}")
+    conds = [c.repeat_interleave(per_cond, dim=0) for c in conds]
     if len(specialists) != len(conds):
         raise DifflensError(f"{len(specialists)} specialists for {len(conds)} tasks of unlabeled conditions")
     g = torch.Generator().manual_seed(derive_seed(seed, "pseudo-label"))
-    return [Pairs(c, sampler(s, c, 0, x_shape, g)) for s, c in zip(specialists, conds, strict=True)]
+    return [Pairs(c, s.sample(c, g)) for s, c in zip(specialists, conds, strict=True)]
 
 
 def fit_generalist(
@@ -159,10 +124,12 @@ def fit_generalist(
 
 @dataclass
 class Distilled:
-    """A distilled generalist with its pseudo-labelled training data and training log."""
+    """A distilled generalist with its pseudo-pairs, its whole training data (pseudo + any real pairs),
+    its training log and the Tchebycheff ideal point used (None: zero)."""
 
     generalist: CondDenoiser
     pseudo: list[Pairs]
+    data: list[Pairs]
     log: TrainLog
     ideal: list[float] | None
 
@@ -170,41 +137,37 @@ class Distilled:
 def distill_generalist(
     specialists: Sequence,
     unlabeled: Sequence[torch.Tensor],
-    x_shape,
     *,
     pairs: Sequence[Pairs] | None = None,
+    per_cond: int = 1,
     model: ModelSpec | None = None,
     config: DSMConfig | None = None,
     scalarization: Scalarization | None = None,
-    ideal: str | None = None,
-    sampler: SamplerSpec | None = None,
+    ideal: str = "zero",
     seed: int = 0,
     pseudo: Sequence[Pairs] | None = None,
     progress: Progress = None,
 ) -> Distilled:
     """Stage 2: pseudo-label ``unlabeled`` with the specialists, then train the generalist on them.
 
-    ``pairs``: real pairs mixed into each task's training set. ``ideal='specialist'`` sets the
+    ``pairs``: real pairs mixed into each task's training set; ``per_cond``: pseudo-labels per unlabeled
+    condition. ``ideal='specialist'`` sets the
     Tchebycheff ideal point z_k to specialist k's own DSM loss on its pseudo-pairs, so the max runs
-    over the generalist's excess over what each specialist reaches. ``pseudo``: reuse pseudo-pairs."""
-    pseudo = (
-        list(pseudo)
-        if pseudo is not None
-        else pseudo_label(specialists, unlabeled, x_shape, sampler=sampler, seed=seed)
-    )
+    over the generalist's excess over what each specialist reaches; ``'zero'`` keeps z = 0 (or the
+    scalarization's own). ``pseudo``: reuse pseudo-pairs."""
+    if ideal not in IDEALS:
+        raise DifflensError(f"unknown ideal point {ideal!r}; choose {' or '.join(IDEALS)}")
+    pseudo = list(pseudo) if pseudo is not None else pseudo_label(specialists, unlabeled, per_cond=per_cond, seed=seed)
     train = [p + q for p, q in zip(pseudo, pairs, strict=True)] if pairs is not None else pseudo
     z = None
     if ideal == "specialist":
         cfg = config or DSMConfig()
         z = [float(eval_dsm(s, [p], config=cfg)[0]) for s, p in zip(specialists, pseudo, strict=True)]
-        base = scalarization or Scalarization("tchebycheff")
-        scalarization = Scalarization(base.kind, base.lam, smooth=base.smooth, ideal=z, momentum=base.momentum)
-    elif ideal is not None:
-        raise DifflensError(f"unknown ideal point {ideal!r}; use 'specialist' or none")
+        scalarization = replace(scalarization or Scalarization("tchebycheff"), ideal=tuple(z))
     net, log = fit_generalist(
         train, model=model, config=config, scalarization=scalarization, seed=seed, progress=progress
     )
-    return Distilled(net, pseudo, log, z)
+    return Distilled(net, pseudo, list(train), log, z)
 
 
 def pareto_weights(k: int, points: int = 2) -> list[list[float]]:

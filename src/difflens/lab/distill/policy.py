@@ -17,7 +17,17 @@ import numpy as np
 import torch
 
 from difflens.errors import DifflensError
-from difflens.lab.distill.core import ModelSpec, SamplerSpec, fit_generalist, fit_specialists, pseudo_label
+from difflens.lab.distill.core import (
+    ModelSpec,
+    SamplerSpec,
+    budget,
+    check_objective,
+    check_specialist,
+    distill_generalist,
+    fit_generalist,
+    fit_specialists,
+    pseudo_label,
+)
 from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, derive_seed, train_dsm
 from difflens.models.nets import count_params
 
@@ -145,8 +155,8 @@ def rollout(
 
 
 class DiffusionPolicy:
-    """Actions sampled from conditional denoisers: one per task (specialists, called with task 0) or
-    one task-conditional generalist. Deterministic given the seed."""
+    """Actions sampled from one specialist per task (their ``sample``) or from one task-conditional
+    generalist (by ``sampler``). Deterministic given the seed."""
 
     def __init__(self, models, sampler: SamplerSpec, seed: int = 0):
         self.models = models
@@ -161,7 +171,7 @@ class DiffusionPolicy:
         out = torch.zeros(len(cond), 2)
         for k in ids.unique().tolist():
             sel = ids == k
-            out[sel] = self.sampler(self.models[k], cond[sel], 0, (2,), self.generator)
+            out[sel] = self.models[k].sample(cond[sel], self.generator)
         return out.clamp(-1, 1).numpy()
 
 
@@ -203,13 +213,16 @@ class PolicyConfig:
     horizon: int = 50
     width: int = 256
     depth: int = 3
+    specialist: str = "mlp"
     specialist_width: int = 64
     specialist_depth: int = 2
     steps: int = 3000
     specialist_steps: int = 1500
     batch: int = 128
     scalarization: str = "linear"
+    ideal: str = "zero"
     mix_real: bool = True
+    pseudo_per_cond: int = 1
     sampler_steps: int = 12
     tasks: tuple[ReachTask, ...] = field(default=TASKS)
     seed: int = 0
@@ -219,6 +232,8 @@ class PolicyConfig:
             raise DifflensError("need positive --demos, --unlabeled, --eval-episodes and --horizon")
         if self.relabel_rounds < 0 or (self.relabel_rounds and min(self.relabel_episodes, self.relabel_steps) < 1):
             raise DifflensError("relabelling needs rounds ≥ 0 and positive episodes and steps")
+        check_objective(self.scalarization, self.ideal)
+        check_specialist(self.specialist, self.pseudo_per_cond)
 
     def units(self) -> int:
         per_n = len(self.tasks) * self.specialist_steps + 2 * self.steps + self.relabel_rounds * self.relabel_steps
@@ -272,20 +287,44 @@ def run_policy(
         rng = np.random.default_rng(derive_seed(cfg.seed, f"demos-{n}"))
         demos = demonstrations(tasks, n, rng, cfg.horizon)
         sizes = [len(p) for p in demos]
-        specs = fit_specialists(demos, model=spec_model, config=spec_cfg, seed=cfg.seed, progress=progress)
-        record("specialist", n, cfg.specialist_width, specs, count_params(specs[0]), {"pairs": sizes})
+        specs = fit_specialists(
+            demos,
+            kind=cfg.specialist,
+            model=spec_model,
+            config=spec_cfg,
+            sampler=sampler,
+            seed=cfg.seed,
+            progress=progress,
+        )
+        record(
+            "specialist", n, cfg.specialist_width, specs, specs[0].params(), {"pairs": sizes, "class": cfg.specialist}
+        )
         base, _ = fit_generalist(
             demos, model=gen_model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress
         )
         record("baseline", n, cfg.width, base, count_params(base), {"pairs": sizes})
         conds = [random_states(tasks, t, cfg.unlabeled, rng) for t in range(k)]
-        data = pseudo_label(specs, conds, (2,), sampler=sampler, seed=cfg.seed + 3)
-        if cfg.mix_real:
-            data = [p + q for p, q in zip(data, demos, strict=True)]
-        gen, _ = fit_generalist(
-            data, model=gen_model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress
+        dist = distill_generalist(
+            specs,
+            conds,
+            pairs=demos if cfg.mix_real else None,
+            model=gen_model,
+            config=gen_cfg,
+            scalarization=scal,
+            ideal=cfg.ideal,
+            pseudo=pseudo_label(specs, conds, per_cond=cfg.pseudo_per_cond, seed=cfg.seed + 3),
+            seed=cfg.seed,
+            progress=progress,
         )
-        record("distilled", n, cfg.width, gen, count_params(gen), {"pairs": sizes})
+        gen, data = dist.generalist, dist.data
+        record(
+            "distilled",
+            n,
+            cfg.width,
+            gen,
+            count_params(gen),
+            {"pairs": sizes, "ideal_point": dist.ideal, **budget(cfg.pseudo_per_cond, cfg.mix_real, dist)},
+        )
         if cfg.relabel_rounds:
             spec_policy = DiffusionPolicy(specs, sampler, seed=cfg.seed + 21)
             ids = np.repeat(np.arange(k), cfg.relabel_episodes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 from difflens.report import save_figure
 
@@ -104,4 +105,46 @@ def plot_pareto(pareto: dict, path: Path, label: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"Pareto sweep at n={pareto['n']}", fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_sweep(sweep: dict, path: Path) -> None:
+    """Heat maps of distilled − baseline (mean over tasks, mean over seeds; ± the seeds' standard
+    deviation in each cell): one row per metric, one column per generalist width, n down, N/n across.
+    Colours are oriented so that green means distillation is better (red: worse)."""
+    grid, metrics = sweep["grid"], sweep["metrics"]
+    ns, ratios, widths = grid["sweep_pairs"], grid["sweep_ratios"], grid["sweep_widths"]
+    rows = {(r["n"], r["ratio"], r["width"], r["metric"]): r for r in sweep["summary"]}
+    fig, axes = plt.subplots(
+        len(metrics),
+        len(widths),
+        figsize=(2.0 + 1.6 * len(ratios) * len(widths), 1.0 + 1.1 * len(ns) * len(metrics)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for i, (m, label) in enumerate(metrics.items()):
+        sign = -1.0 if m in sweep["lower_is_better"] else 1.0
+        mean = np.array([[[rows[(n, r, w, m)]["mean"] for r in ratios] for n in ns] for w in widths])
+        lim = float(np.nanmax(np.abs(np.where(np.isfinite(mean), mean, np.nan)), initial=0.0)) or 1.0
+        for j, w in enumerate(widths):
+            ax = axes[i][j]
+            img = ax.imshow(sign * mean[j], cmap="RdYlGn", vmin=-lim, vmax=lim, aspect="auto")
+            for a, n in enumerate(ns):
+                for b, r in enumerate(ratios):
+                    cell = rows[(n, r, w, m)]
+                    sd = "" if not np.isfinite(cell["sd"]) else f"\n±{cell['sd']:.2g}"
+                    ax.text(b, a, f"{cell['mean']:+.2g}{sd}", ha="center", va="center", fontsize=7)
+            ax.set_xticks(range(len(ratios)), [f"{r}×" for r in ratios], fontsize=7)
+            ax.set_yticks(range(len(ns)), [str(n) for n in ns], fontsize=7)
+            ax.set_xlabel("unlabeled N / n", fontsize=8)
+            ax.set_ylabel("n per task", fontsize=8)
+            ax.set_title(f"{label}, width {w}", fontsize=8)
+        gain = "baseline − distilled" if sign < 0 else "distilled − baseline"
+        fig.colorbar(img, ax=axes[i].tolist(), shrink=0.8).set_label(gain, fontsize=7)
+    seeds = grid["sweep_seeds"]
+    fig.suptitle(
+        f"difflens distill {sweep['experiment']}: distilled − baseline (mean over tasks), mean ± sd over {seeds} "
+        "seeds; green: distillation better",
+        fontsize=9,
+    )
     save_figure(fig, path)

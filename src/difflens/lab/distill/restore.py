@@ -19,6 +19,9 @@ from difflens.errors import DifflensError, require
 from difflens.lab.distill.core import (
     ModelSpec,
     SamplerSpec,
+    budget,
+    check_objective,
+    check_specialist,
     distill_generalist,
     fit_generalist,
     fit_specialists,
@@ -28,6 +31,7 @@ from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, derive_s
 from difflens.models.nets import count_params
 
 SIDE = 8
+DIGITS = 1797  # images in the digits set; the test split comes out of them
 
 
 def degrade(kind: str, clean: torch.Tensor, generator: torch.Generator, *, strength: float = 1.0) -> torch.Tensor:
@@ -76,13 +80,16 @@ class RestoreConfig:
     arch: str = "mlp"
     width: int = 256
     depth: int = 3
+    specialist: str = "mlp"
     specialist_width: int = 128
     specialist_depth: int = 2
     steps: int = 4000
     specialist_steps: int = 2000
     batch: int = 128
     scalarization: str = "linear"
+    ideal: str = "zero"
     mix_real: bool = True
+    pseudo_per_cond: int = 1
     oracle: bool = True
     sampler_steps: int = 18
     seed: int = 0
@@ -92,6 +99,8 @@ class RestoreConfig:
             raise DifflensError("need degradations, and positive --pairs, --unlabeled and --test")
         if self.arch not in ("mlp", "conv"):
             raise DifflensError(f"unknown arch {self.arch!r}; choose mlp or conv")
+        check_objective(self.scalarization, self.ideal)
+        check_specialist(self.specialist, self.pseudo_per_cond)
         if max(self.pairs) + self.unlabeled > pool:
             raise DifflensError(
                 f"largest n ({max(self.pairs)}) + unlabeled ({self.unlabeled}) exceeds the {pool} training images"
@@ -108,7 +117,7 @@ def run_restore(
     """Specialists, baseline and distilled generalists (and an oracle on all true pairs) per n; PSNR/SSIM.
     The nets train and sample on ``device``; data and scores stay on the CPU."""
 
-    clean = data.load("digits").rows(0, 1797)
+    clean = data.load("digits").rows(0, DIGITS)
     perm = torch.randperm(len(clean), generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "split")))
     test_x, pool = clean[perm[: cfg.test]], clean[perm[cfg.test :]]
     cfg.check(len(pool))
@@ -139,10 +148,11 @@ def run_restore(
     def metrics(model) -> list[dict]:
         out = []
         for t in range(k):
-            net, tid = (model[t], 0) if isinstance(model, list) else (model, t)
-            restored = sampler(
-                net, test_c[t], tid, x_shape, torch.Generator().manual_seed(derive_seed(cfg.seed, "eval-sampler"))
-            )
+            g = torch.Generator().manual_seed(derive_seed(cfg.seed, "eval-sampler"))
+            if isinstance(model, list):
+                restored = model[t].sample(test_c[t], g)
+            else:
+                restored = sampler(model, test_c[t], t, x_shape, g)
             out.append(_scores(restored, test_x))
         return out
 
@@ -159,26 +169,36 @@ def run_restore(
 
     for n in cfg.pairs:
         pairs = [shaped(p.take(slice(0, n))) for p in labelled]
-        specs = fit_specialists(pairs, model=spec_model, config=spec_cfg, seed=cfg.seed, progress=progress)
-        record("specialist", n, None, cfg.specialist_width, specs, count_params(specs[0]))
+        specs = fit_specialists(
+            pairs,
+            kind=cfg.specialist,
+            model=spec_model,
+            config=spec_cfg,
+            sampler=sampler,
+            seed=cfg.seed,
+            progress=progress,
+        )
+        record("specialist", n, None, cfg.specialist_width, specs, specs[0].params())
+        runs[-1]["class"] = cfg.specialist
         base, _ = fit_generalist(
             pairs, model=gen_model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress
         )
         record("baseline", n, None, cfg.width, base, count_params(base))
-        pseudo = pseudo_label(specs, unlabeled, x_shape, sampler=sampler, seed=cfg.seed + 3)
+        pseudo = pseudo_label(specs, unlabeled, per_cond=cfg.pseudo_per_cond, seed=cfg.seed + 3)
         dist = distill_generalist(
             specs,
             unlabeled,
-            x_shape,
             pairs=pairs if cfg.mix_real else None,
             model=gen_model,
             config=gen_cfg,
             scalarization=scal,
+            ideal=cfg.ideal,
             pseudo=pseudo,
             seed=cfg.seed,
             progress=progress,
         )
         record("distilled", n, cfg.unlabeled, cfg.width, dist.generalist, count_params(dist.generalist))
+        runs[-1].update(ideal_point=dist.ideal, **budget(cfg.pseudo_per_cond, cfg.mix_real, dist))
     if cfg.oracle:
         full = [shaped(Pairs(c, x)) for c, x in zip(unlabeled, hidden, strict=True)]
         net, _ = fit_generalist(

@@ -1,11 +1,15 @@
 """One distillation experiment end to end (``distill toy|restore|policy``): training with a progress
-callback, then NAME.csv, NAME.png and NAME.json (written last: its presence means the run completed)."""
+callback, then NAME.csv, NAME.png and NAME.json (written last: its presence means the run completed).
+``run_sweep`` (``--sweep``): the regime map — the experiment once per (n, unlabeled/n, width, seed),
+distilled − baseline per cell, in sweep.json and the heat map sweep.png."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from difflens import report
@@ -13,7 +17,7 @@ from difflens.analysis.run_support import Progress, no_progress
 from difflens.errors import DifflensError
 from difflens.lab.distill import report as drep
 from difflens.lab.distill.policy import PolicyConfig, run_policy
-from difflens.lab.distill.restore import RestoreConfig, run_restore
+from difflens.lab.distill.restore import DIGITS, RestoreConfig, run_restore
 from difflens.lab.distill.toy import ToyConfig, run_toy
 
 # experiment: (runner, metrics (key → label), plot options)
@@ -27,6 +31,7 @@ EXPERIMENTS: dict[str, tuple[Callable, dict[str, str], dict]] = {
     ),
 }
 CONFIGS = {"toy": ToyConfig, "restore": RestoreConfig, "policy": PolicyConfig}
+LOWER_IS_BETTER = {"excess_risk", "w2", "kl"}
 
 
 def run_distill(
@@ -55,3 +60,109 @@ def run_distill(
     drep.plot_vs_pairs(result, metrics, out / f"{name}.png", **plot_kw)
     report.write_json(out / f"{name}.json", result)
     return result, metrics
+
+
+@dataclass
+class SweepGrid:
+    """The regime grid of ``--sweep``: paired samples per task n (demonstrations per task for the
+    policy), unlabeled conditions per task as multiples of n, generalist widths, and seeds 0..seeds−1.
+    Small by default; every cell reruns the experiment at that (n, N, width, seed)."""
+
+    sweep_pairs: tuple[int, ...] = (8, 64)
+    sweep_ratios: tuple[int, ...] = (4, 32)
+    sweep_widths: tuple[int, ...] = (64, 256)
+    sweep_seeds: int = 3
+
+    def check(self) -> None:
+        if min((*self.sweep_pairs, *self.sweep_ratios, *self.sweep_widths, self.sweep_seeds), default=0) < 1:
+            raise DifflensError("--sweep-pairs, --sweep-ratios, --sweep-widths and --sweep-seeds need positive values")
+        if not (self.sweep_pairs and self.sweep_ratios and self.sweep_widths):
+            raise DifflensError("the sweep grid needs at least one n, one ratio and one width")
+
+
+def _cell_config(name: str, cfg, n: int, unlabeled: int, width: int, seed: int):
+    """The experiment's config reduced to one cell: baseline and distilled only (no oracle, Pareto or
+    relabelling, whose costs the map does not need)."""
+    if name == "toy":
+        return replace(cfg, pairs=(n,), unlabeled=(unlabeled,), widths=(width,), seed=seed, pareto=0, oracle=False)
+    if name == "restore":
+        return replace(cfg, pairs=(n,), unlabeled=unlabeled, width=width, seed=seed, oracle=False)
+    return replace(cfg, demos=(n,), unlabeled=unlabeled, width=width, seed=seed, relabel_rounds=0)
+
+
+def _per_task(result: dict, method: str) -> list[dict]:
+    return next(r["tasks"] for r in result["runs"] if r["method"] == method)
+
+
+def sweep_summary(cells: list[dict], metrics) -> list[dict]:
+    """Mean and standard deviation over seeds (ddof 1; NaN with one seed) of distilled − baseline (the
+    mean over tasks) per (n, ratio, width, metric)."""
+    out = []
+    keys = list(dict.fromkeys((c["n"], c["ratio"], c["width"]) for c in cells))
+    for n, ratio, width in keys:
+        sel = [c for c in cells if (c["n"], c["ratio"], c["width"]) == (n, ratio, width)]
+        for m in metrics:
+            d = np.array([c["diff"][m] for c in sel], dtype=np.float64)
+            sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
+            out.append({"n": n, "ratio": ratio, "width": width, "metric": m, "mean": float(d.mean()), "sd": sd})
+    return out
+
+
+def run_sweep(
+    name: str,
+    cfg: ToyConfig | RestoreConfig | PolicyConfig,
+    grid: SweepGrid,
+    out: Path,
+    *,
+    threads: int = 1,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> dict:
+    """Experiment ``name`` at every cell of ``grid`` (nets on ``device``); per cell the per-task metrics of the baseline and
+    the distilled generalist and their difference (mean over tasks). Writes sweep.json and sweep.png."""
+    if threads < 1:
+        raise DifflensError(f"--threads must be ≥ 1, got {threads}")
+    grid.check()
+    runner, metrics, _ = EXPERIMENTS[name]
+    torch.set_num_threads(threads)
+    plan = [
+        (n, r, w, s)
+        for s in range(grid.sweep_seeds)
+        for n in grid.sweep_pairs
+        for r in grid.sweep_ratios
+        for w in grid.sweep_widths
+    ]
+    configs = [_cell_config(name, cfg, n, r * n, w, s) for n, r, w, s in plan]
+    for c in configs:  # every cell's settings are valid before any training
+        c.check(DIGITS - c.test) if name == "restore" else c.check()
+    advance = progress(f"distill {name} sweep: training steps", sum(c.units() for c in configs))
+    cells = []
+    for (n, r, w, s), c in zip(plan, configs, strict=True):
+        torch.manual_seed(s)
+        result = runner(c, progress=advance, device=device or "cpu")
+        base, dist = _per_task(result, "baseline"), _per_task(result, "distilled")
+        diff = {m: float(np.mean([d[m] - b[m] for b, d in zip(base, dist, strict=True)])) for m in metrics}
+        cells.append(
+            {
+                "n": n,
+                "ratio": r,
+                "unlabeled": r * n,
+                "width": w,
+                "seed": s,
+                "baseline": base,
+                "distilled": dist,
+                "diff": diff,
+            }
+        )
+    sweep = {
+        "experiment": name,
+        "config": asdict(cfg) if name != "policy" else {**asdict(cfg), "tasks": [asdict(t) for t in cfg.tasks]},
+        "grid": asdict(grid),
+        "metrics": metrics,
+        "lower_is_better": sorted(LOWER_IS_BETTER & set(metrics)),
+        "cells": cells,
+        "summary": sweep_summary(cells, metrics),
+    }
+    drep.plot_sweep(sweep, out / "sweep.png")
+    report.write_json(out / "sweep.json", sweep)
+    return sweep

@@ -18,6 +18,9 @@ from difflens.errors import DifflensError
 from difflens.lab.distill.core import (
     ModelSpec,
     SamplerSpec,
+    budget,
+    check_objective,
+    check_specialist,
     distill_generalist,
     fit_generalist,
     fit_specialists,
@@ -148,6 +151,7 @@ class ToyConfig:
     unlabeled: tuple[int, ...] = (2048,)
     widths: tuple[int, ...] = (128,)
     depth: int = 3
+    specialist: str = "mlp"
     specialist_width: int = 32
     specialist_depth: int = 2
     steps: int = 4000
@@ -155,7 +159,9 @@ class ToyConfig:
     batch: int = 128
     scalarization: str = "linear"
     smooth: float = 0.1
+    ideal: str = "zero"
     mix_real: bool = False
+    pseudo_per_cond: int = 1
     pareto: int = 1
     oracle: bool = True
     eval_samples: int = 4096
@@ -169,6 +175,8 @@ class ToyConfig:
             raise DifflensError("--pairs, --unlabeled and --widths need positive integers")
         if self.per_cond < self.dim + 2 or self.eval_conds < 1:
             raise DifflensError(f"--per-cond must be ≥ dim + 2 = {self.dim + 2} to fit a covariance")
+        check_objective(self.scalarization, self.ideal)
+        check_specialist(self.specialist, self.pseudo_per_cond)
 
     def units(self) -> int:
         """Training steps of the whole run (for a progress bar)."""
@@ -179,10 +187,17 @@ class ToyConfig:
         return total
 
 
+def _drawer(model, task: int, sampler: SamplerSpec, x_shape, generator: torch.Generator) -> Callable:
+    """Draws of task ``task``'s model at given conditions: specialist ``task`` of a list (its own
+    ``sample``) or one generalist through the EDM sampler."""
+    if isinstance(model, list):
+        return lambda c: model[task].sample(c, generator)
+    return lambda c: sampler(model, c, task, x_shape, generator)
+
+
 def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None, device: torch.device | str = "cpu") -> dict:
     """Specialists, baseline generalist, distilled generalist (and an oracle generalist trained on exact
-    samples for the same unlabeled conditions) for every n; exact per-task metrics for each. The nets
-    train and sample on ``device``; data, noise and metrics stay on the CPU."""
+    samples for the same unlabeled conditions) for every n; exact per-task metrics for each."""
     cfg.check()
     tasks = GaussianTasks(cfg.tasks, cfg.dim, cfg.cond_dim, seed=cfg.seed)
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, "data"))
@@ -205,7 +220,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None, devic
             out.append({"excess_risk": risk, "excess_risk_se": se})
             if samples:
                 sg = torch.Generator().manual_seed(derive_seed(cfg.seed, "eval-sampler"))
-                draw = lambda c, net=net, tid=tid, sg=sg: sampler(net, c, tid, (cfg.dim,), sg)  # noqa: E731
+                draw = _drawer(model, k, sampler, (cfg.dim,), sg)
                 out[-1].update(
                     conditional_fit(tasks, k, draw, conds=cfg.eval_conds, per_cond=cfg.per_cond, seed=cfg.seed)
                 )
@@ -225,7 +240,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None, devic
     ]
     runs: list[dict] = []
 
-    def record(method, n, un, width, model, params):
+    def record(method, n, un, width, model, params, extra=None):
         runs.append(
             {
                 "method": method,
@@ -234,14 +249,23 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None, devic
                 "width": width,
                 "params": params,
                 "tasks": metrics(model),
+                **(extra or {}),
             }
         )
 
     pareto = None
     for n in cfg.pairs:
         pairs = [p.take(slice(0, n)) for p in all_pairs]
-        specs = fit_specialists(pairs, model=spec_model, config=spec_cfg, seed=cfg.seed, progress=progress)
-        record("specialist", n, None, cfg.specialist_width, specs, count_params(specs[0]))
+        specs = fit_specialists(
+            pairs,
+            kind=cfg.specialist,
+            model=spec_model,
+            config=spec_cfg,
+            sampler=sampler,
+            seed=cfg.seed,
+            progress=progress,
+        )
+        record("specialist", n, None, cfg.specialist_width, specs, specs[0].params(), {"class": cfg.specialist})
         for width in cfg.widths:
             model = ModelSpec(width=width, depth=cfg.depth, device=device)
             base, _ = fit_generalist(
@@ -250,22 +274,23 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None, devic
             record("baseline", n, None, width, base, count_params(base))
         for un in cfg.unlabeled:
             conds = [c[:un] for c in all_conds]
-            pseudo = pseudo_label(specs, conds, (cfg.dim,), sampler=sampler, seed=cfg.seed)
+            pseudo = pseudo_label(specs, conds, per_cond=cfg.pseudo_per_cond, seed=cfg.seed)
             for width in cfg.widths:
                 model = ModelSpec(width=width, depth=cfg.depth, device=device)
                 dist = distill_generalist(
                     specs,
                     conds,
-                    (cfg.dim,),
                     pairs=pairs if cfg.mix_real else None,
                     model=model,
                     config=gen_cfg,
                     scalarization=scal,
+                    ideal=cfg.ideal,
                     pseudo=pseudo,
                     seed=cfg.seed,
                     progress=progress,
                 )
-                record("distilled", n, un, width, dist.generalist, count_params(dist.generalist))
+                extra = {"ideal_point": dist.ideal, **budget(cfg.pseudo_per_cond, cfg.mix_real, dist)}
+                record("distilled", n, un, width, dist.generalist, count_params(dist.generalist), extra)
             if cfg.pareto and n == max_n and un == cfg.unlabeled[0]:
                 grid = pareto_weights(cfg.tasks, cfg.pareto)
                 pareto = {
@@ -291,8 +316,8 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None, devic
 
 
 def _fit_oracles(cfg, tasks, all_conds, gen_cfg, scal, progress, device):
-    """(unlabeled, width, generalist) trained on ``device`` on exact samples for the first ``unlabeled``
-    conditions: the upper reference the distilled generalist is compared with."""
+    """(unlabeled, width, generalist) trained on exact samples for the first ``unlabeled`` conditions: the
+    upper reference the distilled generalist is compared with."""
     for un in cfg.unlabeled:
         og = torch.Generator().manual_seed(derive_seed(cfg.seed, "oracle"))
         exact = [Pairs(c[:un], tasks.sample(k, c[:un], og)) for k, c in enumerate(all_conds)]

@@ -43,47 +43,49 @@ class Pairs:
         return Pairs(self.cond[idx], self.x[idx])
 
 
+@dataclass(frozen=True)
 class Scalarization:
-    """Combines task losses L_k into one objective; ``weights`` gives the gradient weight of each task.
+    """How task losses L_k combine into one objective: a frozen setting, shared freely between fits.
 
     kind 'linear': Σ λ_k·L_k. kind 'tchebycheff': max_k λ_k·(L_k − z_k) (z = ``ideal``, default 0).
-    Tchebycheff uses a running average of the (noisy) minibatch losses to set the weights:
-    ``smooth`` > 0 gives the smooth max μ·logsumexp(λ(L − z)/μ) with μ = smooth × mean|λ(L − z)|
-    (scale-free), whose gradient weights are λ_k·softmax_k; ``smooth`` = 0 is the subgradient
-    (all weight λ_k on the current worst task).
+    Tchebycheff sets the weights from a running average of the (noisy) minibatch losses; that average
+    is per-fit state, held by the ``Objective`` that ``start()`` returns (one per training run, so no
+    fit sees another's losses; docs/method.md, "Distillation"). ``smooth`` > 0 gives the smooth max
+    μ·logsumexp(λ(L − z)/μ) with μ = smooth × mean|λ(L − z)| (scale-free), whose gradient weights are
+    λ_k·softmax_k; ``smooth`` = 0 is the subgradient (all weight λ_k on the current worst task).
     """
 
-    def __init__(
-        self,
-        kind: str = "linear",
-        weights=None,
-        *,
-        smooth: float = 0.1,
-        ideal=None,
-        momentum: float = 0.9,
-    ):
-        if kind not in ("linear", "tchebycheff"):
-            raise DifflensError(f"unknown scalarization {kind!r}; choose linear or tchebycheff")
-        if smooth < 0 or not 0 <= momentum < 1:
-            raise DifflensError(f"need smooth ≥ 0 and 0 ≤ momentum < 1, got {smooth}, {momentum}")
-        self.kind = kind
-        self.lam = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-        if self.lam is not None and (self.lam.ndim != 1 or (self.lam < 0).any() or self.lam.sum() <= 0):
-            raise DifflensError(f"task weights must be non-negative with a positive sum, got {weights}")
-        self.smooth = smooth
-        self.ideal = None if ideal is None else torch.as_tensor(ideal, dtype=torch.float64)
-        self.momentum = momentum
-        self.running: torch.Tensor | None = None
+    kind: str = "linear"
+    lam: tuple[float, ...] | None = None
+    smooth: float = 0.1
+    ideal: tuple[float, ...] | None = None
+    momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("linear", "tchebycheff"):
+            raise DifflensError(f"unknown scalarization {self.kind!r}; choose linear or tchebycheff")
+        if self.smooth < 0 or not 0 <= self.momentum < 1:
+            raise DifflensError(f"need smooth ≥ 0 and 0 ≤ momentum < 1, got {self.smooth}, {self.momentum}")
+        for name in ("lam", "ideal"):
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, tuple(float(t) for t in torch.as_tensor(v).reshape(-1).tolist()))
+        lam = self.lam
+        if lam is not None and (not lam or min(lam) < 0 or sum(lam) <= 0):
+            raise DifflensError(f"task weights must be non-negative with a positive sum, got {lam}")
 
     def _lam(self, k: int) -> torch.Tensor:
         if self.lam is None:
             return torch.full((k,), 1.0 / k, dtype=torch.float64)
         if len(self.lam) != k:
             raise DifflensError(f"{len(self.lam)} task weights given for {k} tasks")
-        return self.lam / self.lam.sum()
+        lam = torch.tensor(self.lam, dtype=torch.float64)
+        return lam / lam.sum()
 
     def _gap(self, losses: torch.Tensor) -> torch.Tensor:
-        z = torch.zeros_like(losses) if self.ideal is None else self.ideal.to(losses)
+        if self.ideal is not None and len(self.ideal) != len(losses):
+            raise DifflensError(f"{len(self.ideal)} ideal-point values given for {len(losses)} tasks")
+        z = torch.zeros_like(losses) if self.ideal is None else torch.tensor(self.ideal).to(losses)
         return self._lam(len(losses)) * (losses - z)
 
     def weights(self, losses) -> torch.Tensor:
@@ -105,13 +107,30 @@ class Scalarization:
             return float((self._lam(len(losses)) * losses).sum())
         return float(self._gap(losses).max())
 
+    def start(self) -> Objective:
+        """A fresh training objective (its own running loss average) for one fit."""
+        return Objective(self)
+
+
+class Objective:
+    """One fit's scalarized objective: ``scalarization`` plus the running average of its task losses."""
+
+    def __init__(self, scalarization: Scalarization):
+        self.scalarization = scalarization
+        self.running: torch.Tensor | None = None
+
     def __call__(self, losses: torch.Tensor) -> torch.Tensor:
         """The training objective for one step's task losses: Σ w_k L_k with w from ``weights``."""
-        if self.kind == "linear":
-            return (self._lam(len(losses)).to(losses) * losses).sum()
+        s = self.scalarization
+        if s.kind == "linear":
+            return (s._lam(len(losses)).to(losses) * losses).sum()
         det = losses.detach().to(torch.float64)
-        self.running = det if self.running is None else self.momentum * self.running + (1 - self.momentum) * det
-        return (self.weights(self.running).to(losses) * losses).sum()
+        self.running = det if self.running is None else s.momentum * self.running + (1 - s.momentum) * det
+        return (s.weights(self.running).to(losses) * losses).sum()
+
+    def current_weights(self, losses: torch.Tensor) -> torch.Tensor:
+        """The task weights in force: at the running average once there is one, else at ``losses``."""
+        return self.scalarization.weights(self.running if self.running is not None else losses.detach())
 
 
 @dataclass
@@ -178,7 +197,7 @@ def train_dsm(
     10 %. ``progress(n)`` is called with the steps done since its last call."""
     config = config or DSMConfig()
     config.check()
-    scalarization = scalarization or Scalarization()
+    objective = (scalarization or Scalarization()).start()
     if not data or any(len(p) == 0 for p in data):
         raise DifflensError("every task needs at least one training pair")
     g = torch.Generator().manual_seed(derive_seed(config.seed, "train"))
@@ -203,7 +222,7 @@ def train_dsm(
         x = x.to(device)
         per = dsm_loss(denoiser, x, cond, task, sigma, noise)
         losses = per.reshape(k, config.batch).mean(dim=1)
-        loss = scalarization(losses)
+        loss = objective(losses)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
@@ -212,8 +231,7 @@ def train_dsm(
         sched.step()
         if step % log_every == 0 or step == config.steps - 1:
             log.losses.append(losses.detach().tolist())
-            ref = scalarization.running if scalarization.running is not None else losses.detach()
-            log.weights.append(scalarization.weights(ref).tolist())
+            log.weights.append(objective.current_weights(losses).tolist())
         pending += 1
         if progress and (pending == 100 or step == config.steps - 1):
             progress(pending)
