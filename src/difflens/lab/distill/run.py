@@ -118,8 +118,9 @@ def run_sweep(
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> dict:
-    """Experiment ``name`` at every cell of ``grid`` (nets on ``device``); per cell the per-task metrics of the baseline and
-    the distilled generalist and their difference (mean over tasks). Writes sweep.json and sweep.png."""
+    """Experiment ``name`` at every cell of ``grid`` (nets on ``device``); per cell the per-task metrics of
+    the baseline and the distilled generalist and their difference (mean over tasks). Writes sweep.json
+    and sweep.png."""
     if threads < 1:
         raise DifflensError(f"--threads must be ≥ 1, got {threads}")
     grid.check()
