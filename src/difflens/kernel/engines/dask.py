@@ -8,7 +8,8 @@ to every worker once per call. A memory-mapped ``.npy`` or ``.zarr`` dataset tra
 (it must be on storage the workers can read); an in-memory dataset is scattered once per engine.
 
 A worker lost mid-run is survived by dask itself: its tasks (and the results it held) are
-recomputed elsewhere from their recipe, so the answer is unchanged.
+recomputed elsewhere from their recipe, so the answer is unchanged. A local cluster keeps its size:
+the killed worker's nanny restarts it, however long the restart takes (see ``_local_cluster``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,24 @@ def _torch_threads(n: int):
     return TorchThreads()
 
 
+def _local_cluster(**options):
+    """A ``LocalCluster`` that leaves a lost worker to its nanny's restart.
+
+    A stock ``LocalCluster`` closes a lost worker's nanny for good when no worker of the same name
+    is back within ``distributed.deploy.lost-worker-timeout`` (15 s): on a loaded machine a restart
+    (a new process importing torch) takes longer, the nanny is closed mid-restart and the cluster
+    shrinks for the rest of its life. Local nannies live in this process, so a lost worker is always
+    one being restarted: only the base bookkeeping of the worker list is kept."""
+    from distributed import LocalCluster
+    from distributed.deploy.cluster import Cluster
+
+    class NannyRestartsCluster(LocalCluster):
+        def _update_worker_status(self, op, msg) -> None:
+            Cluster._update_worker_status(self, op, msg)
+
+    return NannyRestartsCluster(**options)
+
+
 class DaskEngine:
     """Runs the fold on a dask cluster: a new local one of ``workers`` processes, or ``scheduler``.
 
@@ -80,7 +99,7 @@ class DaskEngine:
         min_rows: int = 4096,
         memory_limit: str | int = "auto",
     ):
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
         self.tasks_per_worker = tasks_per_worker
         self.min_rows = min_rows
@@ -93,7 +112,7 @@ class DaskEngine:
                 raise DifflensError(f"cannot reach the dask scheduler at {scheduler} ({exc})") from None
         else:
             threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
-            self.cluster = LocalCluster(
+            self.cluster = _local_cluster(
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
