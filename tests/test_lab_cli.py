@@ -71,3 +71,30 @@ def test_smooth_sample_with_a_model_callable(tmp_path, monkeypatch):
     res = json.loads((out / "smooth.json").read_text())
     assert res["model"] == "py:shrink_model:denoiser" and res["overlap"] is None
     assert np.abs(np.load(out / "samples.npy")).max() == 0.0  # a denoiser that always says 0 samples 0
+
+
+def test_fd_ratio_probes_and_feature_gap(tmp_path):
+    from difflens.analysis import features
+    from difflens.data import load
+
+    train, held = load("digits").split(0.5, 3)
+    x = train.rows(0, train.n).numpy()
+    np.save(tmp_path / "copies.npy", x.reshape(-1, 8, 8))  # a perfect copier of the training split
+    r = _run("memorization", "--samples-file", tmp_path / "copies.npy", "--fd-ratio", "--holdout", 0.5,
+             "--split-seed", 3, "--out", tmp_path / "m")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    fd = json.loads((tmp_path / "m" / "memorization.json").read_text())["fd"]
+    pca = features.PCAFeature(train)
+    assert fd["feature"].startswith("pca:32") and fd["train"] < 1e-6 and fd["ratio"] < 1e-6
+    assert fd["held_out"] == features.frechet_distance(x, held, pca) > 0.1
+    r = _run("memorization", "--samples-file", tmp_path / "copies.npy", "--fd-ratio", "--out", tmp_path / "m2")
+    assert r.exit_code == 2 and "held-out" in r.output
+    r = _run("probes", "--steps", 6, "--stops", 2, "--num-samples", 8, "--images", 8, "--out", tmp_path / "p")
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "p" / "probes.json").read_text())
+    assert [lv["step"] for lv in res["levels"]] == [0, 5] and (tmp_path / "p" / "probes.png").exists()
+    assert res["levels"][1]["nn_cosine"]["train"] > 0.999  # the oracle reconstructs training images exactly
+    r = _run("gap", "--sigmas", "0.05,1", "--images", 16, "--feature-gap", "--out", tmp_path / "g")
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "g" / "gap.json").read_text())
+    assert [c["label"] for c in res["curves"]] == ["oracle", f"oracle [{res['feature']}]"]

@@ -94,3 +94,38 @@ def test_resolve_denoiser_specs(tmp_path, monkeypatch):
         gap.resolve_denoiser("py:no_such_module_xyz:f", x)
     with pytest.raises(DifflensError, match="unknown denoiser"):
         gap.resolve_denoiser("nothing", x)
+
+
+def test_toy_circle_is_the_papers_setting():
+    train, val = toy.circle()
+    assert train.shape == val.shape == (10, 2)
+    turn = np.arctan2(train[:, 1].double().numpy(), train[:, 0].double().numpy()) / (2 * np.pi) % 1
+    np.testing.assert_allclose(np.sort(turn), 0.01 + np.arange(10) / 10, atol=1e-6)  # rotated by 0.01 turn
+    both = torch.cat([train, val]).double()
+    np.testing.assert_allclose(torch.linalg.vector_norm(both, dim=1), 1.0, atol=1e-6)
+    assert torch.cdist(both, both).add(torch.eye(20, dtype=both.dtype) * 9).min() > 2 * np.sin(np.pi / 20) - 1e-6
+    # random mode: 2n angles drawn, the first half val, the second train, in drawing order (not sorted)
+    tr, va = toy.circle(5, random=True, radius=2.0, seed=4)
+    a = np.random.default_rng(4).uniform(0, 2 * np.pi, 10)
+    x = 2.0 * np.stack([np.cos(a), np.sin(a)], 1)
+    np.testing.assert_allclose(va, x[:5], atol=1e-6)
+    np.testing.assert_allclose(tr, x[5:], atol=1e-6)
+    s = toy.paper_sigmas(radius=10.0)
+    assert len(s) == 120 and s[0] == pytest.approx(2e-3) and s[-1] == pytest.approx(80.0)
+    r = s[::-1] ** (1 / 7)  # EDM ρ = 7: equally spaced in s^(1/ρ)
+    np.testing.assert_allclose(np.diff(r), np.diff(r)[0], rtol=1e-9)
+    with pytest.raises(DifflensError):
+        toy.circle(radius=0.0)
+
+
+def test_toy_gap_defaults_peak_inside_and_shrink_with_delta():
+    """The paper's qualitative result with the default setting: G peaks at an intermediate level, and the
+    peak falls as δ grows over the default δ values (every 4th level of the default grid, to stay fast)."""
+    sig = toy.paper_sigmas()[::4]
+    curves = toy.sweep("delta", toy.PAPER_DELTAS, sig, draws=10)
+    peaks = []
+    for c in curves:
+        i = int(np.argmax(c.gap))
+        assert 0 < i < len(sig) - 1 and c.gap[i] > 5 * max(abs(c.gap[0]), abs(c.gap[-1]))
+        peaks.append(c.gap[i])
+    assert all(a > b for a, b in zip(peaks, peaks[1:], strict=False)), peaks

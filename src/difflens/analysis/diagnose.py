@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from difflens.analysis.model_error import HELD, TRAIN, split_errors
-from difflens.analysis.optimal_loss import optimal_loss_curve, weighted_total
+from difflens.analysis.optimal_loss import default_recipe, optimal_loss_curve, recipe_quadrature, weighted_total
 from difflens.data import Dataset
-from difflens.diffusion.precond import Parametrization
+from difflens.diffusion import schedules as sched
+from difflens.diffusion.precond import DiscreteVP, Parametrization
 from difflens.diffusion.processes import TARGETS, get_process
 from difflens.errors import DifflensError
 from difflens.report import plot_excess, plot_heatmap, plot_losses, report_html, write_csv, write_json, write_text
@@ -236,9 +237,6 @@ def model_recipe(info: dict, param: Parametrization, recipe: str | None = None):
     schedule (with its final state), else ``recipe`` (edm, uniform-t or a CSV; default the process's,
     see optimal_loss.DEFAULT_RECIPES, with uniform timesteps for a discrete DDPM schedule). The totals
     are in the model's own target units (``param``): its training loss."""
-    from difflens.analysis.optimal_loss import default_recipe, recipe_quadrature
-    from difflens.diffusion import schedules as sched
-    from difflens.diffusion.precond import DiscreteVP
 
     desc = info.get("schedule")
     if recipe is None and desc is not None:

@@ -5,7 +5,8 @@ The math: docs/method.md, "Memorization and generalization gap".
 E_split(s) = mean over images y of the error of D(y + s·n, s) against y, with the noise n fixed per
 image (and per draw) across all levels and all checkpoints (``model_error``, whose module doc gives
 the seeding), so differences between levels and between checkpoints are not Monte-Carlo noise.
-G(s) = (E_val(s) − E_train(s)) / E_train(s). Errors are per-dimension squared (``mse``, as a
+G(s) = (E_val(s) − E_train(s)) / E_train(s), in pixels or in the features of a network
+(docs/method.md, "Feature-space measures"). Errors are per-dimension squared (``mse``, as a
 training loss) or unsquared L2 (``l2``, the toy model's choice), averaged over ``draws`` noise draws.
 """
 
@@ -73,12 +74,14 @@ def generalization_gap(
     max_images: int | None = None,
     paired: bool = True,
     batch: int = 1024,
+    feature: Callable | None = None,
     on_level: Callable[[str, int], None] | None = None,
 ) -> list[GapCurve]:
     """G(s) for one denoiser or several (e.g. checkpoints, in training order), all with the same noise
     per image. ``train``/``val`` are Datasets or (n, D) arrays; ``max_images`` subsamples each split
     (seeded). ``paired``: image i of val gets the same noise as image i of train (common random
-    numbers: the noise draws cancel from G instead of adding Monte-Carlo error)."""
+    numbers: the noise draws cancel from G instead of adding Monte-Carlo error). ``feature``: errors
+    between the features of D's output and of the image (the feature-space gap; ``analysis.features``)."""
     if not isinstance(denoisers, dict):
         denoisers = {"denoiser": denoisers}
     if draws < 1:
@@ -102,8 +105,8 @@ def generalization_gap(
     for label, den in denoisers.items():
         rows = []
         for k, s in enumerate(sig):
-            et = level_errors(den, y_tr, n_tr, s, error=error, batch=batch)[0]
-            ev = level_errors(den, y_va, n_va, s, error=error, batch=batch)[0]
+            et = level_errors(den, y_tr, n_tr, s, error=error, batch=batch, feature=feature)[0]
+            ev = level_errors(den, y_va, n_va, s, error=error, batch=batch, feature=feature)[0]
             rows.append((float(et.mean()), float(ev.mean()), _se(et), _se(ev)))
             if on_level is not None:
                 on_level(label, k)

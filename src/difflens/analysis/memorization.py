@@ -16,6 +16,7 @@ import numpy as np
 from difflens.data import Dataset, as_dataset, check_same_layout
 from difflens.errors import DifflensError
 from difflens.kernel.neighbours import Feature, Neighbours, nearest
+from difflens.report import plt, save_figure
 
 __all__ = [
     "Feature",
@@ -118,7 +119,6 @@ def to_image(x: np.ndarray, shape: tuple[int, ...], lo: float, hi: float) -> np.
 
 def image_grid(images, shape, path, *, title: str = "", cols: int = 8, lo: float = -1.0, hi: float = 1.0) -> None:
     """A plain grid of samples (rows of ``cols``)."""
-    from difflens.report import plt, save_figure
 
     images = np.asarray(images)
     rows = -(-len(images) // cols)
@@ -134,7 +134,6 @@ def image_grid(images, shape, path, *, title: str = "", cols: int = 8, lo: float
 
 def plot_memorized(samples, data: Dataset, result: Memorization, path, *, top: int = 16) -> None:
     """The ``top`` most memorized samples (lowest d1/d2), each beside its nearest training image."""
-    from difflens.report import plt, save_figure
 
     if not is_image_shape(data.shape):
         raise DifflensError(f"cannot draw samples of shape {data.shape} as images")
@@ -163,7 +162,6 @@ def plot_memorized(samples, data: Dataset, result: Memorization, path, *, top: i
 
 def plot_nn_distances(result: Memorization, path, *, title: str = "") -> None:
     """Histograms of the nearest-neighbour distance d1 and of the ratio d1/d2 (threshold marked)."""
-    from difflens.report import plt, save_figure
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     a.hist(result.d1, bins=30, color="C0")

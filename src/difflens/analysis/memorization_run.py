@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from difflens import report
+from difflens.analysis import features, smoothing, trajectories
 from difflens.analysis import gap as gap_mod
 from difflens.analysis import memorization as mm
-from difflens.analysis import smoothing, trajectories
 from difflens.analysis.diagnose_run import checkpoint_paths, resolve_split
 from difflens.analysis.run_support import Progress, no_progress, open_data, save_npy
 from difflens.data import Dataset, check_same_layout
@@ -33,6 +33,16 @@ def memorization_outputs(samples: np.ndarray, ds: Dataset, mem: mm.Memorization,
     return files
 
 
+def fd_ratio(samples, train: Dataset, held: Dataset, feature: str | None = "pca") -> dict:
+    """Fréchet distance of samples to the training set and to a held-out set, and FD_train / FD_held
+    (< 1: closer to the data the model saw; docs/method.md, "Feature-space measures")."""
+    fmap, desc = features.resolve_feature(feature, train)
+    fd_train = features.frechet_distance(samples, train, fmap)
+    fd_held = features.frechet_distance(samples, held, fmap)
+    ratio = fd_train / fd_held if fd_held > 0 else float("inf")
+    return {"feature": desc, "train": fd_train, "held_out": fd_held, "ratio": ratio, "held_out_data": held.spec}
+
+
 def run_memorization(
     samples_file: str,
     out: Path,
@@ -44,17 +54,32 @@ def run_memorization(
     top: int = 16,
     scale: str = "auto",
     chunk_size: int | None = None,
+    fd: bool = False,
+    val: str | None = None,
+    holdout: float | None = None,
+    split_seed: int = 0,
+    fd_feature: str | None = "pca",
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> tuple[dict, mm.Memorization, list[str]]:
     """d1/d2 test of generated samples against the training data; writes memorization.{json,npz} and plots.
+    ``fd``: also the Fréchet distances to train and to held-out data (``val``, or a ``holdout`` fraction
+    of ``data`` — then the training set is the rest) in ``fd_feature`` space, and their ratio.
 
     ``device``: where the search would run (``mm.memorization`` takes no ``device`` yet: the one place)."""
     ds = open_data(data, scale)
+    if holdout is not None:
+        ds, held = ds.split(holdout, split_seed)
+    else:
+        held = open_data(val, scale) if val else None
+    if fd and held is None:
+        raise DifflensError("--fd-ratio needs held-out data: --val SPEC or --holdout FRACTION")
     gen = open_data(samples_file, scale)
     if gen.dim != ds.dim:
         raise DifflensError(f"samples have {gen.dim} values each but the training data has {ds.dim}")
     check_same_layout(gen.shape, ds.shape, "samples", "the training data")
+    if held is not None:
+        check_same_layout(held.shape, ds.shape, "held-out data", "the training data")
     fmap = gap_mod.load_callable(feature) if feature else None
     x = gen.rows(0, gen.n)
     advance = progress("training rows", ds.n)
@@ -63,6 +88,8 @@ def run_memorization(
     )
     files = memorization_outputs(x.numpy(), ds, mem, out, top)
     result = {"dataset": ds.summary(), "samples": gen.summary(), "feature": feature, **mem.summary()}
+    if fd:
+        result["fd"] = fd_ratio(x, ds, held, fd_feature)
     report.write_json(out / "memorization.json", result)
     return result, mem, ["memorization.json", *files]
 
@@ -77,16 +104,22 @@ def run_gap(
     val: str | None = None,
     checkpoints: str | None = None,
     trust_pickle: bool = False,
-    sigmas: str = "0.002:80:24",
+    sigmas: str = "0.002:80:64",
     draws: int = 1,
     error: str = "mse",
-    images: int = 256,
+    images: int = 8192,
+    feature_gap: bool = False,
+    feature: str | None = "pca",
     scale: str = "auto",
     seed: int = 0,
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> list[gap_mod.GapCurve]:
     """G(s) = (E_val − E_train)/E_train per level for denoisers or checkpoints; writes gap.{json,csv,png}.
+    Defaults near the paper's: 64 levels in [2e-3, 80], up to 8192 images per split, one fixed noise per
+    image index (``draws`` = 1: image i's noise does not depend on the split size). ``feature_gap``: the
+    same curves again in the features of ``feature`` (``analysis.features``; default PCA of the training
+    split), labelled ``… [feature]``.
 
     ``device``: where the models would run (``load_denoiser`` takes no ``device`` yet: the one place)."""
     grid = np.sort(processes.parse_sigmas(sigmas))
@@ -110,18 +143,26 @@ def run_gap(
         )
         for s in specs
     }
-    advance = progress("denoiser × level", len(dens) * len(grid))
-    curves = gap_mod.generalization_gap(
-        dens,
-        train,
-        held,
-        grid,
-        draws=draws,
-        error=error,
-        seed=seed,
-        max_images=images or None,
-        on_level=lambda *_: advance(1),
-    )
+    fmap, fdesc = features.resolve_feature(feature, train) if feature_gap else (None, None)
+    spaces = [None, fmap] if feature_gap else [None]
+    advance = progress("denoiser × level", len(dens) * len(grid) * len(spaces))
+    curves = []
+    for f in spaces:
+        part = gap_mod.generalization_gap(
+            dens,
+            train,
+            held,
+            grid,
+            draws=draws,
+            error=error,
+            seed=seed,
+            max_images=images or None,
+            feature=f,
+            on_level=lambda *_: advance(1),
+        )
+        for c in part:
+            c.label = c.label if f is None else f"{c.label} [{fdesc}]"
+        curves += part
     rows = [
         {"denoiser": c.label, "sigma": s, "e_train": a, "e_val": b, "gap": g}
         for c in curves
@@ -129,13 +170,14 @@ def run_gap(
     ]
     report.write_csv(out / "gap.csv", rows)
     gap_mod.plot_gap(curves, out / "gap.png", title=f"generalization gap on {train.spec} vs {held.spec}")
-    if len(curves) > 1:
-        gap_mod.plot_gap_over_time(curves, out / "gap_over_checkpoints.png")
+    if len(dens) > 1:
+        gap_mod.plot_gap_over_time(curves[: len(dens)], out / "gap_over_checkpoints.png")
     result = {
         "train": train.summary(),
         "val": held.summary(),
         "seed": seed,
         "images_per_split": images or None,
+        "feature": fdesc,
         "curves": [c.to_dict() for c in curves],
     }
     report.write_json(out / "gap.json", result)

@@ -49,10 +49,12 @@ def level_errors(
     *,
     error: str = "mse",
     batch: int = 512,
+    feature: Callable | None = None,
 ) -> np.ndarray:
     """(levels, n) float64 error of ``denoiser(y + s·n, s)`` against each image y, averaged over the
     noise draws (``noise`` is (draws, n, D) or (n, D)): per-dimension squared error (``mse``, a
-    training loss in x0 units) or the unsquared L2 norm (``l2``)."""
+    training loss in x0 units) or the unsquared L2 norm (``l2``). With a ``feature`` map (n, D) → (n, F)
+    the error is taken between the features of the estimate and of the image instead."""
     if error not in ERRORS:
         raise DifflensError(f"unknown error {error!r}; choose one of {', '.join(ERRORS)}")
     noise = noise[None] if noise.ndim == 2 else noise
@@ -69,6 +71,10 @@ def level_errors(
             est = torch.as_tensor(denoiser(x_all[i : i + batch], float(s)))
             if est.shape != y.shape:
                 raise DifflensError(f"the denoiser returned shape {tuple(est.shape)} for input {tuple(y.shape)}")
+            if feature is not None:
+                est, y = torch.as_tensor(feature(est)), torch.as_tensor(feature(y))
+                if est.ndim != 2 or est.shape != y.shape:
+                    raise DifflensError(f"the feature map must return (n, F) for n inputs, got {tuple(est.shape)}")
             diff = est.double() - y.double()
             errs.append((diff * diff).mean(1) if error == "mse" else torch.linalg.vector_norm(diff, dim=1))
         out[k] = torch.cat(errs).reshape(len(noise), n).mean(0).numpy()

@@ -21,7 +21,11 @@ from pathlib import Path
 import numpy as np
 from scipy import optimize, stats
 
+from difflens.analysis import diagnose as dg
+from difflens.diffusion.precond import Parametrization
 from difflens.errors import DifflensError
+from difflens.models import load_denoiser
+from difflens.models.train import TrainConfig, split_data
 from difflens.report import plt, save_figure
 
 
@@ -212,10 +216,6 @@ def table_from_runs(
     """Rows {x, loss, sigma, optimal} from difflens run folders: each run's training loss per level
     (x0 units, fixed noise per image, on its own training split) with J* of that split, and a row
     without sigma for its recipe-weighted total. ``x`` is params or compute (6·params·steps·batch)."""
-    from difflens.analysis import diagnose as dg
-    from difflens.diffusion.precond import Parametrization
-    from difflens.models import load_denoiser
-    from difflens.models.train import TrainConfig, split_data
 
     if x not in ("params", "compute"):
         raise DifflensError(f"x must be params or compute, got {x!r}")

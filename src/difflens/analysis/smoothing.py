@@ -8,6 +8,10 @@ denoisers ``D(x (B, D), sigma) -> x0_hat`` in VE form that plug into :mod:`diffl
   posterior mean at temperature T(s) = T·max(s_c/s, 1) (raise T at all levels, or only below a
   collapse level s_c), optionally truncated to each query's K nearest training points. T = 1, no
   s_c, no K is the exact empirical optimal denoiser.
+* :class:`TemperatureScore` (from ``difflens.models.empirical``) — the paper's Eq. 10: the p_MN score
+  over the K nearest training points of a query's clean source, each at its best shell, at temperature
+  T = max(σ_collapse/σ, 1); a training target (it needs the source). ``run_smooth_score`` writes it
+  for a file of queries (``difflens smooth score``).
 * :class:`UnconditionedMixture` — the minimizer of a noise-unconditioned network: the score of
   p_MN(x) ∝ Σ_i Σ_j σ_i² N(x; x_j, σ_i² I) over the training noise levels σ_i. Its weights are a
   softmax over (i, j) of −(D−2)·ln σ_i − ‖x − x_j‖²/(2σ_i²); they factor into a softmax over
@@ -21,20 +25,25 @@ Plus :func:`expansion_factor` γ_ex = ‖y′ − x′‖/‖y − x‖ for near
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from difflens.analysis.run_support import open_data, save_npy
 from difflens.data import as_dataset
 from difflens.diffusion import samplers
 from difflens.errors import DifflensError
 from difflens.kernel import oracle
-from difflens.models.empirical import EmpiricalDenoiser
+from difflens.models.empirical import EmpiricalDenoiser, TemperatureScore
+from difflens.models.load import load_callable
 
 __all__ = [
     "EmpiricalDenoiser",
+    "TemperatureScore",
     "UnconditionedMixture",
     "expansion_factor",
+    "run_smooth_score",
     "smoothed_target",
     "summarize_expansion",
 ]
@@ -95,6 +104,40 @@ class UnconditionedMixture:
         x = torch.as_tensor(x)
         s = oracle.as_sigma(sigma, len(x)).to(torch.float64)
         return (x.double() + (s * s)[:, None] * self.score(x)).to(x.dtype)
+
+
+def run_smooth_score(
+    data: str,
+    queries: Path,
+    sources: Path,
+    sigma: float,
+    out: Path,
+    *,
+    collapse: float | None = None,
+    k: int | None = None,
+    feature: str | None = None,
+    scale: str = "auto",
+) -> np.ndarray:
+    """Eq. 10 target for each row of the .npy ``queries`` (row i has the clean source data[S[i]], S the
+    .npy of integer indices ``sources``) at level ``sigma``; written to ``out`` (.npy, float64) and returned."""
+    ds = open_data(data, scale)
+    q, src = _read_npy(queries, "queries"), _read_npy(sources, "sources")
+    if q.ndim < 2 or q.dtype.kind not in "fiu":
+        raise DifflensError(f"queries must be a numeric array of shape (n, …), got {q.dtype} {q.shape}")
+    if src.dtype.kind not in "iu":
+        raise DifflensError(f"sources must hold integer indices into the data, got dtype {src.dtype}")
+    fmap = load_callable(feature, "feature map") if feature else None
+    target = TemperatureScore(ds, collapse, k, feature=fmap)(torch.from_numpy(q.reshape(len(q), -1)), src, sigma)
+    result = target.numpy()
+    save_npy(Path(out), result)
+    return result
+
+
+def _read_npy(path: Path, what: str) -> np.ndarray:
+    try:
+        return np.load(Path(path), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DifflensError(f"cannot read {what} {path}: {exc}") from None
 
 
 @torch.no_grad()

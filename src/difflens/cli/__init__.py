@@ -19,7 +19,9 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 toy_app = typer.Typer(help="2-D toy lab: optimal and error-prone (y_δ) denoisers on a circle, gap sweeps, flows.")
-smooth_app = typer.Typer(help="Closed-form samplers on the empirical, temperature-smoothed or unconditioned score.")
+smooth_app = typer.Typer(
+    help="Closed-form samplers on the empirical, temperature-smoothed or unconditioned score; Eq. 10 targets."
+)
 distill_app = typer.Typer(
     help="Specialists → generalist distillation for conditional diffusion (semi-supervised, multi-task).",
     no_args_is_help=True,
@@ -35,9 +37,11 @@ COMMANDS = [
     (app, "scaling", diagnose.scaling_cmd),
     (app, "memorization", memorization.memorization_cmd),
     (app, "gap", memorization.gap_cmd),
+    (app, "probes", memorization.probes_cmd),
     (toy_app, "gap", lab.toy_gap_cmd),
     (toy_app, "flow", lab.toy_flow_cmd),
     (smooth_app, "sample", memorization.smooth_sample_cmd),
+    (smooth_app, "score", memorization.smooth_score_cmd),
     (app, "convert", data.convert_cmd),
     (distill_app, "toy", lab.distill_toy_cmd),
     (distill_app, "restore", lab.distill_restore_cmd),

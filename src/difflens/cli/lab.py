@@ -25,7 +25,7 @@ from difflens.lab.distill.policy import PolicyConfig
 from difflens.lab.distill.restore import RestoreConfig
 from difflens.lab.distill.run import run_distill
 from difflens.lab.distill.toy import ToyConfig
-from difflens.lab.toy import SWEEPS
+from difflens.lab.toy import PAPER_DELTAS, PAPER_POINTS, SWEEPS
 from difflens.lab.toy_run import DENOISERS, run_toy_flow, run_toy_gap
 
 SweepName = choice("SweepName", SWEEPS)
@@ -41,13 +41,22 @@ def _print_gaps(curves) -> None:
 
 def toy_gap_cmd(
     sweep: SweepName = typer.Option(SweepName.delta, help="What to vary: δ, number of points, or guidance w."),
-    values: str = typer.Option("0.02,0.05,0.1,0.2", help="Comma list of values for the swept quantity."),
-    points: int = typer.Option(8, help="Training points on the circle (as many validation points between them)."),
-    delta: float = typer.Option(0.1, help="Model error δ of y_δ (fixed when not swept; D₊ under guidance)."),
-    delta_neg: float = typer.Option(0.3, help="δ of the worse denoiser D₋ under guidance."),
-    random: bool = typer.Option(False, help="Random angles instead of equally spaced points."),
+    values: str = typer.Option(
+        ",".join(map(str, PAPER_DELTAS)), help="Comma list of values for the swept quantity (δ in radii)."
+    ),
+    points: int = typer.Option(
+        PAPER_POINTS, help="Training points on the circle (as many validation points between them)."
+    ),
+    delta: float = typer.Option(
+        PAPER_DELTAS[0], help="Model error δ of y_δ in radii (fixed when not swept; D₊ under guidance)."
+    ),
+    delta_neg: float = typer.Option(0.3, help="δ of the worse denoiser D₋ under guidance, in radii."),
+    random: bool = typer.Option(False, help="Random angles (split as drawn) instead of equally spaced points."),
+    radius: float = typer.Option(1.0, help="Circle radius (δ and the default levels scale with it)."),
     draws: int = typer.Option(50, "--draws", "-M", help="Noise draws per point (unsquared L2 error averaged)."),
-    sigmas: str = typer.Option("0.001:10:40", help="Noise levels: LO:HI:N log grid or a comma list."),
+    sigmas: str = typer.Option(
+        None, help="Noise levels: LO:HI:N log grid or a comma list [default: 120 EDM levels in [2e-3, 80]·radius/10]."
+    ),
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     out: Path = out_opt("runs/toy-gap"),
@@ -63,19 +72,20 @@ def toy_gap_cmd(
 
 def toy_flow_cmd(
     denoiser: ToyDenoiser = typer.Option(ToyDenoiser.blurred, help="optimal y*, blurred y_δ, or guided."),
-    points: int = typer.Option(8, help="Training points on the circle."),
+    points: int = typer.Option(PAPER_POINTS, help="Training points on the circle."),
     data: str = typer.Option(
         None, help="Another 2-D set instead of the circle (e.g. toy:gmm:n=64), split alternately."
     ),
-    delta: float = typer.Option(0.1, help="δ of y_δ (D₊ under guidance)."),
-    delta_neg: float = typer.Option(0.3, help="δ of D₋ under guidance."),
+    delta: float = typer.Option(PAPER_DELTAS[0], help="δ of y_δ in radii (D₊ under guidance)."),
+    delta_neg: float = typer.Option(0.3, help="δ of D₋ under guidance, in radii."),
     w: float = typer.Option(1.0, help="Guidance weight."),
-    random: bool = typer.Option(False, help="Random angles instead of equally spaced points."),
-    sampler: SamplerName = typer.Option(SamplerName.heun, help="Sampler: euler/heun ODE, sde or pc."),
-    steps: int = typer.Option(40, help="Sampler steps (EDM ρ=7 grid)."),
+    random: bool = typer.Option(False, help="Random angles (split as drawn) instead of equally spaced points."),
+    radius: float = typer.Option(1.0, help="Circle radius (δ and the default sampler levels scale with it)."),
+    sampler: SamplerName = typer.Option(SamplerName.euler, help="Sampler: euler/heun ODE, sde or pc."),
+    steps: int = typer.Option(120, help="Sampler steps (EDM ρ=7 grid)."),
     num_samples: int = typer.Option(200, "--num-samples", "--samples", help="Number of trajectories."),
-    sigma_min: float = typer.Option(0.002, help="Smallest sampler noise level."),
-    sigma_max: float = typer.Option(10.0, help="Largest sampler noise level."),
+    sigma_min: float = typer.Option(None, help="Smallest sampler noise level [default: 2e-4 radii]."),
+    sigma_max: float = typer.Option(None, help="Largest sampler noise level [default: 8 radii]."),
     levels: str = typer.Option("0.03,0.1,0.3,1", help="Noise levels at which to draw the flow field."),
     seed: int = SeedOpt,
     device: str = DeviceOpt,

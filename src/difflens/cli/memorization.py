@@ -1,4 +1,5 @@
-"""Commands on generated samples and generalization: ``memorization``, ``gap`` and ``smooth sample``."""
+"""Commands on generated samples and generalization: ``memorization``, ``gap``, ``smooth sample`` and
+``smooth score``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import typer
 from rich.console import Console
 
 from difflens.analysis.memorization_run import run_gap, run_memorization, run_smooth_sample
+from difflens.analysis.probes_run import run_probes
+from difflens.analysis.smoothing import run_smooth_score
 from difflens.cli.common import (
     DATA_HELP,
     BackendName,
@@ -21,7 +24,6 @@ from difflens.cli.common import (
     ScaleName,
     ScaleOpt,
     SeedOpt,
-    SigmasOpt,
     check_device,
     choice,
     console,
@@ -31,6 +33,10 @@ from difflens.cli.common import (
 
 ScoreName = choice("ScoreName", ("empirical", "unconditioned"))
 ThresholdOpt = typer.Option(1.0 / 3.0, help="A sample is memorized when d1/d2 is below this.")
+FEATURE_HELP = (
+    "Feature map: pca[:K] (PCA of the training split, K=32; the default — no classifier is bundled), "
+    "pixels, or module:attr / file.py:attr (a callable (n, D) → (n, F))."
+)
 MODEL_HELP = (
     "py:MODULE:NAME (a callable (x, sigma) → x0_hat, VE form) or a model as for diagnose --model (run "
     "folder, .pt/.safetensors, diffusers:DIR, module:attr)."
@@ -51,6 +57,13 @@ def memorization_cmd(
     top: int = typer.Option(16, help="Most-memorized samples to draw beside their nearest training images."),
     scale: ScaleName = ScaleOpt,
     chunk_size: int = ChunkOpt,
+    fd: bool = typer.Option(
+        False, "--fd-ratio", help="Also FD of the samples to train and to held-out data, and their ratio."
+    ),
+    val: str = typer.Option(None, help="--fd-ratio: held-out data spec (same units as --data)."),
+    holdout: float = typer.Option(None, help="--fd-ratio: hold out this fraction of --data (train = the rest)."),
+    split_seed: int = typer.Option(0, help="Seed of the --holdout split."),
+    fd_feature: str = typer.Option("pca", help=FEATURE_HELP),
     device: str = DeviceOpt,
     out: Path = out_opt("runs/memorization"),
 ):
@@ -64,6 +77,9 @@ def memorization_cmd(
         f"{threshold:.3g}); median NN distance {np.median(mem.d1):.4g}; {result['distinct_nearest']} distinct "
         f"nearest training samples"
     )
+    if fd:
+        f = result["fd"]
+        Console().print(f"FD to train {f['train']:.4g}, to held-out {f['held_out']:.4g}, ratio {f['ratio']:.4g}")
     console.print(f"wrote {out}/" + ", ".join(files))
 
 
@@ -82,10 +98,12 @@ def gap_cmd(
     ),
     checkpoints: str = typer.Option(None, help="Run folder or glob of checkpoints: one curve each, in name order."),
     trust_pickle: bool = typer.Option(False, help="Allow .pt files holding pickled Python objects."),
-    sigmas: str = SigmasOpt,
-    draws: int = typer.Option(1, help="Noise draws per image (fixed across levels and denoisers)."),
+    sigmas: str = typer.Option("0.002:80:64", help="Noise levels: LO:HI:N log grid or a comma list."),
+    draws: int = typer.Option(1, help="Noise draws per image (fixed per image index, across levels and denoisers)."),
     error: ErrorName = typer.Option(ErrorName.mse, help="mse: squared error per dim; l2: unsquared L2 norm."),
-    images: int = typer.Option(256, help="Images per split (seeded subsample; 0 = all)."),
+    images: int = typer.Option(8192, help="Images per split, as many as the data allow up to this (0 = all)."),
+    feature_gap: bool = typer.Option(False, help="Also G(s) in the features of --feature."),
+    feature: str = typer.Option("pca", help=FEATURE_HELP),
     scale: ScaleName = ScaleOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
@@ -138,3 +156,57 @@ def smooth_sample_cmd(
         f"{mem['nn_distance']['q50']:.4g}"
     )
     console.print(f"wrote {out}/smooth.json, samples.npy, " + ", ".join(files))
+
+
+def smooth_score_cmd(
+    data: str = DataOpt,
+    queries: Path = typer.Option(..., help="Noisy queries x, a .npy of shape (n, …) in the units of --data."),
+    sources: Path = typer.Option(..., help="A .npy of n integer indices: row i's clean source is data[S[i]]."),
+    sigma: float = typer.Option(..., help="The noise level σ the queries were drawn at (sets T)."),
+    collapse: float = typer.Option(None, help="σ_collapse: T = max(σ_collapse/σ, 1) [default: none, T = 1]."),
+    k: int = typer.Option(None, help="The K nearest training points of each source [default: all N]."),
+    feature: str = typer.Option(None, help="Neighbours in a feature space: module:attr, (n, D) tensor → (n, F)."),
+    scale: ScaleName = ScaleOpt,
+    out: Path = typer.Option(..., help="Output .npy: the Eq. 10 target per query, (n, D) float64."),
+):
+    """Zhou et al.'s Eq. 10 target: the temperature-smoothed p_MN score over the K nearest training points of
+    each query's source, each at its best shell σ*_j = ‖x − μ_j‖/√D."""
+    target = run_smooth_score(
+        data, queries, sources, sigma, out, collapse=collapse, k=k, feature=feature, scale=value(scale)
+    )
+    console.print(f"wrote {out}: Eq. 10 targets for {len(target)} queries")
+
+
+def probes_cmd(
+    model: str = typer.Option("oracle", "--model", help="oracle[:T=…,sc=…,k=…] or " + MODEL_HELP),
+    data: str = typer.Option(None, "--data", "-d", help=DATA_HELP + " [default: the run's data, else digits]"),
+    holdout: float = typer.Option(None, help="Held-out fraction [default: the run's, else 0.2]."),
+    split_seed: int = typer.Option(None, help="Seed of the train/held-out split [default: the run's, else --seed]."),
+    val: str = typer.Option(None, help="Held-out data spec instead of a fraction of --data."),
+    trust_pickle: bool = typer.Option(False, help="Allow .pt files holding pickled Python objects."),
+    sampler: SamplerName = typer.Option(SamplerName.euler, help="Sampler whose trajectories are stopped."),
+    steps: int = typer.Option(32, help="Sampler steps (EDM ρ=7 grid)."),
+    sigma_min: float = typer.Option(0.002, help="Smallest sampler noise level."),
+    sigma_max: float = typer.Option(80.0, help="Largest sampler noise level."),
+    stops: int = typer.Option(8, help="Steps k at which to stop and jump to s = 0, spread over the grid."),
+    num_samples: int = typer.Option(64, "--num-samples", help="Sampler trajectories."),
+    images: int = typer.Option(64, help="Noisy train and held-out images reconstructed per stop."),
+    feature: str = typer.Option("pca", help=FEATURE_HELP),
+    scale: ScaleName = ScaleOpt,
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    out: Path = out_opt("runs/probes"),
+):
+    """Early-stopped probes: x̂ = D(x_k, s_k) and reconstructions of noisy train / held-out images against the
+    training set, by 1-NN cosine similarity in feature space and Fréchet distance, per stop level."""
+    opts = {k: value(v) for k, v in locals().items() if k not in ("out", "device")}
+    dev = check_device(device)
+    with Bars() as bars:
+        result = run_probes(out, device=dev, progress=bars, **opts)
+    for lv in result["levels"]:
+        cos, fd = lv["nn_cosine"], lv["fd_train"]
+        Console().print(
+            f"s = {lv['sigma']:.4g}: 1-NN cos samples {cos['samples']:.3f} / train {cos['train']:.3f} / held "
+            f"{cos['held']:.3f}; FD to train {fd['samples']:.3g} / {fd['train']:.3g} / {fd['held']:.3g}"
+        )
+    console.print(f"wrote {out}/probes.json, probes.png")

@@ -15,11 +15,12 @@ from difflens.cli.common import (
     TargetName,
     ThreadsOpt,
     check_device,
+    choice,
     config_options,
     console,
     out_opt,
 )
-from difflens.models.train import TrainConfig, train
+from difflens.models.train import LOSSES, TrainConfig, train
 
 SCHEDULE_HELP = {
     "bins": "optimal-loss schedule: bins in ln σ between --sigma-min and --sigma-max.",
@@ -55,6 +56,13 @@ TRAIN_HELP = {
     "noise_unconditioned": "The network gets a constant time input (blind to σ; the preconditioning still uses σ).",
     "smooth_below": "Regress samples with σ < S_C on the smoothed empirical denoiser E_T(σ)[x0|x̃] instead of x0.",
     "smooth_temperature": "With --smooth-below: T in T(σ) = T·max(S_C/σ, 1).",
+    "loss": "denoising (the recipe above); Zhou et al.'s unconditioned (L_u, Eq. 9: a σ-blind score net, σ uniform "
+    "over --levels geometric levels) or smoothed (Eq. 11: Eq. 10 targets for σ ≤ --collapse).",
+    "levels": "--loss unconditioned/smoothed: number of geometric noise levels N.",
+    "level_min": "--loss unconditioned/smoothed: lowest level.",
+    "level_max": "--loss unconditioned/smoothed: highest level.",
+    "collapse": "--loss smoothed: σ_collapse (T = σ_collapse/σ below it).",
+    "k": "--loss smoothed: the K nearest training points of each source [default: all].",
 }
 TRAIN_CHOICES = {
     "scale": ScaleName,
@@ -62,6 +70,7 @@ TRAIN_CHOICES = {
     "process": ProcessName,
     "target": TargetName,
     "schedule": ScheduleName,
+    "loss": choice("LossName", tuple(LOSSES)),
 }
 
 

@@ -2,7 +2,10 @@
 
 The math: docs/method.md, "Memorization and generalization gap".
 
-Data: points on a circle, split alternately into train and val. Denoisers (all ``D(x, sigma)``):
+Data: points on a circle, split alternately into train and val. The defaults are the paper's setting
+(docs/method.md, "Memorization and generalization gap"): 10 train + 10 val points alternating, rotated
+by 0.01 turn; δ in units of the radius, 0.12–0.22; an EDM ρ = 7 grid of 120 levels in
+[2e-3, 80]·radius/10. Denoisers (all ``D(x, sigma)``):
 
 * ``Optimal`` — the empirical optimal denoiser y*(x, s) of the training points: the kernel as a
   denoiser, ``difflens.models.EmpiricalDenoiser``, under the toy's name.
@@ -11,7 +14,8 @@ Data: points on a circle, split alternately into train and val. Denoisers (all `
 * :class:`Guided` — D = D₊ + w·(D₊ − D₋) for a better (δ₊) and a worse (δ₋) blurred denoiser.
 
 Sweeps of the gap G(s) against δ, the number of points and w use the unsquared L2 error averaged
-over M noise draws per point (default 50). Plots: flow-field streamlines, trajectories, gap curves.
+over M noise draws per point (default 50); δ and the levels are given in units of the radius and
+scaled by it. Plots: flow-field streamlines, trajectories, gap curves.
 """
 
 from __future__ import annotations
@@ -20,23 +24,43 @@ import numpy as np
 import torch
 
 from difflens.analysis.gap import GapCurve, generalization_gap
+from difflens.diffusion.samplers import edm_sigmas
 from difflens.errors import DifflensError
 from difflens.kernel import oracle
 from difflens.models.empirical import EmpiricalDenoiser
+from difflens.report import plt, save_figure
 
 SWEEPS = ("delta", "density", "guidance")
 
 
-def circle(points: int = 8, *, random: bool = False, radius: float = 1.0, seed: int = 0):
-    """(train, val): 2·points positions on a circle — equally spaced or at random angles — alternating
-    between train and val (float32 (points, 2) each)."""
+PAPER_POINTS = 10  # training points (as many validation points between them)
+PAPER_DELTAS = (0.12, 0.15, 0.18, 0.22)  # δ / radius
+PAPER_ROTATION = 0.01  # turns
+PAPER_LEVELS = (120, 2e-3 / 10, 80.0 / 10)  # count, lowest and highest level / radius (EDM ρ = 7)
+
+
+def paper_sigmas(radius: float = 1.0) -> np.ndarray:
+    """The paper's 120 EDM ρ = 7 levels in [2e-3, 80]·radius/10, ascending (float64)."""
+    n, lo, hi = PAPER_LEVELS
+    return np.sort(edm_sigmas(n, lo * radius, hi * radius)[:-1].numpy())
+
+
+def circle(points: int = PAPER_POINTS, *, random: bool = False, radius: float = 1.0, seed: int = 0):
+    """(train, val): 2·points positions on a circle, float32 (points, 2) each. Equally spaced (rotated by
+    0.01 turn) and alternating between train and val; or ``random`` angles, drawn independently and split
+    as drawn (the first half val, the second train — not after sorting, so the two splits are independent)."""
     if points < 1:
         raise DifflensError(f"need at least 1 training point, got {points}")
+    if not radius > 0:
+        raise DifflensError(f"the circle radius must be > 0, got {radius}")
     n = 2 * points
-    angles = np.arange(n) * 2 * np.pi / n
     if random:
-        angles = np.sort(np.random.default_rng(seed).uniform(0, 2 * np.pi, n))
+        angles = np.random.default_rng(seed).uniform(0, 2 * np.pi, n)
+    else:
+        angles = (np.arange(n) / n + PAPER_ROTATION) * 2 * np.pi
     x = (radius * np.stack([np.cos(angles), np.sin(angles)], 1)).astype(np.float32)
+    if random:
+        return torch.from_numpy(x[points:].copy()), torch.from_numpy(x[:points].copy())
     return torch.from_numpy(x[0::2].copy()), torch.from_numpy(x[1::2].copy())
 
 
@@ -84,16 +108,18 @@ def sweep(
     values,
     sigmas,
     *,
-    points: int = 8,
-    delta: float = 0.1,
+    points: int = PAPER_POINTS,
+    delta: float = PAPER_DELTAS[0],
     delta_neg: float = 0.3,
     random: bool = False,
+    radius: float = 1.0,
     draws: int = 50,
     seed: int = 0,
     on_level=None,
 ) -> list[GapCurve]:
     """Gap curves G(s) for each value of δ (``delta``), number of training points (``density``) or
-    guidance weight w (``guidance``, D₊ = y_δ, D₋ = y_δ₋); unsquared L2 error, ``draws`` per point."""
+    guidance weight w (``guidance``, D₊ = y_δ, D₋ = y_δ₋); unsquared L2 error, ``draws`` per point.
+    δ values are in units of ``radius``; ``sigmas`` are absolute levels."""
     if kind not in SWEEPS:
         raise DifflensError(f"unknown sweep {kind!r}; choose one of {', '.join(SWEEPS)}")
     curves = []
@@ -101,11 +127,12 @@ def sweep(
         n = int(v) if kind == "density" else points
         if kind == "density" and n != v:
             raise DifflensError(f"density sweep values are point counts (integers), got {v}")
-        train, val = circle(n, random=random, seed=seed)
+        train, val = circle(n, random=random, radius=radius, seed=seed)
+        d = radius * (v if kind == "delta" else delta)
         if kind == "guidance":
-            den = Guided(Blurred(train, delta), Blurred(train, delta_neg), v)
+            den = Guided(Blurred(train, d), Blurred(train, radius * delta_neg), v)
         else:
-            den = Blurred(train, v if kind == "delta" else delta)
+            den = Blurred(train, d)
         label = {"delta": f"δ={v:g}", "density": f"N={n}", "guidance": f"w={v:g}"}[kind]
         (curve,) = generalization_gap(
             {label: den}, train, val, sigmas, draws=draws, error="l2", seed=seed, on_level=on_level
@@ -125,7 +152,6 @@ def _grid(lim: float, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
 def plot_flow(denoiser, train, val, levels, path, *, trajectories=None, lim: float = 1.8, title: str = "") -> None:
     """Streamlines of the sampling direction −dx/ds = (D(x, s) − x)/s at several levels s, then the
     sampler trajectories (if given, (steps, B, 2)) over the data."""
-    from difflens.report import plt, save_figure
 
     levels = list(levels)
     panels = len(levels) + (trajectories is not None)

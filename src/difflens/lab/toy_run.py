@@ -23,23 +23,24 @@ DENOISERS = ("optimal", "blurred", "guided")
 
 def run_toy_gap(
     out: Path,
-    values: list[float],
+    values: list[float] = toy.PAPER_DELTAS,
     *,
     sweep: str = "delta",
-    points: int = 8,
-    delta: float = 0.1,
+    points: int = toy.PAPER_POINTS,
+    delta: float = toy.PAPER_DELTAS[0],
     delta_neg: float = 0.3,
     random: bool = False,
+    radius: float = 1.0,
     draws: int = 50,
-    sigmas: str = "0.001:10:40",
+    sigmas: str | None = None,
     seed: int = 0,
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> list[GapCurve]:
-    """G(s) of y_δ swept over ``values`` of δ, the number of points or the guidance weight;
-    writes toy_gap.{json,png}. ``device``: where the toy denoisers would run (``toy.sweep`` takes no
-    ``device`` yet: the one place to pass it)."""
-    grid = np.sort(processes.parse_sigmas(sigmas))
+    """G(s) of y_δ swept over ``values`` of δ (in radii), the number of points or the guidance weight;
+    writes toy_gap.{json,png}. ``sigmas`` None: the paper's 120 EDM levels in [2e-3, 80]·radius/10.
+    ``device``: where the toy denoisers would run (``toy.sweep`` takes no ``device`` yet: the one place)."""
+    grid = toy.paper_sigmas(radius) if sigmas is None else np.sort(processes.parse_sigmas(sigmas))
     advance = progress(f"{sweep} sweep", len(values) * len(grid))
     curves = toy.sweep(
         sweep,
@@ -49,12 +50,22 @@ def run_toy_gap(
         delta=delta,
         delta_neg=delta_neg,
         random=random,
+        radius=radius,
         draws=draws,
         seed=seed,
         on_level=lambda *_: advance(1),
     )
     plot_gap(curves, out / "toy_gap.png", title=f"toy gap vs {sweep} (circle, M={draws})")
-    config = {"sweep": sweep, "points": points, "delta": delta, "delta_neg": delta_neg, "random": random}
+    config = {
+        "sweep": sweep,
+        "points": points,
+        "delta": delta,
+        "delta_neg": delta_neg,
+        "delta_unit": "radius",
+        "radius": radius,
+        "random": random,
+        "sigmas": sigmas or "paper: 120 EDM rho=7 levels in [2e-3, 80]*radius/10",
+    }
     report.write_json(out / "toy_gap.json", {**config, "seed": seed, "curves": [c.to_dict() for c in curves]})
     return curves
 
@@ -74,30 +85,37 @@ def run_toy_flow(
     levels: list[float],
     *,
     denoiser: str = "blurred",
-    points: int = 8,
+    points: int = toy.PAPER_POINTS,
     data: str | None = None,
-    delta: float = 0.1,
+    delta: float = toy.PAPER_DELTAS[0],
     delta_neg: float = 0.3,
     w: float = 1.0,
     random: bool = False,
-    sampler: str = "heun",
-    steps: int = 40,
+    radius: float = 1.0,
+    sampler: str = "euler",
+    steps: int = 120,
     num_samples: int = 200,
-    sigma_min: float = 0.002,
-    sigma_max: float = 10.0,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
     seed: int = 0,
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> dict:
     """Flow field at ``levels``, sampler trajectories, memorization and overlap; writes flow.{json,png},
-    overlap.png and samples.npy. ``device``: where sampling would run (``samplers.sample`` takes no
+    overlap.png and samples.npy. Defaults: the paper's Euler sampler, 120 EDM steps from σ_max = 8 radii
+    down to 2e-4 radii; δ in radii. ``device``: where sampling would run (``samplers.sample`` takes no
     ``device`` yet: the one place to pass it)."""
+    if data and radius != 1.0:
+        raise DifflensError("--radius applies to the circle, not to --data")
     if data:
         ds2 = open_data(data, "none")
         train, val = toy.alternate_split(ds2.rows(0, ds2.n))
     else:
-        train, val = toy.circle(points, random=random, seed=seed)
-    den = toy_denoiser(denoiser, train, delta, delta_neg, w)
+        train, val = toy.circle(points, random=random, radius=radius, seed=seed)
+    den = toy_denoiser(denoiser, train, delta * radius, delta_neg * radius, w)
+    lo = toy.PAPER_LEVELS[1]
+    sigma_min = lo * radius if sigma_min is None else sigma_min
+    sigma_max = 8.0 * radius if sigma_max is None else sigma_max
     sig = samplers.edm_sigmas(steps, sigma_min, sigma_max)
     advance = progress("sampler steps", steps)
     traj = samplers.sample(
@@ -124,8 +142,11 @@ def run_toy_flow(
         "delta": delta,
         "delta_neg": delta_neg,
         "w": w,
+        "radius": radius,
         "sampler": sampler,
         "steps": steps,
+        "sigma_min": sigma_min,
+        "sigma_max": sigma_max,
         "seed": seed,
         "memorization": mem.summary(),
         "overlap": [asdict(lv) for lv in overlap],

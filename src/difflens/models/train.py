@@ -13,6 +13,13 @@ with s < s_c on the temperature-smoothed empirical denoiser E_T(s)[x0 | x̃], T(
 (``models.empirical.EmpiricalDenoiser``, the kernel), instead of their own x0. ``device`` is where the
 network trains (and the smoothing kernel runs); random draws come from a CPU generator, so a seed
 gives the same run on any device.
+
+The paper's own losses (``loss=``, one small class each in ``LOSSES``): ``unconditioned`` is L_u
+(Eq. 9), E[(σ_i²/2)·‖s_θ(x) + (x − μ)/σ_i²‖²] with σ_i uniform over N geometric levels, the network
+predicting the score with no σ input and no σ-dependent scaling (``Parametrization(ve, score,
+noise_conditioned=False)``: D(x, s) = x + s²·s_θ(x)), so its optimum is the p_MN score;
+``smoothed`` is Eq. 11, the same with the Eq. 10 target (``models.empirical.TemperatureScore``) for
+σ_i ≤ σ_collapse. ``denoising`` (the default) is the loop above with today's two variants.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from difflens.diffusion import schedules as sched
 from difflens.diffusion.denoiser import wide_dtype
 from difflens.diffusion.precond import Parametrization
 from difflens.errors import DifflensError
-from difflens.models.empirical import EmpiricalDenoiser
+from difflens.models.empirical import EmpiricalDenoiser, TemperatureScore
 from difflens.models.load import CHECKPOINT_FORMAT, checkpoint_meta
 from difflens.models.nets import build_net, count_params, image_shape
 
@@ -75,6 +82,12 @@ class TrainConfig:
     noise_unconditioned: bool = False
     smooth_temperature: float = 1.0
     smooth_below: float | None = None
+    loss: str = "denoising"
+    levels: int = 1000
+    level_min: float = 0.01
+    level_max: float = 50.0
+    collapse: float | None = None
+    k: int | None = None
 
 
 def split_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
@@ -133,6 +146,29 @@ def _check(cfg: TrainConfig) -> None:
         raise DifflensError(f"--smooth-below must be a finite noise level > 0, got {cfg.smooth_below}")
     if cfg.smooth_temperature != 1.0 and cfg.smooth_below is None:
         raise DifflensError("--smooth-temperature needs --smooth-below S_C (targets are smoothed below S_C)")
+    _check_loss(cfg)
+
+
+def _check_loss(cfg: TrainConfig) -> None:
+    if cfg.loss not in LOSSES:
+        raise DifflensError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
+    if (cfg.collapse is not None or cfg.k is not None) and cfg.loss != "smoothed":
+        raise DifflensError("--collapse and --k belong to --loss smoothed (Eq. 11)")
+    if cfg.loss == "denoising":
+        return
+    defaults = TrainConfig()
+    fixed = ("process", "target", "time_scale", "schedule", "noise_unconditioned", "smooth_below")
+    changed = [f"--{n.replace('_', '-')}" for n in fixed if getattr(cfg, n) != getattr(defaults, n)]
+    if changed:
+        raise DifflensError(
+            f"--loss {cfg.loss} fixes the network (a σ-blind score) and its levels; drop {', '.join(changed)}"
+        )
+    if cfg.levels < 1 or not 0 < cfg.level_min < cfg.level_max or not math.isfinite(cfg.level_max):
+        raise DifflensError(
+            f"need levels ≥ 1 and 0 < level_min < level_max, got {cfg.levels}, {cfg.level_min}, {cfg.level_max}"
+        )
+    if cfg.loss == "smoothed" and not (cfg.collapse is not None and math.isfinite(cfg.collapse) and cfg.collapse > 0):
+        raise DifflensError(f"--loss smoothed needs --collapse σ_collapse > 0 (finite), got {cfg.collapse}")
 
 
 class SmoothedTargets:
@@ -154,6 +190,76 @@ class SmoothedTargets:
         xl = x[low]
         out[low] = self.denoiser(xl.reshape(len(xl), -1), s[low]).reshape(xl.shape).to(x0.dtype)
         return out
+
+
+class DenoisingLoss:
+    """The reference recipe: ``cfg``'s parametrization and schedule, targets x0 (or the smoothed
+    empirical denoiser below ``smooth_below``) converted to the network's target."""
+
+    def __init__(self, cfg: TrainConfig, train: Dataset, device: torch.device):
+        self.param = Parametrization.of(cfg.process, cfg.target, cfg.time_scale, not cfg.noise_unconditioned)
+        self.schedule = make_schedule(cfg, self.param, train)
+        self.smoother = (
+            SmoothedTargets(train, cfg.smooth_temperature, cfg.smooth_below, device) if cfg.smooth_below else None
+        )
+
+    def target(self, x0: torch.Tensor, idx: torch.Tensor, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return self.param.target_of(self.smoother(x0, x, s) if self.smoother else x0, x, s)
+
+
+class GeometricLevels:
+    """σ uniform over N geometric levels in [lo, hi] with per-sample weight σ²/2 (L_u, Eq. 9)."""
+
+    def __init__(self, lo: float, hi: float, n: int):
+        self.levels = torch.exp(torch.linspace(math.log(lo), math.log(hi), n, dtype=torch.float64))
+        self.levels[0] = lo
+        self.levels[-1] = hi
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.levels[torch.randint(0, len(self.levels), (n,), generator=generator)]
+
+    def weight(self, s: torch.Tensor) -> torch.Tensor:
+        return 0.5 * s.double() ** 2
+
+    def update(self, s: torch.Tensor, losses: torch.Tensor) -> None:
+        """Fixed levels: nothing to learn from the losses (the trainer's schedule interface)."""
+
+    def describe(self) -> dict:
+        lv = self.levels
+        return {"name": "geometric-levels", "levels": len(lv), "sigma_min": float(lv[0]), "sigma_max": float(lv[-1])}
+
+
+class UnconditionedLoss:
+    """L_u (Eq. 9): a σ-blind network s_θ(x) regresses the conditional score −(x − μ)/σ_i², weight σ_i²/2."""
+
+    def __init__(self, cfg: TrainConfig, train: Dataset, device: torch.device):
+        self.param = Parametrization.of("ve", "score", 1.0, noise_conditioned=False)
+        self.schedule = GeometricLevels(cfg.level_min, cfg.level_max, cfg.levels)
+
+    def target(self, x0: torch.Tensor, idx: torch.Tensor, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return self.param.target_of(x0, x, s)
+
+
+class SmoothedLoss(UnconditionedLoss):
+    """Eq. 11: L_u, with the Eq. 10 target (the K nearest points of the source μ, T = σ_collapse/σ_i) for
+    σ_i ≤ σ_collapse."""
+
+    def __init__(self, cfg: TrainConfig, train: Dataset, device: torch.device):
+        super().__init__(cfg, train, device)
+        self.collapse = float(cfg.collapse)
+        self.score = TemperatureScore(train, self.collapse, cfg.k)
+
+    def target(self, x0: torch.Tensor, idx: torch.Tensor, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        y = super().target(x0, idx, x, s)
+        low = (s <= self.collapse).cpu()
+        if low.any():
+            xl = x[low.to(x.device)]
+            smooth = self.score(xl.reshape(len(xl), -1).cpu(), idx[low].numpy(), s[low.to(s.device)].cpu())
+            y[low.to(y.device)] = smooth.reshape(xl.shape).to(device=y.device, dtype=y.dtype)
+        return y
+
+
+LOSSES = {"denoising": DenoisingLoss, "unconditioned": UnconditionedLoss, "smoothed": SmoothedLoss}
 
 
 class LevelBins:
@@ -202,13 +308,12 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     train_ds, held = split_data(cfg)
-    param = Parametrization.of(cfg.process, cfg.target, cfg.time_scale, not cfg.noise_unconditioned)
+    objective = LOSSES[cfg.loss](cfg, train_ds, device)
+    param, schedule = objective.param, objective.schedule
     arch, shape = make_arch(cfg, train_ds)
     torch.manual_seed(cfg.seed)
     net = build_net(arch).to(device)
     ema = copy.deepcopy(net).requires_grad_(False)
-    schedule = make_schedule(cfg, param, train_ds)
-    smoother = SmoothedTargets(train_ds, cfg.smooth_temperature, cfg.smooth_below, device) if cfg.smooth_below else None
     x_all = train_ds.rows(0, train_ds.n).reshape(train_ds.n, *shape).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -233,7 +338,7 @@ def train(
             noise = torch.randn(x0.shape, generator=gen).to(device)
             x = x0 + s_dev.float().reshape(-1, *([1] * (x0.ndim - 1))) * noise
             net_x, net_t = param.inputs(x, s_dev)
-            y = param.target_of(smoother(x0, x, s_dev) if smoother else x0, x, s_dev)
+            y = objective.target(x0, idx, x, s_dev)
             per = ((net(net_x, net_t) - y) ** 2).reshape(cfg.batch, -1).mean(1)
             loss = (schedule.weight(s).float().to(device) * per).mean()
             if not torch.isfinite(loss):
@@ -253,7 +358,7 @@ def train(
             if step % cfg.log_every == 0 or step == cfg.steps:
                 n_avg = step % cfg.log_every or cfg.log_every
                 rec = {"step": step, "loss": running / n_avg, "time": time.time() - start}
-                rec["units"] = {"process": cfg.process, "target": cfg.target}
+                rec["units"] = {"process": param.process.name, "target": param.target}
                 metrics.write(json.dumps({**rec, "levels": bins.flush()}) + "\n")
                 metrics.flush()
                 running = 0.0

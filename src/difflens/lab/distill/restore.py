@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
+from difflens import data
 from difflens.errors import DifflensError
 from difflens.lab.distill.core import (
     ModelSpec,
@@ -104,7 +105,6 @@ class RestoreConfig:
 
 def run_restore(cfg: RestoreConfig, progress: Callable[[int], None] | None = None) -> dict:
     """Specialists, baseline and distilled generalists (and an oracle on all true pairs) per n; PSNR/SSIM."""
-    from difflens import data
 
     clean = data.load("digits").rows(0, 1797)
     perm = torch.randperm(len(clean), generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "split")))
