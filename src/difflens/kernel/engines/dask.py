@@ -3,8 +3,8 @@
 The rows are cut into contiguous partitions aligned to the chunk size, a few per worker. Each task
 folds its partition with ``posterior_state`` (the same code as in-process, so the chunk
 partials are identical) and returns a ``PosteriorState``; the partials merge exactly in a tree on
-the workers, so only one state travels back. Queries (and the fast screen's basis) are scattered
-to every worker once per call. A memory-mapped ``.npy`` or ``.zarr`` dataset travels as its path
+the workers, so only one state travels back. Queries (and the fast screen's basis) travel once per
+call as one task, recomputed if lost with a worker. A memory-mapped ``.npy`` or ``.zarr`` dataset travels as its path
 (it must be on storage the workers can read); an in-memory dataset is scattered once per engine.
 
 A worker lost mid-run is survived by dask itself: its tasks (and the results it held) are
@@ -32,19 +32,25 @@ def partitions(n: int, rows: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(cuts, cuts[1:], strict=False))
 
 
-def _fold_part(data, span, include, queries, scale, log_weights, exclude, rows, query_batch, step, floor, center):
-    chunks = data_chunks(data, rows, include, span)
+def _inputs(**inputs) -> dict:
+    """A call's small inputs as one task result: a task has a recipe, so a copy lost with its worker is
+    recomputed (scattered data has none, and the scheduler's memory manager keeps one copy of it)."""
+    return inputs
+
+
+def _fold_part(data, span, inputs, rows, query_batch):
+    chunks = data_chunks(data, rows, inputs["include"], span)
     return posterior_state(
-        queries,
+        inputs["queries"],
         chunks,
-        scale,
-        log_weights,
-        exclude,
+        inputs["scale"],
+        inputs["log_weights"],
+        inputs["exclude"],
         query_batch,
-        step=step,
+        step=inputs["step"],
         norms=data.sq_norms,
-        floor=floor,
-        center=center,
+        floor=inputs["floor"],
+        center=inputs["center"],
     )
 
 
@@ -135,7 +141,7 @@ class DaskEngine:
         if data.file_backed:
             return data
         key = id(data)
-        if key not in self._scattered:
+        if key not in self._scattered or self._scattered[key][1].status != "finished":  # lost with its workers
             self._scattered[key] = (data, self.client.scatter(data, broadcast=True, hash=False))
         return self._scattered[key][1]
 
@@ -158,25 +164,21 @@ class DaskEngine:
                 center=center,
             )
         spans = partitions(n, rows, self.n_workers * self.tasks_per_worker)
-        shared = self.client.scatter(
-            [queries, scale, log_weights, exclude, step, include, floor, center], broadcast=True, hash=False
+        inputs = self.client.submit(
+            _inputs,
+            queries=queries,
+            scale=scale,
+            log_weights=log_weights,
+            exclude=exclude,
+            step=step,
+            include=include,
+            floor=floor,
+            center=center,
+            pure=False,
         )
         remote = self._remote_data(data)
         futures = [
-            self.client.submit(
-                _fold_part,
-                remote,
-                span,
-                shared[5],
-                *shared[:4],
-                rows,
-                query_batch,
-                shared[4],
-                shared[6],
-                shared[7],
-                pure=False,
-            )
-            for span in spans
+            self.client.submit(_fold_part, remote, span, inputs, rows, query_batch, pure=False) for span in spans
         ]
         while len(futures) > 1:
             pairs = [
