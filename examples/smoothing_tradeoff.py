@@ -45,7 +45,7 @@ def sample_metrics(x: np.ndarray, mem, pca, held_feat: np.ndarray, clf) -> dict:
     return {
         "memorization_ratio": mem.memorization_ratio,
         "median_nn_distance": float(np.median(mem.d1)),
-        "distinct_nearest": int(len(np.unique(mem.index))),
+        "distinct_nearest": len(np.unique(mem.index)),
         "frechet_pca16": frechet(pca.transform(x), held_feat),
         "classifier_confidence": float(clf.predict_proba(x).max(1).mean()),
     }

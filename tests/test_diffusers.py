@@ -42,7 +42,8 @@ def pipe(tmp_path_factory):
     sched = diffusers.DDPMScheduler(prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2")
     root = tmp_path_factory.mktemp("pipe")
     diffusers.DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(root)
-    assert (root / "model_index.json").exists() and (root / "scheduler" / "scheduler_config.json").exists()
+    assert (root / "model_index.json").exists()
+    assert (root / "scheduler" / "scheduler_config.json").exists()
     return root
 
 
@@ -156,7 +157,7 @@ def test_diagnose_json_records_what_was_read(pipe, tmp_path):
 def test_missing_or_wrong_scheduler_configs_are_one_line_errors(pipe, tmp_path):
     bare = tmp_path / "unet"
     shutil.copytree(pipe / "unet", bare)
-    with pytest.raises(DifflensError, match="--scheduler.*--prediction-type") as err:
+    with pytest.raises(DifflensError, match=r"--scheduler.*--prediction-type") as err:
         load_denoiser(f"diffusers:{bare}")
     (tmp_path / "empty").mkdir()
     edm = tmp_path / "edm.json"
@@ -184,7 +185,8 @@ def test_missing_or_wrong_scheduler_configs_are_one_line_errors(pipe, tmp_path):
     errors.append(err.value)
     assert all("\n" not in str(e) for e in errors)
     res = runner.invoke(app, ["diagnose", "--model", f"diffusers:{bare}", "--scheduler", str(tmp_path / "empty")])
-    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
 
 
 def test_prediction_type_overrides_the_config(pipe, tmp_path):
@@ -194,14 +196,17 @@ def test_prediction_type_overrides_the_config(pipe, tmp_path):
     assert (m.param.target, m.info["prediction_type"], m.info["prediction_type_from"]) == ("eps", "epsilon", "argument")
     assert m.info["beta_schedule"] == "squaredcos_cap_v2"  # the schedule still comes from the config
     m = load_denoiser(f"diffusers:{pipe}/unet", prediction_type="sample")
-    assert m.param.target == "x0" and m.info["prediction_type"] == "sample"
+    assert m.param.target == "x0"
+    assert m.info["prediction_type"] == "sample"
     m = load_denoiser(f"diffusers:{bare}", prediction_type="v")  # no config: the assumed schedule is said
-    assert m.info["beta_schedule"] == "linear" and m.info["scheduler_config"] is None
+    assert m.info["beta_schedule"] == "linear"
+    assert m.info["scheduler_config"] is None
     assert "assumed" in m.info["note"]
     assert np.allclose(m.param.process.alphas_cumprod, np.cumprod(1 - np.linspace(1e-4, 0.02, 1000)), rtol=1e-4)
     # --target on a diffusers model sets report units only; the model is still read as v-prediction
     m = load_denoiser(f"diffusers:{pipe}/unet", target="eps")
-    assert m.param.target == "v" and "report units" in m.info["note"]
+    assert m.param.target == "v"
+    assert "report units" in m.info["note"]
 
 
 def test_damaged_checkpoints_are_one_line_errors(tmp_path):
@@ -219,7 +224,8 @@ def test_damaged_checkpoints_are_one_line_errors(tmp_path):
         for trust in (False, True):
             with pytest.raises(DifflensError, match=r"not a checkpoint \(not a zip/pickle file\)") as err:
                 load_denoiser(str(tmp_path / name), trust_pickle=trust)
-            assert "trust" not in str(err.value) and "\n" not in str(err.value)
+            assert "trust" not in str(err.value)
+            assert "\n" not in str(err.value)
     with pytest.raises(DifflensError, match="--trust-pickle"):
         load_denoiser(str(tmp_path / "module.pt"))
     assert isinstance(load_denoiser(str(tmp_path / "module.pt"), trust_pickle=True).denoiser.net, torch.nn.Linear)
@@ -228,4 +234,6 @@ def test_damaged_checkpoints_are_one_line_errors(tmp_path):
             load_denoiser(str(tmp_path / name), trust_pickle=True)
         assert "\n" not in str(err.value), name
     res = runner.invoke(app, ["diagnose", "--model", str(tmp_path / "random.pt"), "--trust-pickle"])
-    assert res.exit_code == 2 and "not a checkpoint" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2
+    assert "not a checkpoint" in res.output
+    assert "Traceback" not in res.output

@@ -79,7 +79,8 @@ def test_training_on_abundant_exact_samples_recovers_the_true_score():
     before = excess_risk(untrained, tasks, 0, samples=2048)[0]
     net, _ = fit_generalist(data, model=ModelSpec(width=64, depth=2), config=DSMConfig(steps=1200, batch=256))
     after = excess_risk(net, tasks, 0, samples=2048)[0]
-    assert after < 0.03 and after < 0.05 * before
+    assert after < 0.03
+    assert after < 0.05 * before
 
 
 def test_pseudo_labels_from_the_true_score_reproduce_the_supervised_generalist():
@@ -93,7 +94,8 @@ def test_pseudo_labels_from_the_true_score_reproduce_the_supervised_generalist()
     for k in range(2):
         # the pseudo-labels are draws from the true conditional: same moments as the exact labels
         resid = (dist.pseudo[k].x.double() - tasks.mean(k, conds[k])) / tasks.var(k, conds[k]).sqrt()
-        assert abs(float(resid.mean())) < 0.1 and abs(float(resid.std()) - 1) < 0.1
+        assert abs(float(resid.mean())) < 0.1
+        assert abs(float(resid.std()) - 1) < 0.1
         mu = tasks.mean(k, conds[k]).ravel()
         assert abs(float(torch.corrcoef(torch.stack([resid.ravel(), mu]))[0, 1])) < 0.1  # noise independent of c
         r_sup = excess_risk(supervised, tasks, k, k, samples=2048)[0]
@@ -104,7 +106,9 @@ def test_pseudo_labels_from_the_true_score_reproduce_the_supervised_generalist()
 def test_pareto_weights_are_on_the_simplex():
     for k, points in [(2, 3), (3, 2), (4, 1)]:
         grid = np.array(pareto_weights(k, points))
-        assert np.allclose(grid.sum(1), 1) and (grid > 0).all() and len(np.unique(grid, axis=0)) == len(grid)
+        assert np.allclose(grid.sum(1), 1)
+        assert (grid > 0).all()
+        assert len(np.unique(grid, axis=0)) == len(grid)
     with pytest.raises(DifflensError):
         pareto_weights(0)
     with pytest.raises(DifflensError):
@@ -131,7 +135,9 @@ def test_diffusion_policy_is_deterministic_under_its_seed():
     ids = np.array([0, 1, 2, 0, 1])
     a1 = DiffusionPolicy(net, SamplerSpec(steps=4), seed=3)(s, ids)
     a2 = DiffusionPolicy(net, SamplerSpec(steps=4), seed=3)(s, ids)
-    assert np.array_equal(a1, a2) and a1.shape == (5, 2) and np.abs(a1).max() <= 1
+    assert np.array_equal(a1, a2)
+    assert a1.shape == (5, 2)
+    assert np.abs(a1).max() <= 1
 
 
 def test_degradations_and_restoration_metrics():
@@ -144,7 +150,8 @@ def test_degradations_and_restoration_metrics():
     assert torch.equal(masked[:, 0] * masked[:, 1], masked[:, 0])
     assert torch.equal(masked[:, 0][masked[:, 1] == 1], clean.reshape(4, 8, 8)[masked[:, 1] == 1])
     psnr, ssim = psnr_ssim(clean, clean)
-    assert (psnr > 100).all() and np.allclose(ssim, 1)
+    assert (psnr > 100).all()
+    assert np.allclose(ssim, 1)
     psnr, _ = psnr_ssim(clean + 0.1, clean)
     assert np.allclose(psnr, 10 * np.log10(4 / 0.01), atol=0.5)  # clamping to [−1, 1] can only lower the MSE
     with pytest.raises(DifflensError):
@@ -158,7 +165,8 @@ def test_cli_toy_writes_outputs_and_rejects_bad_input(tmp_path):
 
     runner = CliRunner()
     bad = runner.invoke(app, ["distill", "toy", "--pairs", "0,8", "--out", str(tmp_path / "bad")])
-    assert bad.exit_code == 2 and not (tmp_path / "bad" / "toy.json").exists()
+    assert bad.exit_code == 2
+    assert not (tmp_path / "bad" / "toy.json").exists()
     args = [
         "distill",
         "toy",
@@ -183,7 +191,8 @@ def test_cli_toy_writes_outputs_and_rejects_bad_input(tmp_path):
     result = json.loads((tmp_path / "ok" / "toy.json").read_text())
     assert [r["method"] for r in result["runs"]] == ["specialist", "baseline", "distilled"]
     assert all(len(r["tasks"]) == 2 for r in result["runs"])
-    assert (tmp_path / "ok" / "toy.png").exists() and (tmp_path / "ok" / "toy.csv").exists()
+    assert (tmp_path / "ok" / "toy.png").exists()
+    assert (tmp_path / "ok" / "toy.csv").exists()
 
 
 def test_conditional_denoiser_is_edm_preconditioning_on_the_inputs_device():
@@ -218,4 +227,6 @@ def test_conditional_denoiser_is_edm_preconditioning_on_the_inputs_device():
     assert meta(torch.empty(5, 2, device=m), torch.empty(5, device=m), torch.empty(5, 1, device=m), 0).device == m
     out = sample(den, cond, 1, (2,), steps=3, churn=1.0, generator=torch.Generator().manual_seed(1), device="cpu")
     again = sample(den, cond, 1, (2,), steps=3, churn=1.0, generator=torch.Generator().manual_seed(1))
-    assert out.device == torch.device("cpu") and out.shape == (5, 2) and torch.equal(out, again)
+    assert out.device == torch.device("cpu")
+    assert out.shape == (5, 2)
+    assert torch.equal(out, again)

@@ -38,7 +38,8 @@ def test_frechet_distance_closed_form_and_brute_force():
     assert features.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
     # rank-deficient (fewer rows than dimensions): finite, real, ≥ 0, and a linear feature map applies
     small = rng.standard_normal((3, 10))
-    assert np.isfinite(features.frechet_distance(small, small[::-1])) and features.frechet_distance(small, small) < 1e-9
+    assert np.isfinite(features.frechet_distance(small, small[::-1]))
+    assert features.frechet_distance(small, small) < 1e-9
     w = torch.from_numpy(rng.standard_normal((10, 2)))
     fw = features.frechet_distance(small, np.hstack([b, b]), lambda x: x.double() @ w)
     assert fw == pytest.approx(features.frechet_distance(small @ w.numpy(), np.hstack([b, b]) @ w.numpy()), rel=1e-10)
@@ -64,7 +65,8 @@ def test_pca_feature_and_resolve():
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((200, 6)) * [5, 3, 1, 0.1, 0.1, 0.1]).astype(np.float32)
     f, desc = features.resolve_feature("pca:2", x)
-    assert desc.startswith("pca:2") and f.explained > 0.95
+    assert desc.startswith("pca:2")
+    assert f.explained > 0.95
     z = f(torch.from_numpy(x)).double().numpy()
     np.testing.assert_allclose(z.mean(0), 0, atol=1e-4)
     evals = np.linalg.eigvalsh(np.cov(x.astype(np.float64).T))[::-1]
@@ -82,7 +84,8 @@ def test_feature_gap_identity_and_linear_closed_forms():
     sig = [0.3, 1.0, 3.0]
     (pix,) = gap.generalization_gap(den, x[:15], x[15:], sig, seed=2)
     (ident,) = gap.generalization_gap(den, x[:15], x[15:], sig, seed=2, feature=lambda t: t)
-    assert ident.e_train == pix.e_train and ident.e_val == pix.e_val
+    assert ident.e_train == pix.e_train
+    assert ident.e_val == pix.e_val
     w = torch.from_numpy(rng.standard_normal((5, 3)))
     (lin,) = gap.generalization_gap(den, x[:15], x[15:], sig, seed=2, feature=lambda t: t.double() @ w)
     for split, stream, got in ((x[:15], 0, lin.e_train), (x[15:], 0, lin.e_val)):  # paired: the same noise
@@ -101,7 +104,8 @@ def test_early_stop_probes_of_the_memorizing_oracle():
     levels = probes.early_stop_probes(EmpiricalDenoiser(train), train, held, sig, [0, 3], samples=16, images=10)
     low = levels[1]
     # the empirical optimal denoiser memorizes: at s = 0.05 samples and train reconstructions are training points
-    assert low.nn_cosine["samples"] > 1 - 1e-5 and low.nn_cosine["train"] > 1 - 1e-5
+    assert low.nn_cosine["samples"] > 1 - 1e-5
+    assert low.nn_cosine["train"] > 1 - 1e-5
     assert low.nn_cosine["held"] > 1 - 1e-5  # held-out images are pulled onto training points too
     assert levels[0].nn_cosine["samples"] < 0.99  # at s = 20 every output is near the training mean
     assert probes.stop_steps(120, 4) == [0, 40, 79, 119]

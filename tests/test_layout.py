@@ -48,7 +48,8 @@ def test_torch_samples_against_a_png_folder_find_the_memorized_half(tmp_path, st
     report = json.loads((out / "memorization.json").read_text())
     mem = np.load(out / "memorization.npz")
     assert report["memorization_ratio"] == pytest.approx(0.5)
-    assert np.all(mem["d1"][:6] == 0.0) and np.all(mem["d1"][6:] > 0.0)  # the copies, exactly
+    assert np.all(mem["d1"][:6] == 0.0)
+    assert np.all(mem["d1"][6:] > 0.0)  # the copies, exactly
     assert report["dataset"]["layout"] == "CHW"
 
 
@@ -62,7 +63,8 @@ def test_same_images_as_npy_folder_and_zarr_hash_alike(tmp_path):
     assert ref.shape == (3, H, W)
     for spec in ("chw.npy", "hwc.npy", "rgb.zarr"):
         ds = load(str(tmp_path / spec))
-        assert ds.shape == (3, H, W) and ds.stats.hash == ref.stats.hash, spec
+        assert ds.shape == (3, H, W), spec
+        assert ds.stats.hash == ref.stats.hash, spec
         assert torch.equal(ds.take(np.array([4, 0, 2])), ref.take(np.array([4, 0, 2])))
     assert "channel-last" in " ".join(load(str(tmp_path / "hwc.npy")).notes)
     # grey: (H, W) files, (N, 1, H, W) from torch and (N, H, W) are the same values in the same order
@@ -73,7 +75,8 @@ def test_same_images_as_npy_folder_and_zarr_hash_alike(tmp_path):
     np.save(tmp_path / "g3.npy", grey[..., None])  # (N, H, W, 1): channel-last grey
     specs = (gfolder, tmp_path / "g1.npy", tmp_path / "g.npy", tmp_path / "g3.npy")
     hashes = {load(str(p)).stats.hash for p in specs}
-    assert len(hashes) == 1 and load(str(gfolder)).layout == "HW"
+    assert len(hashes) == 1
+    assert load(str(gfolder)).layout == "HW"
 
 
 def test_hwc_npy_is_read_channel_first_lazily(tmp_path):
@@ -81,7 +84,9 @@ def test_hwc_npy_is_read_channel_first_lazily(tmp_path):
     x = np.random.default_rng(3).standard_normal((7, H, W, 3)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     ds = load(str(tmp_path / "x.npy"))
-    assert isinstance(ds.array, np.memmap) and ds.channels_last and ds.shape == (3, H, W)
+    assert isinstance(ds.array, np.memmap)
+    assert ds.channels_last
+    assert ds.shape == (3, H, W)
     chw = x.transpose(0, 3, 1, 2).reshape(7, -1)
     assert np.array_equal(ds.rows(0, 7).numpy(), chw)
     idx = np.array([6, 2, 2, 0])
@@ -89,7 +94,8 @@ def test_hwc_npy_is_read_channel_first_lazily(tmp_path):
     train, held = ds.split(0.3, seed=0)  # subsets keep the layout
     assert train.shape == held.shape == (3, H, W)
     assert np.array_equal(held.rows(0, held.n).numpy(), chw[held.indices])
-    assert ds.summary()["layout"] == "CHW" and "notes" in ds.summary()
+    assert ds.summary()["layout"] == "CHW"
+    assert "notes" in ds.summary()
 
 
 @pytest.mark.parametrize(
@@ -153,7 +159,8 @@ def test_inputs_of_one_command_with_another_layout_are_refused(tmp_path):
             str(tmp_path / "o.npy"),
         ],
     )
-    assert result.exit_code == 2 and "different layout" in result.output
+    assert result.exit_code == 2
+    assert "different layout" in result.output
     assert not (tmp_path / "o.npy").exists()
 
 
@@ -192,4 +199,7 @@ def test_integer_data_not_in_0_255_gets_a_scaling_note(tmp_path):
         np.save(tmp_path / "u.npy", np.array([[0, 255], [128, 64]], dtype=np.uint8))
         u = load(str(tmp_path / "u.npy"))
         dark = load(str(_folder(tmp_path / "dark", _colour_images(3, seed=6) // 4)))  # image files: 0…255 as read
-    assert not full.notes and not u.notes and not dark.notes and "notes" not in u.summary()
+    assert not full.notes
+    assert not u.notes
+    assert not dark.notes
+    assert "notes" not in u.summary()

@@ -39,9 +39,11 @@ def test_memorization_ratio_matches_brute_force(setup):
         m = memorization(q, x, threshold=thr, chunk_size=64)
         assert m.memorization_ratio == pytest.approx(np.mean(d[:, 0] / d[:, 1] < thr))
     m = memorization(q, x)
-    assert m.memorized[:20].all() and not m.memorized[20:].all()
+    assert m.memorized[:20].all()
+    assert not m.memorized[20:].all()
     s = m.summary()
-    assert s["memorized"] == int(m.memorized.sum()) and sum(s["nn_distance"]["histogram"]["counts"]) == len(q)
+    assert s["memorized"] == int(m.memorized.sum())
+    assert sum(s["nn_distance"]["histogram"]["counts"]) == len(q)
 
 
 def test_feature_space_and_exact_copies(setup):
@@ -53,7 +55,9 @@ def test_feature_space_and_exact_copies(setup):
     np.testing.assert_allclose(nb.dist, d, rtol=1e-9)
     dup = np.concatenate([x, x[:1]])  # a duplicated training point copied exactly: d1 = d2 = 0, memorized
     m = memorization(x[:1], dup)
-    assert m.d1[0] == 0 and m.ratio[0] == 0 and m.memorization_ratio == 1.0
+    assert m.d1[0] == 0
+    assert m.ratio[0] == 0
+    assert m.memorization_ratio == 1.0
 
 
 def test_bad_input():

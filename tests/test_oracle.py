@@ -158,7 +158,8 @@ def test_single_training_point_has_zero_posterior_variance():
     post = oracle.posterior(q, x, 1.0)
     assert torch.all(post.trace_cov == 0)
     assert torch.allclose(post.mean, x.double().expand(8, 3))
-    assert torch.all(post.max_weight == 1) and torch.all(post.eff_count == 1)
+    assert torch.all(post.max_weight == 1)
+    assert torch.all(post.eff_count == 1)
 
 
 def test_trace_cov_does_not_cancel_when_one_point_dominates():
@@ -194,14 +195,15 @@ def test_denoise_returns_posterior_mean_in_query_shape():
     x = torch.randn(30, 2, 3)
     q = torch.randn(4, 2, 3)
     out = oracle.denoise(q, x.reshape(30, 6), 0.5)
-    assert out.shape == q.shape and out.dtype == torch.float32
+    assert out.shape == q.shape
+    assert out.dtype == torch.float32
     ref = brute_force(q.reshape(4, 6), x.reshape(30, 6), 0.5)
     tol = 2e-5 + 2 * ref["logit_err"] * ref["spread"]
     assert torch.allclose(out.double(), ref["mean"].reshape(4, 2, 3), atol=tol, rtol=2**-23)
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    ("kwargs", "message"),
     [
         (dict(sigma=0.0), "sigma"),
         (dict(sigma=-1.0), "sigma"),
@@ -241,7 +243,8 @@ def test_row_norms_are_cached_per_dataset_without_changing_results():
     assert np.allclose(cache, ((x.double() - x.double().mean(0)) ** 2).sum(1).numpy(), rtol=1e-5)
     again = oracle.posterior(q, ds, 0.4, chunk_size=64)
     subset = oracle.posterior(q, ds, 0.4, include=np.arange(0, 300, 3), chunk_size=16)
-    assert torch.equal(first.mean, again.mean) and torch.equal(first.trace_cov, again.trace_cov)
+    assert torch.equal(first.mean, again.mean)
+    assert torch.equal(first.trace_cov, again.trace_cov)
     assert_matches(first, brute_force(q, x, 0.4))
     mask = torch.zeros(9, 300, dtype=torch.bool)
     mask[:, ::3] = True
@@ -293,7 +296,7 @@ def test_unavailable_device_is_one_clear_error(name, message):
 
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="checks the refusal on a machine without MPS")
 def test_unavailable_mps_is_one_clear_error():
-    with pytest.raises(DifflensError, match="^--device mps: MPS is not available here"):
+    with pytest.raises(DifflensError, match=r"^--device mps: MPS is not available here"):
         kernel.resolve_device("mps")
 
 
@@ -305,7 +308,8 @@ def test_fast_on_a_raw_tensor_quantizes_it_once():
         a = oracle.posterior(q, x, 0.1, precision="fast", chunk_size=1000)
     with kernel.counting_work() as second:
         b = oracle.posterior(q, x, 0.1, precision="fast", chunk_size=1000)
-    assert first.quantized_rows == 3000 and second.quantized_rows == 0  # the second call hits the cache
+    assert first.quantized_rows == 3000
+    assert second.quantized_rows == 0  # the second call hits the cache
     assert torch.equal(a.mean, b.mean)
     assert_matches(b, brute_force(q, x, 0.1))
     x[0] += 1.0  # modified in place: prepared again, and quantized again
@@ -317,8 +321,10 @@ def test_fast_on_a_raw_tensor_quantizes_it_once():
 
 def test_screen_costs_are_calibrated_once_and_steer_speed_only():
     costs = screening.calibrated_costs()
-    assert screening.Fast().gather_cost == costs["gather_cost"] and screening.Fast().screen_cost == costs["screen_cost"]
-    assert screening.calibrated_costs() is costs and screening.calibrated_costs.cache_info().misses == 1
+    assert screening.Fast().gather_cost == costs["gather_cost"]
+    assert screening.Fast().screen_cost == costs["screen_cost"]
+    assert screening.calibrated_costs() is costs
+    assert screening.calibrated_costs.cache_info().misses == 1
     assert all(math.isfinite(v) and v > 0 for v in costs.values())
     g = torch.Generator().manual_seed(10)
     x = torch.randn(2000, 16, generator=g) * 0.3 + torch.randn(20, 16, generator=g).repeat(100, 1)

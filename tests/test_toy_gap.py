@@ -1,5 +1,6 @@
 """Per-level generalization gap and the 2-D toy lab."""
 
+import itertools
 import warnings
 
 import numpy as np
@@ -32,9 +33,11 @@ def test_blurred_denoiser_equals_numerical_posterior_of_blurred_data():
 def test_toy_gap_vanishes_far_from_delta_and_peaks_near_it():
     (curve,) = toy.sweep("delta", [0.1], [1e-4, 0.1, 1e3], points=8, draws=50)
     small, mid, large = curve.gap
-    assert abs(small) < 0.01 and abs(large) < 0.01
+    assert abs(small) < 0.01
+    assert abs(large) < 0.01
     assert mid > 0.1
-    assert curve.peak_sigma == 0.1 and curve.error == "l2"
+    assert curve.peak_sigma == 0.1
+    assert curve.error == "l2"
 
 
 def test_toy_sweeps_follow_the_paper_trends():
@@ -59,18 +62,23 @@ def test_gap_noise_is_fixed_and_oracle_gap_is_exact():
     sig = [0.01, 1.0, 100.0]
     den = EmpiricalDenoiser(x[:20])
     curves = gap.generalization_gap({"c1": den, "c2": den}, x[:20], x[20:], sig, seed=1)
-    assert curves[0].e_train == curves[1].e_train and curves[0].e_val == curves[1].e_val  # same noise
-    assert curves[0].e_train[0] < 1e-6 and curves[0].e_val[0] > 0.1  # the oracle memorizes at small s
-    assert curves[0].gap[0] > 1e4 and abs(curves[0].gap[2]) < 0.2
+    assert curves[0].e_train == curves[1].e_train
+    assert curves[0].e_val == curves[1].e_val  # same noise
+    assert curves[0].e_train[0] < 1e-6
+    assert curves[0].e_val[0] > 0.1  # the oracle memorizes at small s
+    assert curves[0].gap[0] > 1e4
+    assert abs(curves[0].gap[2]) < 0.2
     unpaired = gap.generalization_gap(den, x[:20], x[20:], sig, seed=1, paired=False)[0]
-    assert unpaired.e_train == curves[0].e_train and unpaired.e_val != curves[0].e_val
+    assert unpaired.e_train == curves[0].e_train
+    assert unpaired.e_val != curves[0].e_val
     # E_train at one level by hand: per-dim squared error of D(y + s·n) with the fixed noise
     n = model_error.fixed_noise(20, 5, 1, seed=1, stream=0)[0]
     y = torch.from_numpy(x[:20])
     manual = ((den(y + n, 1.0) - y) ** 2).mean().item()
     assert curves[0].e_train[1] == pytest.approx(manual, rel=1e-5)
     d = curves[0].to_dict()
-    assert d["peak_sigma"] == 0.01 and len(d["gap"]) == 3
+    assert d["peak_sigma"] == 0.01
+    assert len(d["gap"]) == 3
 
 
 def test_resolve_denoiser_specs(tmp_path, monkeypatch):
@@ -111,7 +119,9 @@ def test_toy_circle_is_the_papers_setting():
     np.testing.assert_allclose(va, x[:5], atol=1e-6)
     np.testing.assert_allclose(tr, x[5:], atol=1e-6)
     s = toy.paper_sigmas(radius=10.0)
-    assert len(s) == 120 and s[0] == pytest.approx(2e-3) and s[-1] == pytest.approx(80.0)
+    assert len(s) == 120
+    assert s[0] == pytest.approx(2e-3)
+    assert s[-1] == pytest.approx(80.0)
     r = s[::-1] ** (1 / 7)  # EDM ρ = 7: equally spaced in s^(1/ρ)
     np.testing.assert_allclose(np.diff(r), np.diff(r)[0], rtol=1e-9)
     with pytest.raises(DifflensError):
@@ -126,6 +136,7 @@ def test_toy_gap_defaults_peak_inside_and_shrink_with_delta():
     peaks = []
     for c in curves:
         i = int(np.argmax(c.gap))
-        assert 0 < i < len(sig) - 1 and c.gap[i] > 5 * max(abs(c.gap[0]), abs(c.gap[-1]))
+        assert 0 < i < len(sig) - 1
+        assert c.gap[i] > 5 * max(abs(c.gap[0]), abs(c.gap[-1]))
         peaks.append(c.gap[i])
-    assert all(a > b for a, b in zip(peaks, peaks[1:], strict=False)), peaks
+    assert all(a > b for a, b in itertools.pairwise(peaks)), peaks

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from difflens.analysis import diagnose as dg
+from difflens.analysis.units import resolve_units
 from difflens.data import load
 from difflens.models import EmpiricalDenoiser, Parametrization
 
@@ -34,7 +35,8 @@ def test_log_in_eps_units_read_as_x0_gets_a_warning_naming_eps(train, optimal):
     eps = Parametrization.of("vp", "eps")
     losses = 1.3 * opt * eps.factor(SIGMAS)  # a model 30 % above optimal, logging its ε loss
     res = diagnose(train, losses, Parametrization.of("vp", "x0"))
-    assert len(res["warnings"]) == 1 and "look like ε units, not x0" in res["warnings"][0], res["warnings"]
+    assert len(res["warnings"]) == 1, res["warnings"]
+    assert "look like ε units, not x0" in res["warnings"][0]
     assert "below J*" in res["warnings"][0]
     assert "Warning: log losses are impossible in x0 units of vp" in dg.verdict(res)
     assert diagnose(train, losses, eps)["warnings"] == []  # read in its own units: nothing to say
@@ -43,7 +45,8 @@ def test_log_in_eps_units_read_as_x0_gets_a_warning_naming_eps(train, optimal):
 def test_log_in_x0_units_read_as_eps_gets_a_warning_naming_x0(train, optimal):
     losses = 1.3 * optimal[0]
     res = diagnose(train, losses, Parametrization.of("vp", "eps"))
-    assert len(res["warnings"]) == 1 and "look like x0 units, not ε" in res["warnings"][0], res["warnings"]
+    assert len(res["warnings"]) == 1, res["warnings"]
+    assert "look like x0 units, not ε" in res["warnings"][0]
     assert "over 100× the data variance" in res["warnings"][0]  # x0 losses read as ε at s = 20: ×400
     assert diagnose(train, losses, Parametrization.of("vp", "x0"))["warnings"] == []
 
@@ -51,11 +54,12 @@ def test_log_in_x0_units_read_as_eps_gets_a_warning_naming_x0(train, optimal):
 def test_log_impossible_in_every_unit_says_so(train, optimal):
     losses = np.full(len(SIGMAS), 1e-9)  # below J* wherever J* is not ~0, whatever the units
     res = diagnose(train, losses, Parametrization.of("edm", "x0"))
-    assert len(res["warnings"]) == 1 and "check the log's units" in res["warnings"][0]
+    assert len(res["warnings"]) == 1
+    assert "check the log's units" in res["warnings"][0]
 
 
 @pytest.mark.parametrize(
-    "kw, text",
+    ("kw", "text"),
     [
         (
             dict(model_param=Parametrization.of("vp", "eps"), model_kind="difflens"),
@@ -76,18 +80,19 @@ def test_log_impossible_in_every_unit_says_so(train, optimal):
     ],
 )
 def test_units_resolution_says_where_the_units_came_from(kw, text):
-    units = dg.resolve_units(**kw)
-    assert units.text == text and units.warnings == ()
+    units = resolve_units(**kw)
+    assert units.text == text
+    assert units.warnings == ()
 
 
 def test_options_overriding_a_logs_header_are_flagged():
-    units = dg.resolve_units(logged={"process": "vp", "target": "eps"}, target="x0")
+    units = resolve_units(logged={"process": "vp", "target": "eps"}, target="x0")
     assert (units.report.process.name, units.report.target) == ("edm", "x0")
     assert units.warnings == ("the log records ε units of vp, but --process/--target say edm/x0: using the latter",)
 
 
 def test_verdict_and_result_state_the_units(train):
-    units = dg.resolve_units(model_param=Parametrization.of("vp", "eps"), model_kind="difflens")
+    units = resolve_units(model_param=Parametrization.of("vp", "eps"), model_kind="difflens")
     quad, name = dg.model_recipe({}, units.own)
     assert name == "uniform-t"  # the default recipe follows the process
     res = dg.diagnose_model(
@@ -107,6 +112,7 @@ def test_default_recipe_totals_are_in_the_models_units():
     loss (before, EDM's log-normal weighted by 1/c_out², EDM units)."""
     param = Parametrization.of("vp", "eps")
     (s, mass, lam), name = dg.model_recipe({}, param)
-    assert name == "uniform-t" and mass.sum() == pytest.approx(1.0)
+    assert name == "uniform-t"
+    assert mass.sum() == pytest.approx(1.0)
     assert np.allclose(lam, 1 / s**2, rtol=1e-9)  # ε factor for any process: (α/σ)² = 1/s²
     assert dg.model_recipe({}, Parametrization.of("edm", "x0"))[1] == "edm"

@@ -63,7 +63,8 @@ def test_smooth_score_cli_equals_float64_brute_force(problem, collapse, k):
     res = runner.invoke(app, [str(a) for a in args])
     assert res.exit_code == 0, res.output
     got = np.load(where / "out.npy")
-    assert got.dtype == np.float64 and got.shape == x.shape
+    assert got.dtype == np.float64
+    assert got.shape == x.shape
     assert _rel(got, eq10_brute(x, src, data, sigma, collapse, k or len(data))) < 1e-6
 
 
@@ -135,7 +136,8 @@ def test_bad_sources_are_one_line_errors(problem):
     np.save(where / "bad.npy", src.astype(np.float64))
     args = ["smooth", "score", "--data", where / "data.npy", "--queries", where / "q.npy", "--sources"]
     res = runner.invoke(app, [str(a) for a in [*args, where / "bad.npy", "--sigma", 1, "--out", where / "o.npy"]])
-    assert res.exit_code == 2 and "integer indices" in res.output
+    assert res.exit_code == 2
+    assert "integer indices" in res.output
 
 
 def gaussian_denoiser(v):
@@ -166,7 +168,10 @@ def test_song_pc_step_matches_the_official_update_by_hand():
 
 def test_geometric_grid_and_sigma_star_step():
     sig = samplers.geometric_sigmas()
-    assert len(sig) == 1001 and sig[0] == 50.0 and abs(float(sig[-2]) - 0.01) < 1e-15 and sig[-1] == 0
+    assert len(sig) == 1001
+    assert sig[0] == 50.0
+    assert abs(float(sig[-2]) - 0.01) < 1e-15
+    assert sig[-1] == 0
     np.testing.assert_allclose(np.diff(np.log(sig[:-1].numpy())), np.log(0.01 / 50) / 999)
     # one training point, D = 7: the p_MN/Eq. 10 score −D·(x − μ)/‖x − μ‖² moves a fraction α to μ
     mu = torch.linspace(-1, 1, 7).double()  # float32 values: the training rows are float32

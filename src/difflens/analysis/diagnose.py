@@ -15,15 +15,26 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from difflens.analysis.model_error import HELD, TRAIN, split_errors
-from difflens.analysis.optimal_loss import default_recipe, optimal_loss_curve, recipe_quadrature, weighted_total
+from difflens.analysis.optimal_loss import (
+    Levels,
+    Quadrature,
+    default_recipe,
+    optimal_loss_curve,
+    recipe_quadrature,
+    weighted_total,
+)
+from difflens.analysis.units import TARGET_NAMES, describe_units, units_phrase
 from difflens.data import Dataset
 from difflens.diffusion import schedules as sched
+from difflens.diffusion.denoiser import Denoiser
 from difflens.diffusion.precond import DiscreteVP, Parametrization
-from difflens.diffusion.processes import TARGETS, get_process
+from difflens.diffusion.processes import TARGETS, Process
 from difflens.errors import DifflensError
 from difflens.report import plot_excess, plot_heatmap, plot_losses, report_html, write_csv, write_json, write_text
 
@@ -55,15 +66,25 @@ def _mean_se(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values.mean(1), se
 
 
-def optimal_levels(train: Dataset, sigmas, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """J*_x0 and its standard error at the levels (full estimator), plus the curve summary."""
-    curve = optimal_loss_curve(train, sigmas, samples=samples, seed=seed)
+def optimal_levels(
+    train: Dataset, sigmas: Levels, samples: int, seed: int, device: torch.device | str | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """J*_x0 and its standard error at the levels (full estimator, the kernel on ``device``), plus the
+    curve summary."""
+    curve = optimal_loss_curve(train, sigmas, samples=samples, seed=seed, device=device)
     j = np.array([lv.optimal_loss_x0 for lv in curve.levels])
     se = np.array([lv.stderr_x0 for lv in curve.levels])
     return j, se, {"critical_sigma": curve.critical_sigma, "data_variance": curve.data_variance}
 
 
-def build_levels(sigmas, factor, opt, opt_se, train_err, held_err) -> list[DiagLevel]:
+def build_levels(
+    sigmas: Levels,
+    factor: np.ndarray,
+    opt: np.ndarray,
+    opt_se: np.ndarray,
+    train_err: np.ndarray,
+    held_err: np.ndarray | None,
+) -> list[DiagLevel]:
     """Per-level rows from J*_x0 and per-image errors (levels × images, x0 units)."""
     tr, tr_se = _mean_se(train_err)
     he, he_se = _mean_se(held_err) if held_err is not None else (None, None)
@@ -93,7 +114,7 @@ def build_levels(sigmas, factor, opt, opt_se, train_err, held_err) -> list[DiagL
     return levels
 
 
-def totals(levels: list[DiagLevel], quad) -> dict:
+def totals(levels: list[DiagLevel], quad: Quadrature) -> dict:
     """Recipe-weighted totals of the model (train, held-out) and optimal losses, and their excess.
 
     ``quad`` = (s, mass, λ) with λ applied to x0-unit losses (see optimal_loss.recipe_quadrature)."""
@@ -113,28 +134,31 @@ def totals(levels: list[DiagLevel], quad) -> dict:
 
 
 def diagnose_model(
-    denoiser,
+    denoiser: Denoiser,
     train: Dataset,
     held: Dataset | None,
-    sigmas,
+    sigmas: Levels,
     *,
     units: Parametrization,
-    quad,
+    quad: Quadrature,
     images: int | None = 1024,
     samples: int = 1024,
     seed: int = 0,
     batch_size: int = 512,
     optimal: tuple | None = None,
     units_text: str | None = None,
+    device: torch.device | str | None = None,
 ) -> dict:
     """The full per-level diagnosis of one denoiser (see module doc). ``units_text`` says which units
-    the losses are in and where they came from (``Units.text``); by default just the units."""
+    the losses are in and where they came from (``Units.text``); by default just the units. The
+    denoiser and the kernel run on ``device`` (images and noise are drawn on the CPU)."""
     sigmas = np.sort(np.asarray(sigmas, dtype=np.float64))
-    opt, opt_se, info = optimal if optimal is not None else optimal_levels(train, sigmas, samples, seed)
-    train_err = split_errors(denoiser, train, sigmas, images=images, seed=seed, stream=TRAIN, batch=batch_size)
+    opt, opt_se, info = optimal if optimal is not None else optimal_levels(train, sigmas, samples, seed, device)
+    kw = {"images": images, "seed": seed, "batch": batch_size, "device": device}
+    train_err = split_errors(denoiser, train, sigmas, stream=TRAIN, **kw)
     held_err = None
     if held is not None:
-        held_err = split_errors(denoiser, held, sigmas, images=images, seed=seed, stream=HELD, batch=batch_size)
+        held_err = split_errors(denoiser, held, sigmas, stream=HELD, **kw)
     levels = build_levels(sigmas, units.factor(sigmas), opt, opt_se, train_err, held_err)
     return {
         "units": {**units.describe(), "description": units_text or describe_units(units)},
@@ -146,93 +170,34 @@ def diagnose_model(
     }
 
 
-def excess_history(models, train: Dataset, sigmas, units: Parametrization, optimal, **kw) -> dict:
+def excess_history(
+    models: list[tuple[int, Denoiser]],
+    train: Dataset,
+    sigmas: Levels,
+    units: Parametrization,
+    optimal: tuple[np.ndarray, np.ndarray, dict],
+    **kw: Any,
+) -> dict:
     """Train excess J_θ − J* (target units) per level for a list of (step, denoiser), with the images
-    and noise of ``diagnose_model``'s training split."""
+    and noise of ``diagnose_model``'s training split (``kw``: images, seed, batch_size, device)."""
     opt = optimal[0]
     fac = units.factor(sigmas)
     rows = []
     for _, den in models:
         err = split_errors(
-            den, train, sigmas, images=kw.get("images"), seed=kw.get("seed", 0), batch=kw.get("batch_size", 512)
+            den,
+            train,
+            sigmas,
+            images=kw.get("images"),
+            seed=kw.get("seed", 0),
+            batch=kw.get("batch_size", 512),
+            device=kw.get("device"),
         ).mean(1)
         rows.append((fac * (err - opt)).tolist())
     return {"steps": [st for st, _ in models], "sigmas": [float(s) for s in sigmas], "excess": rows}
 
 
-TARGET_NAMES = {"x0": "x0", "eps": "ε", "score": "score", "v": "v", "flow": "flow", "edm": "EDM F"}
-
-
-def units_phrase(process: str, target: str) -> str:
-    """'ε units of vp'."""
-    return f"{TARGET_NAMES.get(target, target)} units of {process}"
-
-
-def describe_units(param: Parametrization, source: str | None = None) -> str:
-    """'losses in ε units of vp (from the run's checkpoint)': the units of a table of losses."""
-    text = f"losses in {units_phrase(param.process.name, param.target)}"
-    return f"{text} ({source})" if source else text
-
-
-@dataclass(frozen=True)
-class Units:
-    """The units a diagnosis reports in (``report``), the model's own (``own``: its training loss, in
-    which recipe totals are weighted), where each came from, and warnings about the choice."""
-
-    report: Parametrization
-    own: Parametrization
-    source: str
-    own_source: str
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def text(self) -> str:
-        """One line for the verdict, the report and diagnose.json."""
-        text = describe_units(self.report, self.source)
-        if (self.report.process.name, self.report.target) != (self.own.process.name, self.own.target):
-            own = units_phrase(self.own.process.name, self.own.target)
-            text += f"; recipe totals in the model's own {own} ({self.own_source})"
-        return text
-
-
-MODEL_SOURCES = {"difflens": "from the run's checkpoint", "diffusers": "from the diffusers scheduler config"}
-
-
-def resolve_units(
-    model_param: Parametrization | None = None,
-    model_kind: str | None = None,
-    logged: dict | None = None,
-    process: str | None = None,
-    target: str | None = None,
-) -> Units:
-    """Which units a diagnosis uses. A difflens run or a diffusers model knows its own; a metrics.jsonl
-    records its own (``logged``, see ``log_units``) unless --process/--target are given; anything else
-    uses --process/--target (default edm, x0). For runs and diffusers models --process/--target only
-    change the reporting units, never the model's own."""
-    given = "from --process/--target"
-    warnings = []
-    if model_param is not None and model_kind in MODEL_SOURCES:
-        own, own_source = model_param, MODEL_SOURCES[model_kind]
-    elif model_param is not None and (process or target):
-        own, own_source = model_param, given
-    elif logged and not (process or target):
-        own, own_source = Parametrization.of(logged["process"], logged["target"]), "from the log's header"
-    else:
-        own = Parametrization.of(process or "edm", target or "x0")
-        own_source = given if process or target else "the default, edm and x0: give --process/--target if not"
-        if logged and (logged.get("process"), logged.get("target")) != (own.process.name, own.target):
-            warnings.append(
-                f"the log records {units_phrase(logged['process'], logged['target'])}, "
-                f"but --process/--target say {own.process.name}/{own.target}: using the latter"
-            )
-    report, source = own, own_source
-    if model_kind in MODEL_SOURCES and (process or target):
-        proc = get_process(process) if process else own.process
-        report, source = Parametrization(proc, target or own.target), given
-    return Units(report, own, source, own_source, tuple(warnings))
-
-
-def model_recipe(info: dict, param: Parametrization, recipe: str | None = None):
+def model_recipe(info: dict, param: Parametrization, recipe: str | None = None) -> tuple[Quadrature, str]:
     """((s, mass, λ_x0), name) of a model's training recipe, for weighted totals: a difflens run's own
     schedule (with its final state), else ``recipe`` (edm, uniform-t or a CSV; default the process's,
     see optimal_loss.DEFAULT_RECIPES, with uniform timesteps for a discrete DDPM schedule). The totals
@@ -256,7 +221,7 @@ def model_recipe(info: dict, param: Parametrization, recipe: str | None = None):
 # ---------------------------------------------------------------- logs instead of models
 
 
-def read_loss_log(path: Path, process) -> list[dict]:
+def read_loss_log(path: Path, process: Process) -> list[dict]:
     """Rows {step, sigma, loss} from a CSV (columns sigma or t, loss[, step]) or a difflens
     metrics.jsonl (per-level train loss per log line)."""
     path = Path(path)
@@ -339,17 +304,19 @@ def diagnose_log(
     rows: list[dict],
     train: Dataset,
     units: Parametrization,
-    quad,
+    quad: Quadrature,
     samples: int,
     seed: int,
     units_text: str | None = None,
+    device: torch.device | str | None = None,
 ) -> dict:
-    """Logged per-level losses (target units) against the optimal loss at the logged levels.
+    """Logged per-level losses (target units) against the optimal loss at the logged levels (the kernel
+    on ``device``).
 
     The overlay uses each level's loss at the last step that logged it; all steps go to the map.
     ``warnings`` lists signs that the log is not in ``units`` (``log_unit_warnings``)."""
     sigmas = np.unique([r["sigma"] for r in rows])
-    opt, opt_se, info = optimal_levels(train, sigmas, samples, seed)
+    opt, opt_se, info = optimal_levels(train, sigmas, samples, seed, device)
     fac = units.factor(sigmas)
     last: dict[float, tuple[int, float]] = {}
     for r in rows:

@@ -15,6 +15,7 @@ import torch
 
 from difflens.analysis import diagnose as dg
 from difflens.analysis.run_support import Progress, no_progress
+from difflens.analysis.units import resolve_units
 from difflens.data import Dataset, check_same_layout
 from difflens.data import load as load_data
 from difflens.diffusion.processes import parse_sigmas
@@ -43,11 +44,9 @@ def shape_option(shape: str | None) -> tuple[int, ...] | None:
 def open_model(
     model: str, *, prediction_type: str | None = None, device: torch.device | None = None, **options
 ) -> LoadedModel:
-    """``load_denoiser`` with ``prediction_type`` passed only when given.
-
-    ``device``: where the model would run; ``load_denoiser`` takes no ``device`` yet (the one place to pass it)."""
+    """``load_denoiser`` on ``device`` (default cpu), with ``prediction_type`` passed only when given."""
     extra = {"prediction_type": prediction_type} if prediction_type else {}
-    return load_denoiser(model, **options, **extra)
+    return load_denoiser(model, **options, **extra, device=device or "cpu")
 
 
 def resolve_split(
@@ -94,7 +93,9 @@ def run_diagnose(
     progress: Progress = no_progress,
     say: Callable[[str], None] = print,
 ) -> tuple[dict, list[Path]]:
-    """Model (or logged) loss vs the optimal loss per level; writes diagnose.{json,csv,html,png} to ``out``."""
+    """Model (or logged) loss vs the optimal loss per level; writes diagnose.{json,csv,html,png} to ``out``.
+    Models and the kernel run on ``device`` (default cpu)."""
+    device = device or torch.device("cpu")
     if (model is None) == (from_log is None):
         raise DifflensError("give exactly one of --model or --from-log")
     grid = np.sort(parse_sigmas(sigmas))
@@ -114,14 +115,14 @@ def run_diagnose(
     cfg = loaded.info.get("config", {}) if loaded else {}
     train_ds, held_ds = resolve_split(data, scale, holdout, split_seed, cfg)
     if model == "oracle":
-        loaded = load_denoiser("oracle", data=train_ds)
+        loaded = load_denoiser("oracle", data=train_ds, device=device)
     elif loaded is not None and loaded.denoiser.shape is None:
         loaded.denoiser.shape = default_shape(train_ds.shape)
     if loaded is not None:
         check_same_layout(getattr(loaded.denoiser, "shape", None) or (), train_ds.shape, "model inputs", "data")
     if loaded is not None and loaded.info.get("data") and loaded.info["data"]["hash"] != train_ds.stats.hash:
         say("[yellow]warning:[/] these training data differ from the run's (other data spec or split)")
-    chosen = dg.resolve_units(
+    chosen = resolve_units(
         loaded.param if loaded else None,
         loaded.info.get("kind") if loaded else None,
         dg.log_units(from_log) if from_log else None,
@@ -135,14 +136,16 @@ def run_diagnose(
     say(f"[bold]{train_ds.spec}[/]: N={train_ds.n}, held-out {held_ds.n if held_ds else 0}; {len(grid)} levels")
     if from_log is not None:
         rows = dg.read_loss_log(from_log, units.process)
-        result = dg.diagnose_log(rows, train_ds, units, quad, queries_per_level, seed, units_text=chosen.text)
+        result = dg.diagnose_log(
+            rows, train_ds, units, quad, queries_per_level, seed, units_text=chosen.text, device=device
+        )
         for warning in result.get("warnings", []):
             say(f"[yellow]warning:[/] {warning}")
         title = f"{from_log.name} vs the optimal loss of {train_ds.spec}"
     else:
         steps = 2 + (len(paths) + 1 if paths else 0)
         advance = progress("optimal loss, model, checkpoints", steps)
-        optimal = dg.optimal_levels(train_ds, grid, queries_per_level, seed)
+        optimal = dg.optimal_levels(train_ds, grid, queries_per_level, seed, device)
         advance(1)
         result = dg.diagnose_model(
             loaded.denoiser,
@@ -156,16 +159,17 @@ def run_diagnose(
             batch_size=batch_size,
             optimal=optimal,
             units_text=chosen.text,
+            device=device,
         )
         advance(1)
         if paths:
             models = []
             for p in paths:
-                m = load_denoiser(str(p), data=train_ds)
+                m = load_denoiser(str(p), data=train_ds, device=device)
                 models.append((int(m.info.get("step", len(models))), m.denoiser))
                 advance(1)
             result["history"] = dg.excess_history(
-                models, train_ds, grid, units, optimal, images=images, seed=seed, batch_size=batch_size
+                models, train_ds, grid, units, optimal, images=images, seed=seed, batch_size=batch_size, device=device
             )
             advance(1)
         title = f"{model} vs the optimal loss of {train_ds.spec}"

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
 from difflens.analysis.model_error import HELD, TRAIN, fixed_noise, level_errors, pick_images
 from difflens.data import Dataset, check_same_layout, parse_params
@@ -76,12 +77,14 @@ def generalization_gap(
     batch: int = 1024,
     feature: Callable | None = None,
     on_level: Callable[[str, int], None] | None = None,
+    device: torch.device | str | None = None,
 ) -> list[GapCurve]:
     """G(s) for one denoiser or several (e.g. checkpoints, in training order), all with the same noise
     per image. ``train``/``val`` are Datasets or (n, D) arrays; ``max_images`` subsamples each split
     (seeded). ``paired``: image i of val gets the same noise as image i of train (common random
     numbers: the noise draws cancel from G instead of adding Monte-Carlo error). ``feature``: errors
-    between the features of D's output and of the image (the feature-space gap; ``analysis.features``)."""
+    between the features of D's output and of the image (the feature-space gap; ``analysis.features``).
+    The denoisers' inputs go to ``device`` (see ``model_error.level_errors``)."""
     if not isinstance(denoisers, dict):
         denoisers = {"denoiser": denoisers}
     if draws < 1:
@@ -105,8 +108,9 @@ def generalization_gap(
     for label, den in denoisers.items():
         rows = []
         for k, s in enumerate(sig):
-            et = level_errors(den, y_tr, n_tr, s, error=error, batch=batch, feature=feature)[0]
-            ev = level_errors(den, y_va, n_va, s, error=error, batch=batch, feature=feature)[0]
+            kw = {"error": error, "batch": batch, "feature": feature, "device": device}
+            et = level_errors(den, y_tr, n_tr, s, **kw)[0]
+            ev = level_errors(den, y_va, n_va, s, **kw)[0]
             rows.append((float(et.mean()), float(ev.mean()), _se(et), _se(ev)))
             if on_level is not None:
                 on_level(label, k)
@@ -165,10 +169,11 @@ def is_closed_form(spec: str) -> bool:
     return spec == "oracle" or spec.startswith(("oracle:", "py:"))
 
 
-def resolve_denoiser(spec: str, train: Dataset) -> Callable:
+def resolve_denoiser(spec: str, train: Dataset, device: torch.device | str = "cpu") -> Callable:
     """A denoiser from a spec: ``oracle[:T=…,sc=…,k=…]`` (the empirical optimal denoiser of ``train``,
     optionally smoothed) or ``MODULE:NAME`` / ``file.py:NAME`` (``models.load.load_callable``; the old
-    ``py:MODULE:NAME`` still works, with a warning): a callable ``(x (B, D), sigma: float) -> x0_hat``."""
+    ``py:MODULE:NAME`` still works, with a warning): a callable ``(x (B, D), sigma: float) -> x0_hat``.
+    The oracle's kernel runs on ``device``."""
     name, _, params = spec.partition(":")
     if name != "oracle":
         if ":" in spec:
@@ -178,4 +183,4 @@ def resolve_denoiser(spec: str, train: Dataset) -> Callable:
     unknown = set(p) - {"T", "sc", "k"}
     if unknown:
         raise DifflensError(f"{spec}: unknown oracle parameter(s) {', '.join(sorted(unknown))} (use T, sc, k)")
-    return EmpiricalDenoiser(train, p.get("T", 1.0), p.get("sc"), p.get("k"))
+    return EmpiricalDenoiser(train, p.get("T", 1.0), p.get("sc"), p.get("k"), device=device)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from difflens.data import Dataset, as_dataset, check_same_layout
 from difflens.errors import DifflensError
@@ -60,7 +61,7 @@ class Memorization:
         q = [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0]
         counts, edges = np.histogram(self.d1, bins=bins)
         return {
-            "samples": int(len(self.d1)),
+            "samples": len(self.d1),
             "threshold": self.threshold,
             "memorization_ratio": self.memorization_ratio,
             "memorized": int(self.memorized.sum()),
@@ -70,7 +71,7 @@ class Memorization:
                 "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
             },
             "ratio_d1_d2": {f"q{int(p * 100)}": float(v) for p, v in zip(q, np.quantile(self.ratio, q), strict=True)},
-            "distinct_nearest": int(len(np.unique(self.index))),
+            "distinct_nearest": len(np.unique(self.index)),
         }
 
     def npz_bytes(self) -> bytes:
@@ -88,15 +89,19 @@ def memorization(
     backend: str = "auto",
     chunk_size: int | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    device: torch.device | str | None = None,
 ) -> Memorization:
-    """Nearest and second-nearest training samples of each generated sample, and the ratio test."""
+    """Nearest and second-nearest training samples of each generated sample, and the ratio test; the
+    search runs on ``device`` (default: the samples' device), the distances come back float64 on the CPU."""
     if not 0.0 < threshold <= 1.0:
         raise DifflensError(f"the memorization threshold must be in (0, 1], got {threshold}")
     data = as_dataset(data)
     if data.n < 2:
         raise DifflensError("the memorization ratio needs at least 2 training samples")
     check_same_layout(tuple(getattr(samples, "shape", ()))[1:], data.shape, "samples", "the training data")
-    nb = nearest(samples, data, 2, feature=feature, backend=backend, chunk_size=chunk_size, on_chunk=on_chunk)
+    nb = nearest(
+        samples, data, 2, feature=feature, backend=backend, chunk_size=chunk_size, on_chunk=on_chunk, device=device
+    )
     return Memorization(nb.dist[:, 0], nb.dist[:, 1], nb.index[:, 0], nb.index[:, 1], float(threshold))
 
 

@@ -18,6 +18,7 @@ from difflens.analysis.run_support import Progress, no_progress, open_data, save
 from difflens.data import Dataset, check_same_layout
 from difflens.diffusion import processes, samplers
 from difflens.errors import DifflensError
+from difflens.kernel.neighbours import check_backend
 from difflens.models import load_denoiser
 from difflens.models.load import default_shape
 
@@ -64,9 +65,8 @@ def run_memorization(
 ) -> tuple[dict, mm.Memorization, list[str]]:
     """d1/d2 test of generated samples against the training data; writes memorization.{json,npz} and plots.
     ``fd``: also the Fréchet distances to train and to held-out data (``val``, or a ``holdout`` fraction
-    of ``data`` — then the training set is the rest) in ``fd_feature`` space, and their ratio.
-
-    ``device``: where the search would run (``mm.memorization`` takes no ``device`` yet: the one place)."""
+    of ``data`` — then the training set is the rest) in ``fd_feature`` space, and their ratio. The
+    nearest-neighbour search runs on ``device`` (default cpu)."""
     ds = open_data(data, scale)
     if holdout is not None:
         ds, held = ds.split(holdout, split_seed)
@@ -81,10 +81,18 @@ def run_memorization(
     if held is not None:
         check_same_layout(held.shape, ds.shape, "held-out data", "the training data")
     fmap = gap_mod.load_callable(feature) if feature else None
+    check_backend(backend)
     x = gen.rows(0, gen.n)
     advance = progress("training rows", ds.n)
     mem = mm.memorization(
-        x, ds, threshold=threshold, feature=fmap, backend=backend, chunk_size=chunk_size, on_chunk=advance
+        x,
+        ds,
+        threshold=threshold,
+        feature=fmap,
+        backend=backend,
+        chunk_size=chunk_size,
+        on_chunk=advance,
+        device=device or "cpu",
     )
     files = memorization_outputs(x.numpy(), ds, mem, out, top)
     result = {"dataset": ds.summary(), "samples": gen.summary(), "feature": feature, **mem.summary()}
@@ -119,14 +127,16 @@ def run_gap(
     Defaults near the paper's: 64 levels in [2e-3, 80], up to 8192 images per split, one fixed noise per
     image index (``draws`` = 1: image i's noise does not depend on the split size). ``feature_gap``: the
     same curves again in the features of ``feature`` (``analysis.features``; default PCA of the training
-    split), labelled ``… [feature]``.
-
-    ``device``: where the models would run (``load_denoiser`` takes no ``device`` yet: the one place)."""
+    split), labelled ``… [feature]``. Models and closed-form denoisers run on ``device`` (default cpu);
+    images and noise are drawn on the CPU."""
+    device = device or torch.device("cpu")
     grid = np.sort(processes.parse_sigmas(sigmas))
     specs = list(model)
     if checkpoints:
         specs = [s for s in specs if s != "oracle"] + [str(p) for p in checkpoint_paths(checkpoints)]
-    loaded = {s: load_denoiser(s, trust_pickle=trust_pickle) for s in specs if not gap_mod.is_closed_form(s)}
+    loaded = {
+        s: load_denoiser(s, trust_pickle=trust_pickle, device=device) for s in specs if not gap_mod.is_closed_form(s)
+    }
     cfg = next((m.info["config"] for m in loaded.values() if m.info.get("config")), {})
     if val:
         train, _ = resolve_split(data, scale, 0, None, cfg)
@@ -139,7 +149,7 @@ def run_gap(
         check_same_layout(getattr(m.denoiser, "shape", None) or (), train.shape, "model inputs", "data")
     dens = {
         (Path(s).name if s in loaded and Path(s).exists() else s): (
-            loaded[s].denoiser if s in loaded else gap_mod.resolve_denoiser(s, train)
+            loaded[s].denoiser if s in loaded else gap_mod.resolve_denoiser(s, train, device)
         )
         for s in specs
     }
@@ -159,6 +169,7 @@ def run_gap(
             max_images=images or None,
             feature=f,
             on_level=lambda *_: advance(1),
+            device=device,
         )
         for c in part:
             c.label = c.label if f is None else f"{c.label} [{fdesc}]"
@@ -201,18 +212,20 @@ def sampling_denoiser(
     collapse_sigma: float | None,
     k: int | None,
     train_sigmas: str,
+    device: torch.device | str = "cpu",
 ):
-    """The denoiser ``smooth sample`` follows: a model, the unconditioned mixture or the empirical one."""
+    """The denoiser ``smooth sample`` follows, on ``device``: a model, the unconditioned mixture or the
+    empirical one."""
     if model and model.startswith("py:"):
         return gap_mod.load_callable(model)
     if model:
-        den = load_denoiser(model, data=ds).denoiser
+        den = load_denoiser(model, data=ds, device=device).denoiser
         if getattr(den, "shape", 1) is None:
             den.shape = default_shape(ds.shape)
         return den
     if score == "unconditioned":
         return smoothing.UnconditionedMixture(ds, processes.parse_sigmas(train_sigmas))
-    return smoothing.EmpiricalDenoiser(ds, temperature, collapse_sigma, k)
+    return smoothing.EmpiricalDenoiser(ds, temperature, collapse_sigma, k, device=device)
 
 
 def run_smooth_sample(
@@ -242,11 +255,11 @@ def run_smooth_sample(
     progress: Progress = no_progress,
 ) -> tuple[dict, str, list[str]]:
     """Sample with a closed-form score (or a model); memorization, γ_ex and trajectory overlap. Writes
-    smooth.json, samples.npy and plots; returns (result, label, files).
-
-    ``device``: where sampling would run (``samplers.sample`` takes no ``device`` yet: the one place)."""
+    smooth.json, samples.npy and plots; returns (result, label, files). Sampling and the denoiser run on
+    ``device`` (default cpu; the noise is drawn on the CPU), the analyses on the CPU."""
+    device = device or torch.device("cpu")
     ds = subset(open_data(data, scale), subset_size, seed)
-    den = sampling_denoiser(ds, model, score, temperature, collapse_sigma, k, train_sigmas)
+    den = sampling_denoiser(ds, model, score, temperature, collapse_sigma, k, train_sigmas, device)
     label = model or (f"{score} score" + (f", T={temperature:g}" if score == "empirical" else ""))
     sig = samplers.edm_sigmas(steps, sigma_min, sigma_max)
     advance = progress("sampler steps", steps)
@@ -260,13 +273,15 @@ def run_smooth_sample(
         snr=snr,
         record=overlap or gamma,
         on_step=lambda _: advance(1),
+        device=device,
     )
+    on_cpu = traj.cpu()
     levels = []
     if overlap:
         advance2 = progress("overlap per level", steps)
-        levels = trajectories.trajectory_overlap(ds, traj, seed=seed, on_level=lambda _: advance2(1))
-    mem = mm.memorization(traj.samples, ds, threshold=threshold)
-    x = traj.samples.float().numpy()
+        levels = trajectories.trajectory_overlap(ds, on_cpu, seed=seed, on_level=lambda _: advance2(1))
+    mem = mm.memorization(traj.samples, ds, threshold=threshold, device=device)
+    x = on_cpu.samples.float().numpy()
     files = memorization_outputs(x, ds, mem, out, 16)
     if mm.is_image_shape(ds.shape):
         lo, hi = ds.stats.minimum, ds.stats.maximum

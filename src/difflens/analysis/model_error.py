@@ -8,7 +8,8 @@ Seeding, one scheme for all: a stream number separates what one seed must keep i
 is ``numpy.random.default_rng([seed, stream])``; its noise is a torch generator seeded with
 ``SeedSequence([seed, stream])``. Both are pure functions of (seed, stream): every level and every
 checkpoint evaluated with one seed sees the same images and the same noise, so differences between
-levels and between checkpoints are not Monte-Carlo noise.
+levels and between checkpoints are not Monte-Carlo noise. Images and noise are drawn on the CPU and
+only the noisy inputs go to the denoiser's ``device``, so the numbers do not depend on where it runs.
 """
 
 from __future__ import annotations
@@ -50,11 +51,13 @@ def level_errors(
     error: str = "mse",
     batch: int = 512,
     feature: Callable | None = None,
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
     """(levels, n) float64 error of ``denoiser(y + s·n, s)`` against each image y, averaged over the
     noise draws (``noise`` is (draws, n, D) or (n, D)): per-dimension squared error (``mse``, a
     training loss in x0 units) or the unsquared L2 norm (``l2``). With a ``feature`` map (n, D) → (n, F)
-    the error is taken between the features of the estimate and of the image instead."""
+    the error is taken between the features of the estimate and of the image instead. The denoiser's
+    inputs are sent to ``device`` (default: left on the CPU) and its outputs compared on the CPU."""
     if error not in ERRORS:
         raise DifflensError(f"unknown error {error!r}; choose one of {', '.join(ERRORS)}")
     noise = noise[None] if noise.ndim == 2 else noise
@@ -68,7 +71,8 @@ def level_errors(
         errs = []
         for i in range(0, len(y_all), batch):
             y = y_all[i : i + batch]
-            est = torch.as_tensor(denoiser(x_all[i : i + batch], float(s)))
+            x = x_all[i : i + batch] if device is None else x_all[i : i + batch].to(device)
+            est = torch.as_tensor(denoiser(x, float(s))).cpu()
             if est.shape != y.shape:
                 raise DifflensError(f"the denoiser returned shape {tuple(est.shape)} for input {tuple(y.shape)}")
             if feature is not None:
@@ -92,9 +96,10 @@ def split_errors(
     draws: int = 1,
     error: str = "mse",
     batch: int = 512,
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
-    """(levels, images) errors on up to ``images`` images of one split, with that split's fixed noise."""
+    """(levels, images) errors on up to ``images`` images of one split, with that split's fixed noise;
+    the denoiser runs on ``device`` (see ``level_errors``)."""
     y = pick_images(data, images, seed, stream)
-    return level_errors(
-        denoiser, y, fixed_noise(len(y), y.shape[1], draws, seed, stream), sigmas, error=error, batch=batch
-    )
+    noise = fixed_noise(len(y), y.shape[1], draws, seed, stream)
+    return level_errors(denoiser, y, noise, sigmas, error=error, batch=batch, device=device)

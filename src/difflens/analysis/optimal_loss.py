@@ -7,19 +7,27 @@ The per-level estimators are in ``difflens.diffusion.estimators``; docs/method.m
 from __future__ import annotations
 
 import csv
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
 
 from difflens.data import as_dataset
-from difflens.diffusion.estimators import estimate_level, level_rng, make_estimator
-from difflens.diffusion.processes import conversion_factor, get_process, sigma_grid
+from difflens.diffusion.estimators import critical_sigma, estimate_level, level_rng, make_estimator
+from difflens.diffusion.processes import Process, conversion_factor, get_process, sigma_grid
 from difflens.diffusion.schedules import LogNormal
 from difflens.errors import DifflensError
+from difflens.kernel import Fast
+from difflens.kernel.engines import Engine
+from difflens.kernel.source import Data
+
+# VE-equivalent noise levels s, increasing
+Levels: TypeAlias = Sequence[float] | np.ndarray
+# A recipe as a quadrature: (s, mass, λ), its total = Σ mass·λ·J*_x0(s) (see ``recipe_quadrature``)
+Quadrature: TypeAlias = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -58,12 +66,12 @@ DEFAULT_RECIPES = {
 }
 
 
-def default_recipe(process) -> str:
+def default_recipe(process: Process | str) -> str:
     """The recipe of ``DEFAULT_RECIPES`` for a process (or its name); uniform t for any other process."""
     return DEFAULT_RECIPES.get(getattr(process, "name", process), "uniform-t")
 
 
-def recipe_quadrature(recipe: str, process, target: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def recipe_quadrature(recipe: str, process: Process, target: str) -> Quadrature:
     """(s, mass, λ) so that a recipe's total loss in ``target`` units of ``process`` is Σ mass·λ·J*_x0(s).
 
     A recipe is a distribution of noise levels and a weight w on the loss *in the target's units*:
@@ -100,7 +108,9 @@ def _factor(process, target: str, s: np.ndarray) -> np.ndarray:
     return conversion_factor(process, target, process.t_of_s(s))
 
 
-def weighted_total(sigmas, values, stderrs, quad: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
+def weighted_total(
+    sigmas: Levels, values: Sequence[float] | np.ndarray, stderrs: Sequence[float] | np.ndarray, quad: Quadrature
+) -> dict:
     """Σ mass·λ·J(s) with J linear in ln s between levels; mass outside the levels is left out
     (``coverage`` is the recipe's probability mass inside them)."""
     s, mass, lam = quad
@@ -115,21 +125,6 @@ def weighted_total(sigmas, values, stderrs, quad: tuple[np.ndarray, np.ndarray, 
         "stderr": float(np.sqrt(np.sum((coeff[finite] * np.asarray(stderrs)[finite]) ** 2))),
         "coverage": float(mass[inside].sum() / mass.sum()),
     }
-
-
-def critical_sigma(sigmas, values_x0, plateau: float, fraction: float = 0.01) -> float | None:
-    """Smallest s where J*_x0 reaches ``fraction`` of the plateau (log-interpolated between levels)."""
-    if plateau <= 0:
-        return None
-    level = fraction * plateau
-    for i, v in enumerate(values_x0):
-        if v >= level:
-            if i == 0:
-                return float(sigmas[0])
-            v0, v1 = values_x0[i - 1], v
-            f = (level - v0) / (v1 - v0) if v1 > v0 else 0.0
-            return float(math.exp(math.log(sigmas[i - 1]) + f * (math.log(sigmas[i]) - math.log(sigmas[i - 1]))))
-    return None
 
 
 # ---------------------------------------------------------------- the curve
@@ -158,14 +153,14 @@ class Curve:
         return asdict(self)
 
 
-def curve_config(**kw) -> dict:
+def curve_config(**kw: Any) -> dict:
     """The settings that determine the results level by level (for resume checks)."""
     return {k: (list(map(float, v)) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
 
 
 def optimal_loss_curve(
-    data,
-    sigmas=None,
+    data: Data,
+    sigmas: Levels | None = None,
     *,
     process: str = "edm",
     target: str = "x0",
@@ -179,8 +174,8 @@ def optimal_loss_curve(
     chunk_size: int | None = None,
     done: dict[int, Level] | None = None,
     on_level: Callable[[int, Level], None] | None = None,
-    engine=None,
-    precision="exact",
+    engine: Engine | None = None,
+    precision: str | Fast = "exact",
     device: str | torch.device | None = None,
 ) -> Curve:
     """J*(s) on a grid of VE-equivalent noise levels, in ``target`` units of ``process``.

@@ -40,7 +40,7 @@ def stop_steps(steps: int, stops: int) -> list[int]:
     """``stops`` step indices spread evenly over a sampler grid of ``steps`` levels (first and last included)."""
     if stops < 1 or steps < 1:
         raise DifflensError(f"need ≥ 1 stop and ≥ 1 sampler step, got stops={stops}, steps={steps}")
-    return sorted({int(round(v)) for v in np.linspace(0, steps - 1, min(stops, steps))})
+    return sorted({round(v) for v in np.linspace(0, steps - 1, min(stops, steps))})
 
 
 @torch.no_grad()
@@ -57,14 +57,16 @@ def early_stop_probes(
     feature: Feature | None = None,
     seed: int = 0,
     on_stop: Callable[[int], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> list[ProbeLevel]:
-    """Probes at the sampler steps ``stops`` of the grid ``sigmas`` (decreasing, ending in 0)."""
+    """Probes at the sampler steps ``stops`` of the grid ``sigmas`` (decreasing, ending in 0). The sampler
+    and the denoiser run on ``device`` (noise drawn on the CPU); the measures on the CPU."""
     train, held = as_dataset(train), as_dataset(held)
     sig = torch.as_tensor(sigmas, dtype=torch.float64)
     if any(not 0 <= k < len(sig) - 1 for k in stops):
         raise DifflensError(f"stop steps must lie in [0, {len(sig) - 2}], got {stops}")
     x_init = samplers.initial_noise(samples, train.dim, float(sig[0]), seed)
-    traj = samplers.sample(denoiser, x_init, sig, method=method, seed=seed, record=True)
+    traj = samplers.sample(denoiser, x_init, sig, method=method, seed=seed, record=True, device=device)
     y_tr = pick_images(train, images, seed, TRAIN)
     y_he = pick_images(held, images, seed, HELD)
     n_tr = fixed_noise(len(y_tr), train.dim, 1, seed, TRAIN)[0]
@@ -72,11 +74,8 @@ def early_stop_probes(
     out = []
     for k in stops:
         s = float(sig[k])
-        sets = {
-            "samples": torch.as_tensor(denoiser(traj.states[k].float(), s)).float(),
-            "train": torch.as_tensor(denoiser(y_tr + s * n_tr, s)).float(),
-            "held": torch.as_tensor(denoiser(y_he + s * n_he, s)).float(),
-        }
+        inputs = {"samples": traj.states[k].float(), "train": y_tr + s * n_tr, "held": y_he + s * n_he}
+        sets = {g: torch.as_tensor(denoiser(x.to(device), s)).float().cpu() for g, x in inputs.items()}
         cos = {g: nn_cosine(x, train, feature)[0] for g, x in sets.items()}
         out.append(
             ProbeLevel(

@@ -42,10 +42,11 @@ def run_probes(
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> dict:
-    """Probes at ``stops`` sampler steps spread over an EDM grid; writes probes.{json,png}.
-
-    ``device``: where the model would run (``load_denoiser`` takes no ``device`` yet: the one place)."""
-    loaded = None if gap_mod.is_closed_form(model) else load_denoiser(model, trust_pickle=trust_pickle)
+    """Probes at ``stops`` sampler steps spread over an EDM grid; writes probes.{json,png}. The model (or
+    the oracle's kernel) and the sampler run on ``device`` (default cpu)."""
+    device = device or torch.device("cpu")
+    closed = gap_mod.is_closed_form(model)
+    loaded = None if closed else load_denoiser(model, trust_pickle=trust_pickle, device=device)
     cfg = (loaded.info.get("config") if loaded else None) or {}
     if val:
         train, _ = resolve_split(data, scale, 0, None, cfg)
@@ -59,14 +60,14 @@ def run_probes(
             den.shape = default_shape(train.shape)
         check_same_layout(getattr(den, "shape", None) or (), train.shape, "model inputs", "data")
     else:
-        den = gap_mod.resolve_denoiser(model, train)
+        den = gap_mod.resolve_denoiser(model, train, device)
     fmap, fdesc = features.resolve_feature(feature, train)
     sig = samplers.edm_sigmas(steps, sigma_min, sigma_max)
     at = probes.stop_steps(steps, stops)
     advance = progress("stops", len(at))
     levels = probes.early_stop_probes(
         den, train, held, sig, at, samples=num_samples, images=images, method=sampler, feature=fmap, seed=seed,
-        on_stop=lambda _: advance(1),
+        on_stop=lambda _: advance(1), device=device,
     )  # fmt: skip
     probes.plot_probes(levels, out / "probes.png", title=f"early-stopped probes: {model} on {train.spec}")
     result = {

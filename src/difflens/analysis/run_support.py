@@ -12,8 +12,9 @@ import numpy as np
 from difflens import report
 from difflens.data import Dataset
 from difflens.data import load as load_data
-from difflens.errors import DifflensError
+from difflens.errors import DifflensError, require
 from difflens.kernel import screening
+from difflens.kernel.engines import DASK_EXTRA
 
 # progress(description, total, completed) -> advance(n): how a caller shows progress (the CLI: rich bars)
 Progress = Callable[..., Callable[..., None]]
@@ -36,7 +37,7 @@ def open_data(spec: str, scale: str, holdout: float | None = None, seed: int = 0
     return ds
 
 
-def kernel_precision(precision: str, fast_tol: float):
+def kernel_precision(precision: str, fast_tol: float) -> str | screening.Fast:
     """What ``oracle.posterior`` takes as ``precision``, checked before any work."""
     if precision == "fast" and not 0 < fast_tol < 1:
         raise DifflensError(f"--fast-tol must be in (0, 1), got {fast_tol}")
@@ -48,6 +49,8 @@ def check_engine(workers: int | None, dask_scheduler: str | None) -> None:
         raise DifflensError("give --workers (start a local cluster) or --dask-scheduler (attach to one), not both")
     if workers is not None and workers < 1:
         raise DifflensError(f"--workers must be ≥ 1, got {workers}")
+    if workers is not None or dask_scheduler is not None:
+        require(*DASK_EXTRA)
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import optimize, stats
 
 from difflens.analysis import diagnose as dg
@@ -211,11 +212,20 @@ def fit_groups(rows: list[dict], optimal_of=None) -> list[dict]:
 
 
 def table_from_runs(
-    paths, sigmas, *, x: str = "params", images: int | None = 1024, samples: int = 1024, seed: int = 0, on_run=None
+    paths,
+    sigmas,
+    *,
+    x: str = "params",
+    images: int | None = 1024,
+    samples: int = 1024,
+    seed: int = 0,
+    on_run=None,
+    device: torch.device | str | None = None,
 ) -> tuple[str, list[dict]]:
     """Rows {x, loss, sigma, optimal} from difflens run folders: each run's training loss per level
     (x0 units, fixed noise per image, on its own training split) with J* of that split, and a row
-    without sigma for its recipe-weighted total. ``x`` is params or compute (6·params·steps·batch)."""
+    without sigma for its recipe-weighted total. ``x`` is params or compute (6·params·steps·batch).
+    Models and the kernel run on ``device`` (default cpu)."""
 
     if x not in ("params", "compute"):
         raise DifflensError(f"x must be params or compute, got {x!r}")
@@ -223,14 +233,14 @@ def table_from_runs(
     optimal_cache: dict[str, tuple] = {}
     rows = []
     for path in paths:
-        model = load_denoiser(str(path))
+        model = load_denoiser(str(path), device=device or "cpu")
         if model.info.get("kind") != "difflens":
             raise DifflensError(f"{path}: not a difflens run (scaling from runs needs their training settings)")
         cfg = TrainConfig(**model.info["config"])
         train_ds, _ = split_data(cfg)
         key = train_ds.stats.hash
         if key not in optimal_cache:
-            optimal_cache[key] = dg.optimal_levels(train_ds, sigmas, samples, seed)
+            optimal_cache[key] = dg.optimal_levels(train_ds, sigmas, samples, seed, device)
         quad = dg.model_recipe(model.info, model.param)[0]
         res = dg.diagnose_model(
             model.denoiser,
@@ -242,6 +252,7 @@ def table_from_runs(
             images=images,
             seed=seed,
             optimal=optimal_cache[key],
+            device=device,
         )
         params = model.info["parameters"]
         c = float(params if x == "params" else 6.0 * params * cfg.steps * cfg.batch)

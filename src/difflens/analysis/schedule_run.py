@@ -47,33 +47,36 @@ def run_schedule(
     seed: int = 0,
     device: torch.device | None = None,
 ) -> dict:
-    """Fit the schedule (``schedule_options``: bins, sigma_min, sigma_max, a, w_max, bump*, mix) and write
-    schedule.{json,csv,png} and recipe.csv (x0-unit weights, usable as ``--recipe``) to ``out``.
-
-    ``device``: where the model would run (``load_denoiser`` takes no ``device`` yet: the one place to pass it)."""
+    """Fit the schedule (``schedule_options``: bins, sigma_min, sigma_max, units, a, w_max, bump, bump_mu,
+    bump_std, mix) and write schedule.json (the recipe ``train --schedule`` reads), schedule.csv, recipe.csv
+    (x0-unit weights, usable as ``--recipe``) and schedule.png to ``out``. With a pilot run's per-level loss
+    (``model`` measured here, or ``from_log``) the schedule is fixed, else adaptive (docs/method.md,
+    "Training schedules"); ``process``/``target`` are the training target's (and a log's loss units).
+    The model and the kernel run on ``device`` (default cpu)."""
     if model is not None and from_log is not None:
         raise DifflensError("give at most one of --model or --from-log")
     ds = open_data(data, scale, holdout, seed=0)
     param = Parametrization.of(process, target)
     schedule = sched.OptimalLossSchedule.from_data(
-        ds, param.factor, samples=queries_per_level, seed=seed, **schedule_options
+        ds, param, samples=queries_per_level, seed=seed, device=device, **schedule_options
     )
     centers = schedule.centers
     if model is not None:
-        m = load_denoiser(model, data=ds)
-        err = split_errors(m.denoiser, ds, centers, images=images, seed=seed).mean(1)
-        schedule.set_model_loss(err * param.factor(centers))
-    elif from_log is not None:
+        m = load_denoiser(model, data=ds, device=device or "cpu")
+        err = split_errors(m.denoiser, ds, centers, images=images, seed=seed, device=device or "cpu")
+        schedule.set_model_loss(err.mean(1))
+    elif from_log is not None:  # a log's losses are in the training target's units: J_x0 = J/r
         s_log, loss = last_loss_per_level(dg.read_loss_log(from_log, param.process))
-        schedule.set_model_loss(np.exp(np.interp(np.log(centers), np.log(s_log), np.log(np.maximum(loss, 1e-300)))))
+        loss_x0 = np.maximum(loss / param.factor(s_log), 1e-300)
+        schedule.set_model_loss(np.exp(np.interp(np.log(centers), np.log(s_log), np.log(loss_x0))))
     table = schedule.table()
     report.write_csv(out / "schedule.csv", table)
     report.write_csv(  # x0-unit weights: usable as --recipe by optimal-loss and diagnose
-        out / "recipe.csv",
-        [{"sigma": r["sigma"], "p": r["p"], "weight": r["weight"] * param.factor(r["sigma"])} for r in table],
+        out / "recipe.csv", [{"sigma": r["sigma"], "p": r["density"], "weight": r["weight_x0"]} for r in table]
     )
-    report.plot_schedule(table, out / "schedule.png", f"optimal-loss schedule on {ds.spec} ({target} units)")
-    result = {"schedule": schedule.describe(), "units": param.describe(), "table": table}
+    title = f"{schedule.params()['mode']} optimal-loss schedule on {ds.spec} ({schedule.units} units)"
+    report.plot_schedule(table, out / "schedule.png", title, schedule.critical_sigma)
+    result = {**schedule.recipe(), "units": param.describe(), "data": ds.summary()}
     report.write_json(out / "schedule.json", result)
     return result
 
@@ -98,9 +101,7 @@ def run_scaling(
     progress: Progress = no_progress,
 ) -> tuple[list[dict], list[dict]]:
     """Power-law fits per level (and of totals); writes scaling.{json,csv,png} (and table.csv for ``runs``).
-    Returns (groups, flat rows of the fits).
-
-    ``device``: where run folders' models would run (``table_from_runs`` takes no ``device`` yet)."""
+    Returns (groups, flat rows of the fits). Run folders' models and the kernel run on ``device`` (default cpu)."""
     if (table is None) == (runs is None):
         raise DifflensError("give exactly one of a TABLE or --runs")
     param = Parametrization.of(process, target)
@@ -117,11 +118,13 @@ def run_scaling(
             samples=queries_per_level,
             seed=seed,
             on_run=lambda: advance(1),
+            device=device,
         )
         report.write_csv(out / "table.csv", [{xcol: r["x"], **{k: v for k, v in r.items() if k != "x"}} for r in rows])
     else:
         xcol, rows = sc.read_table(table)
-    groups = sc.fit_groups(rows, _optimal_of(rows, data, scale, holdout, param, optimal, queries_per_level, seed))
+    j_star = _optimal_of(rows, data, scale, holdout, param, optimal, queries_per_level, seed, device)
+    groups = sc.fit_groups(rows, j_star)
     report.write_json(out / "scaling.json", {"x": xcol, "units": param.describe(), "groups": groups})
     flat = [
         {"sigma": g["sigma"], "fit": k, **{f: v for f, v in fit.items() if f not in ("kind",)}}
@@ -133,12 +136,12 @@ def run_scaling(
     return groups, flat
 
 
-def _optimal_of(rows, data, scale, holdout, param, optimal, samples, seed) -> Callable | None:
+def _optimal_of(rows, data, scale, holdout, param, optimal, samples, seed, device) -> Callable | None:
     """J* of a row's level (from ``data``) or the given ``optimal`` for rows without a level."""
     levels = sorted({r["sigma"] for r in rows if "sigma" in r})
     if data is not None and levels:
         ds = open_data(data, scale, holdout, seed=0)
-        j, _, _ = dg.optimal_levels(ds, np.array(levels), samples, seed)
+        j, _, _ = dg.optimal_levels(ds, np.array(levels), samples, seed, device)
         by_level = dict(zip(levels, j * param.factor(np.array(levels)), strict=True))
         return lambda s: by_level[s] if s is not None else optimal
     if optimal is not None:

@@ -18,6 +18,7 @@ import click
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from typer.core import TyperCommand, TyperOption
 
@@ -51,9 +52,7 @@ SamplerName = choice("SamplerName", METHODS)
 ArchName = choice("ArchName", ARCHS)
 ErrorName = choice("ErrorName", ERRORS)
 BackendName = choice("BackendName", BACKENDS)
-ScheduleName = choice(
-    "ScheduleName", (s.name for s in (schedules.LogNormal, schedules.UniformT, schedules.OptimalLossSchedule))
-)
+ScheduleUnits = choice("ScheduleUnits", schedules.UNITS)
 PredictionType = choice("PredictionType", DIFFUSERS_TARGETS)
 
 # Old spellings kept for one release: accepted, hidden from --help (only where they are not the option's name).
@@ -111,7 +110,7 @@ def friendly_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except DifflensError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except MemoryError:
             console.print("[bold red]error:[/] out of memory: lower --chunk-size or the number of queries")
@@ -226,7 +225,7 @@ def config_options(
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     params, kinds = [], {}
     for name, text in help.items():
-        kind, optional = _field_type(hints[name])
+        kind, _optional = _field_type(hints[name])
         default = defaults[name]
         if name in choices:
             kind, default = choices[name], choices[name](default)

@@ -27,10 +27,12 @@ def convert_cmd(
 ):
     """Write data as a chunked zarr array that streams from disk (raw values + their scaling)."""
     with Bars() as bars:
-        task = bars.bar.add_task(f"→ {dest.name}", total=None)
+        tasks = []  # the bar appears with the first rows, after convert checked its input
 
         def on_rows(k: int, total: int) -> None:
-            bars.bar.update(task, total=total, advance=k)
+            if not tasks:
+                tasks.append(bars.bar.add_task(f"→ {dest.name}", total=total))
+            bars.bar.update(tasks[0], total=total, advance=k)
 
         info = data_mod.convert(
             src, dest, scale=scale.value, chunk_rows=chunk_rows, overwrite=overwrite, on_rows=on_rows

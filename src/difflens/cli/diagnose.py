@@ -20,6 +20,7 @@ from difflens.cli.common import (
     ProcessName,
     ScaleName,
     ScaleOpt,
+    ScheduleUnits,
     SeedOpt,
     SigmasOpt,
     TargetName,
@@ -93,6 +94,7 @@ def print_diagnosis(result: dict) -> None:
     TrainConfig,
     {k: v.removeprefix("optimal-loss schedule: ") for k, v in SCHEDULE_HELP.items()},
     into="schedule_options",
+    choices={"units": ScheduleUnits},
     build=dict,
 )
 def schedule_cmd(
@@ -110,12 +112,15 @@ def schedule_cmd(
     device: str = DeviceOpt,
     out: Path = out_opt("runs/schedule"),
 ):
-    """Xu et al.'s optimal-loss schedule: weights w(σ) and sampling density p(σ) as a table and recipe."""
+    """Xu et al.'s optimal-loss schedule: w(σ) and p(σ) as a recipe for `train --schedule`: adaptive, or
+    fixed from a pilot run's per-level loss (--model / --from-log)."""
     opts = {k: value(v) for k, v in locals().items() if k not in ("out", "schedule_options", "device")}
-    run_schedule(out, schedule_options, device=check_device(device), **opts)
+    result = run_schedule(out, schedule_options, device=check_device(device), **opts)
     if model is None and from_log is None:
-        console.print("no --model or --from-log: p(σ) is uniform until a model loss is known (as at training start)")
-    console.print(f"wrote {out}/schedule.json, schedule.csv, recipe.csv (for --recipe), schedule.png")
+        console.print("no --model or --from-log: adaptive; p(σ) uniform until a model loss is known (as at start)")
+    params, crit = result["params"], result["params"]["critical_sigma"]
+    console.print(f"{params['mode']} schedule in {params['units']} units; critical σ* = {crit if crit else 'none'}")
+    console.print(f"wrote {out}/schedule.json (train --schedule), schedule.csv, recipe.csv (--recipe), schedule.png")
 
 
 def scaling_cmd(

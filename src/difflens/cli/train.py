@@ -11,7 +11,7 @@ from difflens.cli.common import (
     DeviceOpt,
     ProcessName,
     ScaleName,
-    ScheduleName,
+    ScheduleUnits,
     TargetName,
     ThreadsOpt,
     check_device,
@@ -26,11 +26,12 @@ SCHEDULE_HELP = {
     "bins": "optimal-loss schedule: bins in ln σ between --sigma-min and --sigma-max.",
     "sigma_min": "optimal-loss schedule: lowest σ.",
     "sigma_max": "optimal-loss schedule: highest σ.",
+    "units": "optimal-loss schedule: units of J*, the gap and the weight (x0 as the paper; target: earlier variant).",
     "a": "optimal-loss schedule: weight scale a.",
-    "w_max": "optimal-loss schedule: weight cap w_max.",
-    "bump": "optimal-loss schedule: Gaussian bump height (× a) in ln σ.",
-    "bump_center": "optimal-loss schedule: bump centre σ.",
-    "bump_width": "optimal-loss schedule: bump width in ln σ.",
+    "w_max": "optimal-loss schedule: weight cap w_max (on a·min(1/J*, w_max)).",
+    "bump": "optimal-loss schedule: add the critical-σ term 𝒩(ln σ; μ, ς²)·𝟙[σ < σ*].",
+    "bump_mu": "optimal-loss schedule: μ of the critical-σ term, in ln σ [default: ln σ* − ς].",
+    "bump_std": "optimal-loss schedule: ς of the critical-σ term, in ln σ.",
     "mix": "optimal-loss schedule: uniform floor mixed into p(σ).",
 }
 TRAIN_HELP = {
@@ -44,7 +45,7 @@ TRAIN_HELP = {
     "process": "Forward process the network is trained on.",
     "target": "Prediction target (edm = EDM preconditioning).",
     "time_scale": "Multiplier of the network's time input.",
-    "schedule": "Noise-level schedule and weighting.",
+    "schedule": "Noise-level schedule: edm, uniform-t, optimal-loss, or a schedule.json from `difflens schedule`.",
     **SCHEDULE_HELP,
     "steps": "Optimizer steps.",
     "batch": "Batch size.",
@@ -69,7 +70,7 @@ TRAIN_CHOICES = {
     "arch": ArchName,
     "process": ProcessName,
     "target": TargetName,
-    "schedule": ScheduleName,
+    "units": ScheduleUnits,
     "loss": choice("LossName", tuple(LOSSES)),
 }
 
@@ -88,11 +89,15 @@ def train_cmd(
     out: Path = out_opt("runs/train"),
 ):
     """Train a tiny reference denoiser: metrics.jsonl, ckpt_*.pt, model.safetensors, train.json."""
-    check_device(device)  # train() takes no device yet: pass it here once it does
+    dev = check_device(device)
     with Bars() as bars:
         task = bars.bar.add_task("training", total=config.steps)
         summary = train(
-            config, out, on_step=lambda step, loss: bars.bar.update(task, completed=step), threads=threads or None
+            config,
+            out,
+            on_step=lambda step, loss: bars.bar.update(task, completed=step),
+            threads=threads or None,
+            device=dev,
         )
     console.print(
         f"trained {summary['arch']['name']} ({summary['parameters']:,} parameters) on {summary['data']['spec']} "

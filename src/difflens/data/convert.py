@@ -13,7 +13,7 @@ from difflens.data.files import atomic_path
 from difflens.data.images import image_files, read_image
 from difflens.data.sources import load, scale_for
 from difflens.data.storage import LAYOUT_ATTR, SCALE_ATTR
-from difflens.errors import DifflensError
+from difflens.errors import DifflensError, require
 
 
 class _Source:
@@ -68,8 +68,7 @@ def convert(
 
     The array is written under a temporary name and renamed at the end, so ``dest`` exists only
     when complete. ``on_rows(k, n)`` is called after each block of k of the n rows (progress)."""
-    import zarr
-
+    zarr = require("zarr", "scale", "difflens convert (zarr output)")
     dest = Path(dest)
     if dest.suffix != ".zarr":
         raise DifflensError(f"destination must end in .zarr, got {dest}")

@@ -42,7 +42,7 @@ class Dataset:
     ``channels_last``: the array stores (N, H, W, C) images, presented (and flattened) as (C, H, W)
     (see ``difflens.data.layout``). ``notes`` say how the values were read (layout, scaling)."""
 
-    array: np.ndarray
+    array: storage.Rows
     spec: str = "array"
     scale: tuple[float, float] = (1.0, 0.0)
     indices: np.ndarray | None = None
@@ -51,7 +51,7 @@ class Dataset:
     notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.array.ndim == 1:
+        if isinstance(self.array, np.ndarray) and self.array.ndim == 1:  # (a zarr array is ≥ 2-D)
             self.array = self.array.reshape(-1, 1)
         if self.channels_last and self.array.ndim != 4:
             raise DifflensError(f"{self.spec}: channel-last samples must be (H, W, C), got {self.array.shape[1:]}")
@@ -192,7 +192,7 @@ class Dataset:
         """(train, held-out) with a fraction ``holdout`` held out, chosen by ``seed``."""
         if not 0.0 < holdout < 1.0:
             raise DifflensError(f"--holdout must be a fraction in (0, 1), got {holdout}")
-        n_held = int(round(holdout * len(self)))
+        n_held = round(holdout * len(self))
         if n_held == 0 or n_held == len(self):
             raise DifflensError(f"--holdout {holdout} leaves an empty split of {len(self)} samples")
         perm = np.random.default_rng(seed).permutation(len(self))

@@ -18,6 +18,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,7 +59,7 @@ def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode())
 
 
-def json_clean(obj):
+def json_clean(obj: Any) -> Any:
     """JSON has no NaN/Inf: they become null (recursively through dicts, lists and tuples)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -69,7 +70,7 @@ def json_clean(obj):
     return obj
 
 
-def write_json(path: str | Path, obj) -> None:
+def write_json(path: str | Path, obj: Any) -> None:
     """Indented JSON with NaN/Inf as null, atomically."""
     write_text(path, json.dumps(json_clean(obj), indent=2) + "\n")
 
@@ -85,7 +86,7 @@ def write_csv(path: str | Path, rows: Iterable[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
-def save_torch(obj, path: str | Path) -> None:
+def save_torch(obj: object, path: str | Path) -> None:
     """``torch.save`` atomically (checkpoints)."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from difflens.data import storage
 from difflens.data.dataset import Dataset
 from difflens.data.images import IMAGE_SUFFIXES, image_files, read_image
 from difflens.data.layout import channels_last
-from difflens.errors import DifflensError
+from difflens.errors import DifflensError, require
 
 SCALES = ("auto", "none", "uint8", "minmax")
 
@@ -38,29 +39,30 @@ SCALES = ("auto", "none", "uint8", "minmax")
 # ---------------------------------------------------------------- toys
 
 
-def _circle(n: int = 16, radius: float = 1.0, noise: float = 0.0, random: bool = False, seed: int = 0):
+def _circle(n: int = 16, radius: float = 1.0, noise: float = 0.0, random: bool = False, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     angles = rng.uniform(0, 2 * np.pi, n) if random else np.arange(n) * 2 * np.pi / n
     x = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
     return x + noise * rng.standard_normal(x.shape)
 
 
-def _gmm(n: int = 1000, k: int = 8, dim: int = 2, std: float = 0.1, radius: float = 1.0, seed: int = 0):
+def _gmm(n: int = 1000, k: int = 8, dim: int = 2, std: float = 0.1, radius: float = 1.0, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((k, dim))
     centers *= radius / np.linalg.norm(centers, axis=1, keepdims=True)
     return centers[rng.integers(0, k, n)] + std * rng.standard_normal((n, dim))
 
 
-def _gaussian(n: int = 1000, dim: int = 2, var: float = 1.0, seed: int = 0):
+def _gaussian(n: int = 1000, dim: int = 2, var: float = 1.0, seed: int = 0) -> np.ndarray:
     return np.sqrt(var) * np.random.default_rng(seed).standard_normal((n, dim))
 
 
-TOYS = {"circle": _circle, "gmm": _gmm, "gaussian": _gaussian}
+TOYS: dict[str, Callable[..., np.ndarray]] = {"circle": _circle, "gmm": _gmm, "gaussian": _gaussian}
 
 
-def parse_params(text: str, spec: str) -> dict:
-    params = {}
+def parse_params(text: str, spec: str) -> dict[str, int | float | bool]:
+    """``k=v,...`` toy parameters: integers, floats and true/false."""
+    params: dict[str, int | float | bool] = {}
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
@@ -125,7 +127,7 @@ def _load_images(folder: Path, spec: str) -> np.ndarray:
     return np.stack(images)
 
 
-def _load_array(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _load_array(spec: str) -> tuple[storage.Rows, np.ndarray | None]:
     """The raw (N, ...) array for a spec, and labels where the source has them."""
     if spec == "digits":
         from sklearn.datasets import load_digits
@@ -133,9 +135,8 @@ def _load_array(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
         d = load_digits()
         return (d.images / 16.0 * 255.0).astype(np.float32), d.target  # as 0…255 intensities
     if spec == "lfw":
-        from skimage.data import lfw_subset
-
-        return (lfw_subset() * 255.0).astype(np.float32), None
+        skimage_data = require("skimage.data", "images", "the lfw data set")
+        return (skimage_data.lfw_subset() * 255.0).astype(np.float32), None
     if spec.startswith("toy:"):
         return _load_toy(spec), None
     path_text, sep, key = spec.partition(".npz:")
@@ -156,10 +157,11 @@ def _load_array(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
     raise DifflensError(f"data {spec!r}: unsupported file type {path.suffix!r} (use .npy, .npz, .zarr or a folder)")
 
 
-def scale_for(array: np.ndarray, spec: str, scale: str, image_like: bool) -> tuple[float, float]:
+def scale_for(array: storage.Rows, spec: str, scale: str, image_like: bool) -> tuple[float, float]:
+    """(a, b) of x·a + b for ``scale`` (see the module doc); ``auto`` prefers a zarr array's recorded scaling."""
     if scale not in SCALES:
         raise DifflensError(f"unknown --scale {scale!r}; choose one of {', '.join(SCALES)}")
-    if scale == "auto" and getattr(array, "stored_scale", None):
+    if scale == "auto" and isinstance(array, storage.ZarrRows) and array.stored_scale:
         return array.stored_scale
     if scale == "auto":
         scale = "uint8" if image_like or array.dtype.kind in "iub" else "none"

@@ -10,10 +10,11 @@ from __future__ import annotations
 import mmap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, TypeAlias
 
 import numpy as np
 
-from difflens.errors import DifflensError
+from difflens.errors import DifflensError, require
 
 SCALE_ATTR = "difflens_scale"
 LAYOUT_ATTR = "difflens_layout"  # CHW or HWC: how ``convert`` stored (N, a, b, c) samples
@@ -27,26 +28,26 @@ class MappedFile:
     dtype: str
     shape: tuple[int, ...]
     offset: int
-    order: str
+    order: Literal["C", "F"]
 
     def open(self) -> np.memmap:
         return np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape, offset=self.offset, order=self.order)
 
 
-def portable(array):
+def portable(array: Rows) -> Rows | MappedFile:
     """What to pickle for an array: a MappedFile for a whole-file memmap, else the array itself."""
     if isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.filename:
-        order = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
+        order: Literal["C", "F"] = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
         return MappedFile(str(array.filename), array.dtype.str, tuple(array.shape), int(array.offset), order)
     return array
 
 
-def file_backed(array) -> bool:
+def file_backed(array: Rows) -> bool:
     """True if the array pickles as a file reference (a whole-file memmap or a zarr array)."""
     return isinstance(array, ZarrRows) or portable(array) is not array
 
 
-def reopen(ref):
+def reopen(ref: Rows | MappedFile) -> Rows:
     """Inverse of ``portable``."""
     return ref.open() if isinstance(ref, MappedFile) else ref
 
@@ -58,8 +59,7 @@ class ZarrRows:
     recorded by ``convert`` (None for arrays written otherwise)."""
 
     def __init__(self, path: str | Path):
-        import zarr
-
+        zarr = require("zarr", "scale", "reading .zarr data")
         self.path = str(path)
         try:
             self._z = zarr.open_array(self.path, mode="r")
@@ -68,7 +68,12 @@ class ZarrRows:
         if self._z.ndim < 2:
             raise DifflensError(f"{path}: need a zarr array of shape (N, ...) with N samples, got {self._z.shape}")
         scale = self._z.attrs.get(SCALE_ATTR)
-        self.stored_scale = (float(scale[0]), float(scale[1])) if scale else None
+        self.stored_scale: tuple[float, float] | None = None
+        if scale:
+            if not isinstance(scale, list | tuple) or len(scale) != 2:
+                raise DifflensError(f"{path}: attribute {SCALE_ATTR} must be [a, b], got {scale!r}")
+            a, b = np.asarray(scale, dtype=np.float64).tolist()
+            self.stored_scale = (a, b)
         self.stored_layout = self._z.attrs.get(LAYOUT_ATTR)
 
     def __reduce__(self):
@@ -92,5 +97,10 @@ class ZarrRows:
 
     def __getitem__(self, key) -> np.ndarray:
         if isinstance(key, np.ndarray):
-            return self._z.oindex[key]
-        return self._z[key]
+            return np.asarray(self._z.oindex[key])
+        return np.asarray(self._z[key])
+
+
+# What a Dataset holds: rows that slice along the first axis and take integer row lists (an array, a memmap
+# or a zarr array); ``np.asarray`` of a slice is a NumPy array.
+Rows: TypeAlias = np.ndarray | ZarrRows

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,15 @@ class Full:
         """Queries that share random draws beyond their own (source, ε): none here, every query is independent."""
         return 1
 
-    def __call__(self, data: Dataset, queries, sources, sigma, rng, **kernel) -> oracle.Posterior:
+    def __call__(
+        self,
+        data: Dataset,
+        queries: torch.Tensor,
+        sources: np.ndarray,
+        sigma: float,
+        rng: np.random.Generator,
+        **kernel: Any,
+    ) -> oracle.Posterior:
         return oracle.posterior(queries, data, sigma, hint=sources, **kernel)
 
 
@@ -67,7 +76,15 @@ class SNIS(_Grouped):
     subset: int
     group: int = 32
 
-    def __call__(self, data, queries, sources, sigma, rng, **kernel):
+    def __call__(
+        self,
+        data: Dataset,
+        queries: torch.Tensor,
+        sources: np.ndarray,
+        sigma: float,
+        rng: np.random.Generator,
+        **kernel: Any,
+    ) -> oracle.Posterior:
         parts = []
         g = self.group_size(len(queries))
         for i in range(0, len(queries), g):
@@ -85,7 +102,15 @@ class CDOL(_Grouped):
     C: float = 1.0
     group: int = 32
 
-    def __call__(self, data, queries, sources, sigma, rng, **kernel):
+    def __call__(
+        self,
+        data: Dataset,
+        queries: torch.Tensor,
+        sources: np.ndarray,
+        sigma: float,
+        rng: np.random.Generator,
+        **kernel: Any,
+    ) -> oracle.Posterior:
         scale = 1.0 / sigma**2
         parts = []
         g = self.group_size(len(queries))
@@ -115,9 +140,10 @@ def _cat(parts: list[oracle.Posterior]) -> oracle.Posterior:
 
 
 ESTIMATORS = ("full", "snis", "dol", "cdol")
+Estimator = Full | SNIS | CDOL
 
 
-def make_estimator(name: str, n: int, subset: int | None = None, C: float | None = None):
+def make_estimator(name: str, n: int, subset: int | None = None, C: float | None = None) -> Estimator:
     """An estimator by name; ``subset`` L defaults to min(N, 256), cdol's C to 4N/L (Xu et al.)."""
     if name not in ESTIMATORS:
         raise DifflensError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
@@ -165,12 +191,12 @@ def level_rng(seed: int, level: int) -> np.random.Generator:
 def estimate_level(
     data: Dataset,
     sigma: float,
-    estimator,
+    estimator: Estimator,
     samples: int,
     rng: np.random.Generator,
     reduce_dims: int,
     chunk_size: int | None = None,
-    **kernel,
+    **kernel: Any,
 ) -> tuple[float, float, float, dict]:
     """(J*_x0, stderr, paired J*_x0, concentration stats) at noise level ``sigma``.
 
@@ -189,3 +215,19 @@ def estimate_level(
         "max_dropped_mass": float(post.dropped_mass.max()),
     }
     return float(values.mean()), stderr, float(paired.mean()), conc
+
+
+def critical_sigma(sigmas, values_x0, plateau: float, fraction: float = 0.01) -> float | None:
+    """Smallest s where J*_x0 reaches ``fraction`` of the plateau (log-interpolated between levels;
+    docs/method.md, "Critical noise level"). Lives here, under analysis and schedules, which both need it."""
+    if plateau <= 0:
+        return None
+    level = fraction * plateau
+    for i, v in enumerate(values_x0):
+        if v >= level:
+            if i == 0:
+                return float(sigmas[0])
+            v0, v1 = values_x0[i - 1], v
+            f = (level - v0) / (v1 - v0) if v1 > v0 else 0.0
+            return float(math.exp(math.log(sigmas[i - 1]) + f * (math.log(sigmas[i]) - math.log(sigmas[i - 1]))))
+    return None

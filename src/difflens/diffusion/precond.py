@@ -24,6 +24,7 @@ from difflens.diffusion.processes import (
     EDM,
     SIGMA_DATA,
     TARGETS,
+    ArrayLike,
     Process,
     _arr,
     _xp,
@@ -52,7 +53,7 @@ class DiscreteVP(Process):
             )
         return lam, k
 
-    def s_of_t(self, t):
+    def s_of_t(self, t: ArrayLike) -> ArrayLike:
         t = _arr(t)
         lam, k = self._lam(t)
         inner = _interp(t, k, lam)
@@ -62,7 +63,7 @@ class DiscreteVP(Process):
         lam_t = xp.where(t < 0, lo, xp.where(t > k[-1], hi, inner))
         return xp.exp(-0.5 * lam_t)
 
-    def t_of_s(self, s):
+    def t_of_s(self, s: ArrayLike) -> ArrayLike:
         s = _arr(s)
         lam, k = self._lam(s)
         xp = _xp(s)
@@ -72,10 +73,10 @@ class DiscreteVP(Process):
         hi = k[-1] + (target - lam[-1]) / (lam[-1] - lam[-2])
         return xp.where(target > lam[0], lo, xp.where(target < lam[-1], hi, inner))
 
-    def alpha(self, t):
+    def alpha(self, t: ArrayLike) -> ArrayLike:
         return 1.0 / _xp(t).sqrt(1.0 + self.s_of_t(t) ** 2)
 
-    def sigma(self, t):
+    def sigma(self, t: ArrayLike) -> ArrayLike:
         return self.s_of_t(t) * self.alpha(t)
 
 
@@ -148,7 +149,7 @@ class Parametrization:
             "noise_conditioned": self.noise_conditioned,
         }
 
-    def factor(self, s) -> np.ndarray:
+    def factor(self, s: ArrayLike) -> np.ndarray:
         """r(s): loss in target units = r · loss in x0 units (per level)."""
         s = _arr(s)
         if self.target == "edm":
@@ -157,7 +158,7 @@ class Parametrization:
 
     # ---- the coefficients, in torch on x's device
 
-    def coefficients(self, s, x: torch.Tensor) -> Coefficients:
+    def coefficients(self, s: ArrayLike, x: torch.Tensor) -> Coefficients:
         """c_skip, c_out, c_in, c_noise at levels s (B,) for inputs x (B, …): torch tensors on x's
         device in the promoted dtype of s and x (float64 levels keep float64 coefficients, except on a
         device without float64)."""
@@ -194,7 +195,7 @@ class Parametrization:
 
     # ---- VE form ↔ network input
 
-    def inputs(self, x: torch.Tensor, s) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(self, x: torch.Tensor, s: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
         """(network input, time input) in x's dtype for VE-form x̃ (B, …) at levels s (B,); the time
         input is all zeros for a noise-unconditioned network."""
         c = self.coefficients(s, x)
@@ -207,20 +208,20 @@ class Parametrization:
         t = t_in.detach().to(wide_dtype(t_in.device)) / self.time_scale
         return torch.exp(4.0 * t) if self.target == "edm" else self.process.s_of_t(t)
 
-    def ve_input(self, x_in: torch.Tensor, s) -> torch.Tensor:
+    def ve_input(self, x_in: torch.Tensor, s: ArrayLike) -> torch.Tensor:
         """VE-form x̃ from a network input at level s (inverse of ``inputs``' x)."""
         return x_in / self.coefficients(s, x_in).c_in.to(x_in.dtype)
 
     # ---- target ↔ x0
 
-    def to_x0(self, y: torch.Tensor, x: torch.Tensor, s) -> torch.Tensor:
+    def to_x0(self, y: torch.Tensor, x: torch.Tensor, s: ArrayLike) -> torch.Tensor:
         """x0 estimate c_skip·x̃ + c_out·y from a target prediction y, given the VE-form x̃ and s
         (computed in the coefficients' precision, returned in x's dtype)."""
         c = self.coefficients(s, x)
         w = torch.promote_types(c.c_out.dtype, y.dtype)
         return (c.c_skip.to(w) * x.to(w) + c.c_out.to(w) * y.to(w)).to(x.dtype)
 
-    def target_of(self, x0: torch.Tensor, x: torch.Tensor, s) -> torch.Tensor:
+    def target_of(self, x0: torch.Tensor, x: torch.Tensor, s: ArrayLike) -> torch.Tensor:
         """The true target y = (x0 − c_skip·x̃)/c_out for clean x0 and its VE-form noisy x̃ at level s."""
         c = self.coefficients(s, x)
         w = torch.promote_types(c.c_out.dtype, x0.dtype)

@@ -61,10 +61,10 @@ class Process:
 class _UnitAlpha(Process):
     """Processes that only add noise (α = 1): x_t is already in VE form."""
 
-    def alpha(self, t):
+    def alpha(self, t: ArrayLike) -> ArrayLike:
         return _xp(t).ones_like(_arr(t))
 
-    def dalpha(self, t):
+    def dalpha(self, t: ArrayLike) -> ArrayLike:
         return _xp(t).zeros_like(_arr(t))
 
 
@@ -76,13 +76,13 @@ class VE(_UnitAlpha):
     sigma_max: float = 80.0
     name = "ve"
 
-    def sigma(self, t):
+    def sigma(self, t: ArrayLike) -> ArrayLike:
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** _arr(t)
 
-    def dsigma(self, t):
+    def dsigma(self, t: ArrayLike) -> ArrayLike:
         return self.sigma(t) * math.log(self.sigma_max / self.sigma_min)
 
-    def t_of_s(self, s):
+    def t_of_s(self, s: ArrayLike) -> ArrayLike:
         return _xp(s).log(_arr(s) / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
 
 
@@ -95,16 +95,16 @@ class _VPBase(Process):
     def dabar(self, t: ArrayLike) -> ArrayLike:
         raise NotImplementedError
 
-    def alpha(self, t):
+    def alpha(self, t: ArrayLike) -> ArrayLike:
         return _xp(t).sqrt(self.abar(t))
 
-    def sigma(self, t):
+    def sigma(self, t: ArrayLike) -> ArrayLike:
         return _xp(t).sqrt(1.0 - self.abar(t))
 
-    def dalpha(self, t):
+    def dalpha(self, t: ArrayLike) -> ArrayLike:
         return self.dabar(t) / (2.0 * self.alpha(t))
 
-    def dsigma(self, t):
+    def dsigma(self, t: ArrayLike) -> ArrayLike:
         return -self.dabar(t) / (2.0 * self.sigma(t))
 
 
@@ -116,15 +116,15 @@ class VPLinear(_VPBase):
     beta_max: float = 20.0
     name = "vp"
 
-    def abar(self, t):
+    def abar(self, t: ArrayLike) -> ArrayLike:
         t = _arr(t)
         return _xp(t).exp(-self.beta_min * t - 0.5 * (self.beta_max - self.beta_min) * t**2)
 
-    def dabar(self, t):
+    def dabar(self, t: ArrayLike) -> ArrayLike:
         t = _arr(t)
         return -(self.beta_min + (self.beta_max - self.beta_min) * t) * self.abar(t)
 
-    def t_of_s(self, s):
+    def t_of_s(self, s: ArrayLike) -> ArrayLike:
         xp = _xp(s)
         log_inv_abar = xp.log1p(_arr(s) ** 2)  # ᾱ = 1/(1+s²)
         d = self.beta_max - self.beta_min
@@ -141,14 +141,14 @@ class VPCosine(_VPBase):
     def _f(self, t):
         return _xp(t).cos(0.5 * np.pi * (_arr(t) + self.offset) / (1 + self.offset)) ** 2
 
-    def abar(self, t):
+    def abar(self, t: ArrayLike) -> ArrayLike:
         return self._f(t) / self._f(0.0)
 
-    def dabar(self, t):
+    def dabar(self, t: ArrayLike) -> ArrayLike:
         u = 0.5 * np.pi * (_arr(t) + self.offset) / (1 + self.offset)
         return -_xp(t).sin(2 * u) * 0.5 * np.pi / (1 + self.offset) / self._f(0.0)
 
-    def t_of_s(self, s):
+    def t_of_s(self, s: ArrayLike) -> ArrayLike:
         xp = _xp(s)
         root = xp.sqrt(self._f(0.0) / (1.0 + _arr(s) ** 2))
         return (1 + self.offset) * xp.arccos(root) * 2.0 / np.pi - self.offset
@@ -160,13 +160,13 @@ class EDM(_UnitAlpha):
 
     name = "edm"
 
-    def sigma(self, t):
+    def sigma(self, t: ArrayLike) -> ArrayLike:
         return _arr(t)
 
-    def dsigma(self, t):
+    def dsigma(self, t: ArrayLike) -> ArrayLike:
         return _xp(t).ones_like(_arr(t))
 
-    def t_of_s(self, s):
+    def t_of_s(self, s: ArrayLike) -> ArrayLike:
         return _arr(s)
 
 
@@ -176,19 +176,19 @@ class FlowMatching(Process):
 
     name = "fm"
 
-    def alpha(self, t):
+    def alpha(self, t: ArrayLike) -> ArrayLike:
         return 1.0 - _arr(t)
 
-    def dalpha(self, t):
+    def dalpha(self, t: ArrayLike) -> ArrayLike:
         return -_xp(t).ones_like(_arr(t))
 
-    def sigma(self, t):
+    def sigma(self, t: ArrayLike) -> ArrayLike:
         return _arr(t)
 
-    def dsigma(self, t):
+    def dsigma(self, t: ArrayLike) -> ArrayLike:
         return _xp(t).ones_like(_arr(t))
 
-    def t_of_s(self, s):
+    def t_of_s(self, s: ArrayLike) -> ArrayLike:
         s = _arr(s)
         return s / (1.0 + s)
 
@@ -204,7 +204,7 @@ PROCESSES: dict[str, Callable[[], Process]] = {
 SIGMA_DATA = 0.5  # EDM's σ_data, used by the EDM F target and the EDM training recipe
 
 
-def edm_coefficients(s: ArrayLike, sigma_data: float = SIGMA_DATA):
+def edm_coefficients(s: ArrayLike, sigma_data: float = SIGMA_DATA) -> tuple[ArrayLike, ArrayLike, ArrayLike]:
     """EDM's preconditioning (Karras et al. 2022, Table 1) at VE level s: (c_skip, c_out, c_in), with
     x0 = c_skip·x̃ + c_out·F(c_in·x̃, ln(s)/4). In s's namespace (NumPy float64, or torch on s's device)."""
     s = _arr(s)

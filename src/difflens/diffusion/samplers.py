@@ -17,6 +17,7 @@ the chosen device; random draws come from a CPU generator, so a seed gives the s
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +61,10 @@ class Trajectory:
     samples: torch.Tensor
     sigmas: torch.Tensor
     states: list[torch.Tensor] = field(default_factory=list)
+
+    def cpu(self) -> Trajectory:
+        """The same trajectory with its samples and states on the CPU (for analyses and writing)."""
+        return Trajectory(self.samples.cpu(), self.sigmas.cpu(), [s.cpu() for s in self.states])
 
 
 def _d(denoiser: Denoiser, x: torch.Tensor, s: float) -> torch.Tensor:
@@ -179,7 +184,7 @@ def sample(
     if method not in METHODS:
         raise DifflensError(f"unknown sampler {method!r}; choose one of {', '.join(METHODS)}")
     sig = [float(v) for v in torch.as_tensor(sigmas, dtype=torch.float64)]
-    if len(sig) < 2 or sig[-1] != 0 or any(a <= b for a, b in zip(sig, sig[1:], strict=False)):
+    if len(sig) < 2 or sig[-1] != 0 or any(a <= b for a, b in itertools.pairwise(sig)):
         raise DifflensError("sampler noise levels must decrease strictly and end in 0")
     if churn < 0 or (churn > 0 and method not in ("euler", "heun")):
         raise DifflensError(
@@ -195,7 +200,7 @@ def sample(
     gen = generator if generator is not None else seeded_generator(seed, 1)
     gamma = min(churn / (len(sig) - 1), math.sqrt(2) - 1) if churn > 0 else 0.0
     states = []
-    for k, (s, s_next) in enumerate(zip(sig[:-1], sig[1:], strict=True)):
+    for k, (s, s_next) in enumerate(itertools.pairwise(sig)):
         if record:
             states.append(x.clone())
         if gamma > 0:

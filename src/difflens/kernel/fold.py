@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import psutil
 import torch
 
-from difflens.kernel.source import RowSource
-from difflens.kernel.state import PosteriorState, chunk_state, concat_states
+from difflens.kernel.source import Indices, RowSource
+from difflens.kernel.state import PosteriorState, Step, chunk_state, concat_states
 
 
 def default_chunk_rows(dim: int, batch: int, budget_fraction: float = 0.05) -> int:
@@ -26,8 +26,8 @@ def posterior_state(
     log_weights: torch.Tensor | None = None,
     exclude: torch.Tensor | None = None,
     query_batch: int = 1024,
-    step=None,
-    norms=None,
+    step: Step | None = None,
+    norms: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     floor: torch.Tensor | None = None,
     center: torch.Tensor | None = None,
 ) -> PosteriorState:
@@ -76,7 +76,7 @@ def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def data_chunks(
-    data: RowSource, rows: int, include: np.ndarray | None = None, span: tuple[int, int] | None = None
+    data: RowSource, rows: int, include: Indices | None = None, span: tuple[int, int] | None = None
 ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """(global index, float32 rows) over the data, or over the rows ``include`` only.
 

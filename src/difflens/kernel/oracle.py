@@ -10,15 +10,17 @@ The math is in docs/method.md, "The kernel".
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 
 from difflens.errors import DifflensError
 from difflens.kernel import engines, screening
-from difflens.kernel.device import resolve_device
+from difflens.kernel.device import device_of, resolve_device
+from difflens.kernel.engines import Engine
 from difflens.kernel.fold import data_chunks, default_chunk_rows
-from difflens.kernel.source import RowSource, as_source
+from difflens.kernel.source import Array, Data, Indices, RowSource, as_source
 from difflens.kernel.state import Posterior, PosteriorState
 
 Sigma = float | np.ndarray | torch.Tensor
@@ -49,7 +51,8 @@ def as_sigma(sigma: Sigma, batch: int) -> torch.Tensor:
     return s
 
 
-def check_queries(queries, dim: int) -> torch.Tensor:
+def check_queries(queries: Array, dim: int) -> torch.Tensor:
+    """Queries as a contiguous (B, dim) float32 tensor; one line of error for a wrong width or NaN/Inf."""
     q = torch.as_tensor(queries).float()
     if q.ndim == 1:
         q = q[None]
@@ -72,20 +75,20 @@ def _exclude_matrix(exclude, batch: int) -> torch.Tensor | None:
 
 
 def posterior(
-    queries,
-    data,
+    queries: Array,
+    data: Data,
     sigma: Sigma,
     temperature: Sigma = 1.0,
     *,
-    log_weights=None,
-    include=None,
-    exclude=None,
+    log_weights: Array | None = None,
+    include: Indices | None = None,
+    exclude: Indices | None = None,
     extra: PosteriorState | None = None,
     chunk_size: int | None = None,
     query_batch: int = 1024,
-    engine=None,
-    precision="exact",
-    hint=None,
+    engine: Engine | None = None,
+    precision: str | screening.Fast = "exact",
+    hint: Indices | None = None,
     device: str | torch.device | None = None,
 ) -> Posterior:
     """Posterior over the training set for noisy queries x̃ (VE form) at noise level ``sigma``.
@@ -165,7 +168,7 @@ def posterior(
 
 def _device(queries, device) -> torch.device:
     """Where the kernel runs: ``device`` if given, else the queries' device (CPU for arrays)."""
-    target = resolve_device(device) if device is not None else getattr(queries, "device", torch.device("cpu"))
+    target = resolve_device(device if device is not None else device_of(queries))
     if target.type == "mps":
         raise DifflensError("the kernel merges its partial sums in float64, which MPS lacks: run it on cpu or cuda")
     return target
@@ -210,7 +213,7 @@ def _hint_floor(h, queries, data: RowSource, center, scale, log_weights, include
     return logit.masked_fill(~valid, -math.inf).amax(1)
 
 
-def denoise(queries, data, sigma: Sigma, temperature: Sigma = 1.0, **kwargs) -> torch.Tensor:
+def denoise(queries: Array, data: Data, sigma: Sigma, temperature: Sigma = 1.0, **kwargs: Any) -> torch.Tensor:
     """E[x0 | x̃]: the empirical optimal denoiser (float32, same shape as the queries)."""
     q = torch.as_tensor(queries)
     return posterior(q, data, sigma, temperature, **kwargs).mean.float().reshape(q.shape)

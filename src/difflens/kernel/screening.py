@@ -40,11 +40,13 @@ import functools
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import NamedTuple
 
 import torch
 
 from difflens.errors import DifflensError
+from difflens.kernel.source import RowSource
 from difflens.kernel.state import PosteriorState, _count, chunk_state, gathered_state, row_sq_norms
 
 PRECISIONS = ("exact", "fast")
@@ -74,7 +76,9 @@ def quantize(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     return q.to(torch.int8), a, sq * a * a, a * (res + 2.0**-21 * math.sqrt(v.shape[1]) * 127.0)
 
 
-def quantize_levels(v: torch.Tensor, levels: int = 1):
+def quantize_levels(
+    v: torch.Tensor, levels: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows v (n, D) in one or two int8 levels, the second quantizing the first's residual:
     (codes (levels·n, D) int8, a_l/a_1 per level (levels, n), a_1, ‖Q‖², ‖V_1‖a_1 + ‖V_2‖a_2, bound on
     ‖v − Q‖) with Q = Σ_l a_l·V_l, all float64 but the codes. The residual is computed in float32,
@@ -100,6 +104,15 @@ def quantize_levels(v: torch.Tensor, levels: int = 1):
     )
 
 
+class Costs(NamedTuple):
+    """The cost model's constants, in (query, point) pairs of the exact kernel (see ``Fast.plan``)."""
+
+    gather: float
+    group: float
+    call: float
+    screen: float
+
+
 @dataclass
 class Fast:
     """The screened kernel step: same call signature and results as ``state.chunk_state``.
@@ -119,13 +132,15 @@ class Fast:
     screen_cost: float | None = None
     token: str = ""  # identifies the dataset for the cache of quantized chunks
     rows: int = 0  # training points in all (the dropped mass of every chunk adds up); 0: this chunk's
+    costs: Costs = field(init=False, repr=False, compare=False)  # the *_cost fields, resolved
 
     def __post_init__(self) -> None:
         unset = [f.name for f in fields(self) if f.name.endswith("_cost") and getattr(self, f.name) is None]
         for name in unset:
             setattr(self, name, calibrated_costs()[name])
+        self.costs = Costs(*(float(getattr(self, f"{name}_cost")) for name in Costs._fields))
 
-    def prepared(self, data) -> Fast:
+    def prepared(self, data: RowSource) -> Fast:
         """A copy bound to this dataset (its hash keys the cache of quantized chunks)."""
         if not 0 < self.tol < 1:
             raise DifflensError(f"fast precision: tol must be in (0, 1), got {self.tol}")
@@ -133,7 +148,17 @@ class Fast:
 
     uses_floor = True  # ``fold.posterior_state`` passes it a lower bound on each query's largest logit
 
-    def __call__(self, queries, scale, x, index, log_weights=None, exclude=None, sq_norm=None, floor=None):
+    def __call__(
+        self,
+        queries: torch.Tensor,
+        scale: torch.Tensor,
+        x: torch.Tensor,
+        index: torch.Tensor,
+        log_weights: torch.Tensor | None = None,
+        exclude: torch.Tensor | None = None,
+        sq_norm: torch.Tensor | None = None,
+        floor: torch.Tensor | None = None,
+    ) -> PosteriorState:
 
         # no screen where int32 accumulation could overflow, or for one column (torch 2.13's _int_mm is wrong there)
         # nor for points of weight 0 (log_weight −inf): the screen's arithmetic assumes finite values
@@ -147,7 +172,17 @@ class Fast:
         order = queries @ points[4]  # along the chunk's main direction, for ``plan``
         return self.recompute(*pairs, queries, scale, x, index, log_weights, exclude, sq_norm, order)
 
-    def screen(self, queries, scale, x, index, log_weights=None, exclude=None, floor=None, points=None):
+    def screen(
+        self,
+        queries: torch.Tensor,
+        scale: torch.Tensor,
+        x: torch.Tensor,
+        index: torch.Tensor,
+        log_weights: torch.Tensor | None = None,
+        exclude: torch.Tensor | None = None,
+        floor: torch.Tensor | None = None,
+        points: tuple[torch.Tensor, ...] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(query, point) index pairs each query must keep, row-major, and each query's reference
         logit ℓ (exact; every skipped point's logit is below ℓ − τ); None when a first probe of the
         queries keeps more than ``dense_fraction`` of the chunk. ``floor`` (B,): known lower bounds
@@ -167,7 +202,7 @@ class Fast:
             ex, fl = (None if t is None else t[sl] for t in (exclude, floor))
             rows, cols, ref = self._screen_tile(*args, ex, fl, levels)
             coarse = self._cost(rows, len(ref), len(x), 1) if lo == 0 and not self.query_levels else 0.0
-            if coarse > 2 * self.screen_cost:  # a second level could pay: try it on the probe
+            if coarse > 2 * self.costs.screen:  # a second level could pay: try it on the probe
                 finer = self._screen_tile(*args, ex, fl, 2)
                 if self._cost(finer[0], len(ref), len(x), 2) < coarse:
                     (rows, cols, ref), levels = finer, 2
@@ -175,7 +210,8 @@ class Fast:
                 return None
             out.append((rows + lo, cols, ref))
             lo += len(ref)
-        return tuple(torch.cat(part) for part in zip(*out, strict=True))
+        rows, cols, ref = (torch.cat(part) for part in zip(*out, strict=True))
+        return rows, cols, ref
 
     def _screen_tile(self, queries, scale, x, points, index, lw, exclude, floor, levels: int):
         """``screen`` for one tile of queries, quantized with one or two int8 levels; ``points``:
@@ -222,7 +258,20 @@ class Fast:
         rows, cols = _at_least(blocks, (c - SLACK * c.abs()).float().clamp_min(-torch.finfo(torch.float32).max))
         return rows, cols, ref
 
-    def recompute(self, rows, cols, ref, queries, scale, x, index, log_weights, exclude, sq_norm, order):
+    def recompute(
+        self,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        ref: torch.Tensor,
+        queries: torch.Tensor,
+        scale: torch.Tensor,
+        x: torch.Tensor,
+        index: torch.Tensor,
+        log_weights: torch.Tensor | None,
+        exclude: torch.Tensor | None,
+        sq_norm: torch.Tensor,
+        order: torch.Tensor,
+    ) -> PosteriorState:
         """The exact state over each query's kept points (who computes how: see ``plan``, which
         groups queries by ``order``)."""
 
@@ -240,7 +289,9 @@ class Fast:
                 getattr(out, name)[members] = value
         return out
 
-    def plan(self, rows, cols, counts, signature, size: int):
+    def plan(
+        self, rows: torch.Tensor, cols: torch.Tensor, counts: torch.Tensor, signature: torch.Tensor, size: int
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor | None]]]:
         """Who computes how: (queries that gather their own kept points, [(group, its points or None)]).
 
         Queries sorted by ``signature`` (their projection on the chunk's main direction, so that
@@ -252,23 +303,23 @@ class Fast:
         n = len(counts)
         order = torch.argsort(signature)
         position = torch.empty_like(order).scatter_(0, order, torch.arange(n))
-        alone = self.gather_cost * _pow2(counts).double()
-        best = (float(alone.sum()), None, None, None)
+        alone = self.costs.gather * _pow2(counts).double()
+        best_cost, best = float(alone.sum()), None
         for g in sorted({16, 32, 64, 128, 256, n}):
             group = position // g
             union = torch.zeros(int(group.max()) + 1, size, dtype=torch.bool)
             union[group[rows], cols] = True
             union = union.sum(1).double()
             members = torch.bincount(group).double()
-            whole = (union > size / 2) | (members * size <= (members + self.group_cost) * union)
-            share = torch.where(whole, float(size), union * (1.0 + self.group_cost / members))[group]
+            whole = (union > size / 2) | (members * size <= (members + self.costs.group) * union)
+            share = torch.where(whole, float(size), union * (1.0 + self.costs.group / members))[group]
             together = alone >= share
-            cost = float(torch.where(together, share, alone).sum()) + self.call_cost * len(union)
-            if cost < best[0]:
-                best = (cost, group, together, whole)
-        _, group, together, whole = best
-        if group is None:
+            cost = float(torch.where(together, share, alone).sum()) + self.costs.call * len(union)
+            if cost < best_cost:
+                best_cost, best = cost, (group, together, whole)
+        if best is None:  # every query gathers its own points
             return torch.arange(n), []
+        group, together, whole = best
         sel = together[rows]
         union = torch.zeros(len(whole), size, dtype=torch.bool)
         union[group[rows[sel]], cols[sel]] = True
@@ -285,8 +336,8 @@ class Fast:
     def _cost(self, rows: torch.Tensor, queries: int, size: int, levels: int) -> float:
         """Estimated cost per query, in exact passes over the chunk, of screening with ``levels``
         and then gathering what the screen kept (``rows``: the kept pairs' queries)."""
-        kept = _pow2(torch.bincount(rows, minlength=queries)).double() * self.gather_cost
-        return levels * self.screen_cost + float(kept.clamp_max(size).mean()) / size
+        kept = _pow2(torch.bincount(rows, minlength=queries)).double() * self.costs.gather
+        return levels * self.costs.screen + float(kept.clamp_max(size).mean()) / size
 
     def _tau(self, size: int) -> float:
         """Skip below the best logit minus this: N points of weight < tol/N each carry < tol."""
@@ -385,7 +436,7 @@ def _at_least(blocks: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tens
     return qi[hit], bi[hit] * BLOCK + offset
 
 
-def resolve(precision, data, device: torch.device | None = None):
+def resolve(precision: str | Fast, data: RowSource, device: torch.device | None = None) -> Fast | None:
     """The kernel step for ``precision``: None (exact ``chunk_state``), or a prepared ``Fast``.
 
     Off the CPU the step is exact whatever the precision (see the module doc)."""

@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import OrderedDict
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 import torch
@@ -53,6 +54,13 @@ class RowSource(Protocol):
         """‖x‖² of the centred rows x = rows at positions ``index`` − ``center`` (may be remembered)."""
         ...
 
+
+# In-memory data as the kernel's public functions accept it: an (N, ...) array or tensor.
+Array: TypeAlias = np.ndarray | torch.Tensor
+# Integer indices (of training points), as an array, a tensor or a list.
+Indices: TypeAlias = np.ndarray | torch.Tensor | Sequence[int]
+# Training data: a row source (e.g. a difflens Dataset) or an in-memory array.
+Data: TypeAlias = RowSource | np.ndarray | torch.Tensor
 
 _SERIAL = itertools.count()
 
@@ -112,7 +120,7 @@ def _numpy_key(a: np.ndarray) -> tuple:
     return (a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str, digest)
 
 
-def as_source(data) -> RowSource:
+def as_source(data: Data) -> RowSource:
     """``data`` itself if it is a row source, else an in-memory array or tensor prepared once (cached)."""
     if isinstance(data, RowSource):
         return data
@@ -122,7 +130,7 @@ def as_source(data) -> RowSource:
         if cached is not None and cached[0] == key:
             return cached[1]
         source = ArraySource(data, f"tensor:{next(_SERIAL)}")
-        data._difflens_source = (key, source)
+        data._difflens_source = (key, source)  # type: ignore[attr-defined]  # a cache riding on the tensor
         return source
     a = np.asarray(data)
     if a.dtype.kind not in "fiub":

@@ -13,7 +13,7 @@ dominates.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -32,6 +32,9 @@ class WorkTally:
 
 
 _TALLIES: list[WorkTally] = []
+
+# One chunk's partial posterior: ``chunk_state`` or a ``screening.Fast`` (same call signature).
+Step = Callable[..., "PosteriorState"]
 
 
 @contextmanager
@@ -64,8 +67,17 @@ class Posterior:
     argmax: torch.Tensor  # (B,) int64 index of the most probable training point
     dropped_mass: torch.Tensor | None = None  # (B,) bound on the weight skipped by precision="fast" (0: exact)
 
-    def select(self, idx) -> Posterior:
-        return Posterior(*(None if (v := getattr(self, f)) is None else v[idx] for f in self.__dataclass_fields__))
+    def select(self, idx: torch.Tensor | slice) -> Posterior:
+        """The statistics of the queries ``idx``."""
+        return Posterior(
+            self.mean[idx],
+            self.trace_cov[idx],
+            self.log_norm[idx],
+            self.max_weight[idx],
+            self.eff_count[idx],
+            self.argmax[idx],
+            None if self.dropped_mass is None else self.dropped_mass[idx],
+        )
 
 
 @dataclass
@@ -118,7 +130,7 @@ class PosteriorState:
         mean = torch.addcmul(self.mean, share_b[:, None], delta)
         m2 = self.m2 * fa + other.m2 * fb + torch.linalg.vector_norm(delta, dim=1) ** 2 * wa * share_b
         argmax = torch.where(other.log_max > self.log_max, other.argmax, self.argmax)
-        skipped = [None, None]
+        skipped: list[torch.Tensor | None] = [None, None]
         if self.log_dropped is not None or other.log_dropped is not None:
             skipped = [
                 torch.logaddexp(or_none(self.log_dropped, total), or_none(other.log_dropped, total)),
@@ -131,6 +143,10 @@ class PosteriorState:
         """Posterior statistics; ``scale`` = 1/(s²T) per query turns logits into log densities."""
         if (self.total <= 0).any():
             raise DifflensError("a query has no training point left to put weight on (all excluded)")
+        dropped = torch.zeros_like(self.total)
+        if self.log_dropped is not None:
+            assert self.log_floor is not None, "the fast path sets log_dropped and log_floor together"
+            dropped = torch.exp(self.log_dropped - self.log_floor).nan_to_num(0.0)
         return Posterior(
             mean=self.mean,
             trace_cov=(self.m2 / self.total).clamp_min(0.0),
@@ -138,9 +154,7 @@ class PosteriorState:
             max_weight=1.0 / self.total,
             eff_count=self.total**2 / self.sq_total,
             argmax=self.argmax,
-            dropped_mass=torch.zeros_like(self.total)
-            if self.log_dropped is None
-            else torch.exp(self.log_dropped - self.log_floor).nan_to_num(0.0),
+            dropped_mass=dropped,
         )
 
 

@@ -76,19 +76,20 @@ Optimal = EmpiricalDenoiser  # y*(x, s), the posterior mean over the training po
 
 
 class Blurred:
-    """y_δ(x, s) = (δ²·x + s²·y*(x, √(s²+δ²))) / (s² + δ²): exact posterior mean of the blurred data."""
+    """y_δ(x, s) = (δ²·x + s²·y*(x, √(s²+δ²))) / (s² + δ²): exact posterior mean of the blurred data.
+    The kernel runs on ``device``; the answer comes back on x's device."""
 
-    def __init__(self, data, delta: float):
+    def __init__(self, data, delta: float, device: torch.device | str = "cpu"):
         if not delta >= 0:
             raise DifflensError(f"δ must be ≥ 0, got {delta}")
-        self.optimal = EmpiricalDenoiser(torch.as_tensor(data).float())
+        self.optimal = EmpiricalDenoiser(torch.as_tensor(data).float(), device=device)
         self.delta = float(delta)
 
     def __call__(self, x, sigma):
         x = torch.as_tensor(x)
-        s2 = oracle.as_sigma(sigma, len(x)) ** 2
+        s2 = oracle.as_sigma(sigma, len(x)).to(x.device) ** 2
         d2 = self.delta**2
-        y = self.optimal.posterior(x, torch.sqrt(s2 + d2)).mean
+        y = self.optimal.posterior(x, torch.sqrt(s2 + d2)).mean.to(x.device)
         return ((d2 * x.double() + s2[:, None] * y) / (s2 + d2)[:, None]).to(x.dtype)
 
 
@@ -116,10 +117,12 @@ def sweep(
     draws: int = 50,
     seed: int = 0,
     on_level=None,
+    device: torch.device | str = "cpu",
 ) -> list[GapCurve]:
     """Gap curves G(s) for each value of δ (``delta``), number of training points (``density``) or
     guidance weight w (``guidance``, D₊ = y_δ, D₋ = y_δ₋); unsquared L2 error, ``draws`` per point.
-    δ values are in units of ``radius``; ``sigmas`` are absolute levels."""
+    δ values are in units of ``radius``; ``sigmas`` are absolute levels. The denoisers run on ``device``
+    (the points and noise are drawn on the CPU)."""
     if kind not in SWEEPS:
         raise DifflensError(f"unknown sweep {kind!r}; choose one of {', '.join(SWEEPS)}")
     curves = []
@@ -130,12 +133,12 @@ def sweep(
         train, val = circle(n, random=random, radius=radius, seed=seed)
         d = radius * (v if kind == "delta" else delta)
         if kind == "guidance":
-            den = Guided(Blurred(train, d), Blurred(train, radius * delta_neg), v)
+            den = Guided(Blurred(train, d, device), Blurred(train, radius * delta_neg, device), v)
         else:
-            den = Blurred(train, d)
+            den = Blurred(train, d, device)
         label = {"delta": f"δ={v:g}", "density": f"N={n}", "guidance": f"w={v:g}"}[kind]
         (curve,) = generalization_gap(
-            {label: den}, train, val, sigmas, draws=draws, error="l2", seed=seed, on_level=on_level
+            {label: den}, train, val, sigmas, draws=draws, error="l2", seed=seed, on_level=on_level, device=device
         )
         curves.append(curve)
     return curves

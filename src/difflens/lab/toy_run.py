@@ -39,7 +39,7 @@ def run_toy_gap(
 ) -> list[GapCurve]:
     """G(s) of y_δ swept over ``values`` of δ (in radii), the number of points or the guidance weight;
     writes toy_gap.{json,png}. ``sigmas`` None: the paper's 120 EDM levels in [2e-3, 80]·radius/10.
-    ``device``: where the toy denoisers would run (``toy.sweep`` takes no ``device`` yet: the one place)."""
+    The toy denoisers run on ``device`` (default cpu)."""
     grid = toy.paper_sigmas(radius) if sigmas is None else np.sort(processes.parse_sigmas(sigmas))
     advance = progress(f"{sweep} sweep", len(values) * len(grid))
     curves = toy.sweep(
@@ -54,6 +54,7 @@ def run_toy_gap(
         draws=draws,
         seed=seed,
         on_level=lambda *_: advance(1),
+        device=device or "cpu",
     )
     plot_gap(curves, out / "toy_gap.png", title=f"toy gap vs {sweep} (circle, M={draws})")
     config = {
@@ -70,13 +71,14 @@ def run_toy_gap(
     return curves
 
 
-def toy_denoiser(name: str, train, delta: float, delta_neg: float, w: float):
+def toy_denoiser(name: str, train, delta: float, delta_neg: float, w: float, device: torch.device | str = "cpu"):
+    """One of the toy lab's denoisers (``DENOISERS``) of the points ``train``, its kernel on ``device``."""
     if name == "optimal":
-        return toy.Optimal(train)
+        return toy.Optimal(train, device=device)
     if name == "blurred":
-        return toy.Blurred(train, delta)
+        return toy.Blurred(train, delta, device)
     if name == "guided":
-        return toy.Guided(toy.Blurred(train, delta), toy.Blurred(train, delta_neg), w)
+        return toy.Guided(toy.Blurred(train, delta, device), toy.Blurred(train, delta_neg, device), w)
     raise DifflensError(f"unknown toy denoiser {name!r}; choose one of {', '.join(DENOISERS)}")
 
 
@@ -103,8 +105,9 @@ def run_toy_flow(
 ) -> dict:
     """Flow field at ``levels``, sampler trajectories, memorization and overlap; writes flow.{json,png},
     overlap.png and samples.npy. Defaults: the paper's Euler sampler, 120 EDM steps from σ_max = 8 radii
-    down to 2e-4 radii; δ in radii. ``device``: where sampling would run (``samplers.sample`` takes no
-    ``device`` yet: the one place to pass it)."""
+    down to 2e-4 radii; δ in radii. Sampling and the denoiser run on ``device`` (default cpu; the noise is
+    drawn on the CPU), the analyses and plots on the CPU."""
+    device = device or torch.device("cpu")
     if data and radius != 1.0:
         raise DifflensError("--radius applies to the circle, not to --data")
     if data:
@@ -112,7 +115,7 @@ def run_toy_flow(
         train, val = toy.alternate_split(ds2.rows(0, ds2.n))
     else:
         train, val = toy.circle(points, random=random, radius=radius, seed=seed)
-    den = toy_denoiser(denoiser, train, delta * radius, delta_neg * radius, w)
+    den = toy_denoiser(denoiser, train, delta * radius, delta_neg * radius, w, device)
     lo = toy.PAPER_LEVELS[1]
     sigma_min = lo * radius if sigma_min is None else sigma_min
     sigma_max = 8.0 * radius if sigma_max is None else sigma_max
@@ -126,10 +129,12 @@ def run_toy_flow(
         seed=seed,
         record=True,
         on_step=lambda _: advance(1),
+        device=device,
     )
+    traj = traj.cpu()
     advance2 = progress("overlap per level", steps)
     overlap = trajectories.trajectory_overlap(train, traj, seed=seed, on_level=lambda _: advance2(1))
-    mem = mm.memorization(traj.samples, train)
+    mem = mm.memorization(traj.samples, train, device=device)
     states = np.stack([s.numpy() for s in traj.states] + [traj.samples.numpy()])
     title = f"{denoiser} denoiser, {len(train)} training points, {sampler} sampler"
     toy.plot_flow(den, train, val, levels, out / "flow.png", trajectories=states, title=title)

@@ -9,6 +9,8 @@ preconditioning is computed there (``Parametrization.coefficients``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -34,7 +36,7 @@ class NetDenoiser(nn.Module):
 
     def __init__(
         self,
-        net,
+        net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         param: Parametrization,
         shape: tuple[int, ...] | None = None,
         device: torch.device | str = "cpu",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from difflens.data import as_dataset
+from difflens.data import Dataset, as_dataset
 from difflens.diffusion.denoiser import Sigma
 from difflens.errors import DifflensError
 from difflens.kernel import oracle
@@ -35,7 +35,7 @@ class EmpiricalDenoiser(torch.nn.Module):
 
     def __init__(
         self,
-        data,
+        data: Dataset | np.ndarray | torch.Tensor,
         temperature: float = 1.0,
         collapse_sigma: float | None = None,
         k: int | None = None,

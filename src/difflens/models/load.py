@@ -28,13 +28,15 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from difflens.data import check_same_layout
+from difflens.data import Dataset, check_same_layout
 from difflens.diffusion.precond import DiscreteVP, Parametrization
-from difflens.errors import DifflensError
+from difflens.errors import DifflensError, require
 from difflens.models.adapters import NetDenoiser
 from difflens.models.empirical import EmpiricalDenoiser
 from difflens.models.nets import build_net, count_params
@@ -62,7 +64,7 @@ def default_shape(data_shape: tuple[int, ...]) -> tuple[int, ...]:
 def load_denoiser(
     spec: str,
     *,
-    data=None,
+    data: Dataset | np.ndarray | torch.Tensor | None = None,
     checkpoint: str | Path | None = None,
     process: str | None = None,
     target: str | None = None,
@@ -270,7 +272,7 @@ def _load_state(net, path: Path) -> None:
 # ---------------------------------------------------------------- callables
 
 
-def load_callable(spec: str, what: str = "model"):
+def load_callable(spec: str, what: str = "model") -> Any:
     """``module:attr`` or ``path/file.py:attr`` (attr may be dotted; ``py:module:attr`` is a deprecated
     spelling). Classes are instantiated; a function with no required arguments is a factory, called once."""
     if spec.startswith("py:"):
@@ -373,10 +375,7 @@ def _scheduler_config_path(unet_dir: Path, scheduler: str | Path | None) -> Path
 def _load_diffusers(
     path: Path, scheduler: str | Path | None, prediction_type: str | None, shape, note: str | None
 ) -> LoadedModel:
-    try:
-        from diffusers import UNet2DModel
-    except ImportError:
-        raise DifflensError("diffusers models need the diffusers package (pip install diffusers)") from None
+    UNet2DModel = require("diffusers", "diffusers", "diffusers models").UNet2DModel
     if not path.is_dir():
         raise DifflensError(f"model diffusers:{path}: no such folder")
     unet_dir = path / "unet" if (path / "unet" / "config.json").exists() else path
@@ -406,8 +405,7 @@ def _load_diffusers(
 def _ddpm_scheduler(cfg: dict, where: Path | None):
     """The training noise schedule of a DDPM-family scheduler config (any class that defines its noise by a
     β schedule: DDPM, DDIM, PNDM, Euler, DPM-Solver…), as diffusers' DDPMScheduler computes it."""
-    import diffusers
-
+    diffusers = require("diffusers", "diffusers", "diffusers models")
     name = cfg.get("_class_name")
     cls = getattr(diffusers, name, None) if isinstance(name, str) else None
     if cls is not None and "beta_schedule" not in inspect.signature(cls.__init__).parameters:
@@ -432,7 +430,11 @@ def _ddpm_scheduler(cfg: dict, where: Path | None):
 
 
 def diffusers_denoiser(
-    unet, scheduler, prediction_type: str | None = None, shape=None, info: dict | None = None
+    unet: nn.Module,
+    scheduler: Any,  # a diffusers DDPM-family scheduler (its config and alphas_cumprod are read)
+    prediction_type: str | None = None,
+    shape: tuple[int, ...] | None = None,
+    info: dict | None = None,
 ) -> LoadedModel:
     """A diffusers UNet2DModel with a DDPM-family scheduler as a VE-form denoiser.
 
@@ -456,6 +458,6 @@ def diffusers_denoiser(
         "beta_schedule": "trained_betas" if trained else cfg.beta_schedule,
         "beta_start": float(cfg.beta_start) if ends else None,
         "beta_end": float(cfg.beta_end) if ends else None,
-        "num_train_timesteps": int(len(scheduler.alphas_cumprod)),
+        "num_train_timesteps": len(scheduler.alphas_cumprod),
     }
     return LoadedModel(NetDenoiser(unet, param, net_shape), {**(info or {}), **read})

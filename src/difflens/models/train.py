@@ -3,7 +3,8 @@
 One loop for every recipe: draw x0 from the training split, s from a schedule (EDM log-normal,
 uniform t of a process, or the optimal-loss schedule), form x̃ = x0 + s·ε, and regress the network
 on its target through ``Parametrization`` (EDM preconditioning is the ``edm`` target). Keeps an EMA
-copy, writes ``metrics.jsonl`` (per-level train loss in target units) as it goes, periodic
+copy, writes ``metrics.jsonl`` (per level: train loss in target units, x0 loss, and the effective
+weight the step put on the x0 loss) as it goes, periodic
 ``ckpt_*.pt`` checkpoints and, at the end, ``model.safetensors`` + ``train.json``.
 
 Two variants against memorization (Zhou, Zhang & Wright; docs/method.md, "Smoothing"): ``noise_unconditioned`` gives
@@ -62,15 +63,16 @@ class TrainConfig:
     process: str = "edm"
     target: str = "edm"
     time_scale: float = 1.0
-    schedule: str = "edm"
+    schedule: str = "edm"  # edm, uniform-t, optimal-loss, or a recipe file (schedule.json of `difflens schedule`)
     bins: int = 32
     sigma_min: float = 0.002
     sigma_max: float = 80.0
+    units: str = "x0"
     a: float = 1.0
     w_max: float = 1e3
-    bump: float = 0.0
-    bump_center: float | None = None
-    bump_width: float = 0.5
+    bump: bool = True
+    bump_mu: float | None = None
+    bump_std: float = 0.5
     mix: float = 0.1
     steps: int = 2000
     batch: int = 256
@@ -109,6 +111,7 @@ def make_arch(cfg: TrainConfig, data: Dataset) -> tuple[dict, list[int]]:
 
 
 def make_schedule(cfg: TrainConfig, param: Parametrization, train: Dataset):
+    """The run's schedule: a named one, or a recipe file (an x0-unit recipe serves any target)."""
     if cfg.schedule == "edm":
         return sched.LogNormal()
     if cfg.schedule == "uniform-t":
@@ -116,19 +119,22 @@ def make_schedule(cfg: TrainConfig, param: Parametrization, train: Dataset):
     if cfg.schedule == "optimal-loss":
         return sched.OptimalLossSchedule.from_data(
             train,
-            param.factor,
+            param,
             bins=cfg.bins,
             sigma_min=cfg.sigma_min,
             sigma_max=cfg.sigma_max,
             seed=cfg.seed,
+            units=cfg.units,
             a=cfg.a,
             w_max=cfg.w_max,
             bump=cfg.bump,
-            bump_center=cfg.bump_center,
-            bump_width=cfg.bump_width,
+            bump_mu=cfg.bump_mu,
+            bump_std=cfg.bump_std,
             mix=cfg.mix,
         )
-    raise DifflensError(f"unknown schedule {cfg.schedule!r}; choose edm, uniform-t or optimal-loss")
+    if cfg.schedule.endswith(".json") or Path(cfg.schedule).is_file():
+        return sched.load_recipe(cfg.schedule, param, train)
+    raise DifflensError(f"unknown schedule {cfg.schedule!r}; choose edm, uniform-t, optimal-loss or a schedule.json")
 
 
 def _check(cfg: TrainConfig) -> None:
@@ -221,6 +227,10 @@ class GeometricLevels:
     def weight(self, s: torch.Tensor) -> torch.Tensor:
         return 0.5 * s.double() ** 2
 
+    def loss_weight(self, s: torch.Tensor) -> torch.Tensor:
+        """The multiplier of the per-sample loss in the network's (score) units: the weight itself."""
+        return self.weight(s)
+
     def update(self, s: torch.Tensor, losses: torch.Tensor) -> None:
         """Fixed levels: nothing to learn from the losses (the trainer's schedule interface)."""
 
@@ -263,30 +273,35 @@ LOSSES = {"denoising": DenoisingLoss, "unconditioned": UnconditionedLoss, "smoot
 
 
 class LevelBins:
-    """Per-level running sums of the per-sample train loss between two log lines."""
+    """Per-level running sums between two log lines: the per-sample train loss (target units), the same
+    sample's x0 loss, and the effective weight on it (applied multiplier × target loss / x0 loss)."""
+
+    KEYS = ("loss", "loss_x0", "weight_x0")
 
     def __init__(self, lo: float, hi: float, n: int):
         self.edges = np.linspace(math.log(lo), math.log(hi), n + 1)
-        self.sum = np.zeros(n)
+        self.sum = {key: np.zeros(n) for key in self.KEYS}
         self.count = np.zeros(n, dtype=np.int64)
 
-    def add(self, s: torch.Tensor, losses: torch.Tensor) -> None:
+    def add(self, s: torch.Tensor, **values: torch.Tensor) -> None:
         u = np.log(s.numpy())
         k = np.searchsorted(self.edges, u, side="right") - 1
-        ok = (k >= 0) & (k < len(self.sum))
-        np.add.at(self.sum, k[ok], losses.detach().double().numpy()[ok])
+        ok = (k >= 0) & (k < len(self.count))
+        for key in self.KEYS:
+            np.add.at(self.sum[key], k[ok], values[key].detach().double().numpy()[ok])
         np.add.at(self.count, k[ok], 1)
 
     def flush(self) -> list[dict]:
         rows = [
             {
                 "sigma": float(math.exp(0.5 * (self.edges[k] + self.edges[k + 1]))),
-                "loss": float(self.sum[k] / self.count[k]),
+                **{key: float(self.sum[key][k] / self.count[k]) for key in self.KEYS},
                 "count": int(self.count[k]),
             }
             for k in np.flatnonzero(self.count)
         ]
-        self.sum[:] = 0
+        for v in self.sum.values():
+            v[:] = 0
         self.count[:] = 0
         return rows
 
@@ -339,8 +354,12 @@ def train(
             x = x0 + s_dev.float().reshape(-1, *([1] * (x0.ndim - 1))) * noise
             net_x, net_t = param.inputs(x, s_dev)
             y = objective.target(x0, idx, x, s_dev)
-            per = ((net(net_x, net_t) - y) ** 2).reshape(cfg.batch, -1).mean(1)
-            loss = (schedule.weight(s).float().to(device) * per).mean()
+            out_net = net(net_x, net_t)
+            per = ((out_net - y) ** 2).reshape(cfg.batch, -1).mean(1)
+            # the multiplier of the target-unit loss; an x0-unit schedule divides by r(s) so the effective
+            # weight on the x0 loss is its w(s) (docs/method.md, "Training schedules")
+            mult = schedule.loss_weight(s)
+            loss = (mult.float().to(device) * per).mean()
             if not torch.isfinite(loss):
                 raise DifflensError(f"training diverged at step {step} (loss {float(loss)}); lower --lr")
             opt.zero_grad(set_to_none=True)
@@ -350,9 +369,13 @@ def train(
                 decay = min(cfg.ema, (1.0 + step) / (10.0 + step))  # warm-up: early averages forget the init
                 for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
                     pe.lerp_(pn, 1.0 - decay)
-            per_cpu = per.detach().cpu()
-            schedule.update(s, per_cpu)
-            bins.add(s, per_cpu)
+            per_cpu = per.detach().cpu().double()
+            with torch.no_grad():  # the same samples' x0 loss: output and regression target converted to x0
+                xw = x.to(wide_dtype(device))
+                gap = param.to_x0(out_net.to(xw.dtype), xw, s_dev) - param.to_x0(y.to(xw.dtype), xw, s_dev)
+                per_x0 = (gap**2).reshape(cfg.batch, -1).mean(1).cpu().double()
+            schedule.update(s, per_cpu / torch.as_tensor(param.factor(s.numpy()), dtype=torch.float64))
+            bins.add(s, loss=per_cpu, loss_x0=per_x0, weight_x0=mult * per_cpu / per_x0)
             value = loss.item()
             running += value
             if step % cfg.log_every == 0 or step == cfg.steps:

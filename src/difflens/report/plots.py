@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
-from difflens.data.files import write_bytes  # noqa: E402
+from difflens.data.files import write_bytes
 
 RATIO_CLIP = (0.1, 1e3)  # J_θ/J* axis range: where J* → 0 the ratio diverges and says nothing
 
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 
-def save_figure(fig, path: Path) -> None:
+def save_figure(fig: Figure, path: str | Path) -> None:
     """The figure as a PNG at ``path`` (atomic), then closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
@@ -113,7 +115,7 @@ def _finite(values) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
-def excess_figure(result: dict):
+def excess_figure(result: dict) -> Figure:
     """Left: the excess J_θ − J* per level with ±2 s.e. on a symlog axis (linear within about one
     s.e. of zero, so noise around 0 and large excesses both stay readable). Right: J_θ / J* on a log
     axis clipped to ``RATIO_CLIP``; levels beyond it are drawn as triangles on the edge."""
@@ -164,7 +166,13 @@ def plot_excess(result: dict, path: Path) -> None:
     save_figure(excess_figure(result), path)
 
 
-def plot_heatmap(steps, sigmas, excess, path: Path, units: str) -> None:
+def plot_heatmap(
+    steps: Sequence[int],
+    sigmas: Sequence[float],
+    excess: np.ndarray | Sequence[Sequence[float]],
+    path: Path,
+    units: str,
+) -> None:
     """Excess loss over training time (rows: checkpoints/steps) and noise level (columns)."""
     grid = np.asarray(excess, dtype=np.float64)
     positive = grid[np.isfinite(grid) & (grid > 0)]
@@ -182,33 +190,38 @@ def plot_heatmap(steps, sigmas, excess, path: Path, units: str) -> None:
     save_figure(fig, path)
 
 
-def plot_schedule(table: list[dict], path, title: str) -> None:
-    """J*, J_θ and w(σ) (left, log scales) and the sampling density p per bin (right)."""
+def plot_schedule(table: list[dict], path: str | Path, title: str, critical_sigma: float | None = None) -> None:
+    """One figure: J*_x0, J_θ (x0 units) and the effective x0 weight w(σ) (left, log scales), and the
+    sampling density p per bin (right); the critical σ* as a dotted line on both."""
     s = np.array([r["sigma"] for r in table])
+    optimal = np.array([r["optimal_loss_x0"] for r in table])
+    model = np.array([r["model_loss_x0"] for r in table])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     ax = axes[0]
-    ax.plot(s, [r["optimal_loss"] for r in table], "k-", lw=2, label="optimal J*")
-    model = np.array([r["model_loss"] for r in table])
+    ax.plot(s, optimal, "k-", lw=2, label="optimal J*")
     if np.isfinite(model).any():
         ax.plot(s, model, "o-", ms=3, color="C0", label="model J_θ")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    top = np.nanmax([r["optimal_loss"] for r in table] + [r["model_loss"] for r in table])
-    ax.set_ylim(bottom=top * 1e-4)
+    ax.set_ylim(bottom=np.nanmax(np.concatenate([optimal, model])) * 1e-4)
     ax.set_xlabel("noise level σ")
-    ax.set_ylabel("loss per dim (target units)")
+    ax.set_ylabel("loss per dim (x0 units)")
     twin = ax.twinx()
-    twin.plot(s, [r["weight"] for r in table], "--", color="C2", label="weight w(σ)")
+    twin.plot(s, [r["weight_x0"] for r in table], "--", color="C2", label="weight on the x0 loss w(σ)")
     twin.set_yscale("log")
     twin.set_ylabel("weight w(σ)")
     ax.legend(loc="upper left", fontsize=8)
     twin.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3, which="both")
     lo, hi = np.array([r["sigma_lo"] for r in table]), np.array([r["sigma_hi"] for r in table])
-    axes[1].bar(lo, [r["p"] for r in table], width=hi - lo, align="edge", color="C1", edgecolor="k", lw=0.3)
+    axes[1].bar(lo, [r["density"] for r in table], width=hi - lo, align="edge", color="C1", edgecolor="k", lw=0.3)
     axes[1].set_xscale("log")
     axes[1].set_xlabel("noise level σ")
-    axes[1].set_ylabel("probability per bin (uniform in ln σ within a bin)")
+    axes[1].set_ylabel("p(σ): probability per bin")
+    if critical_sigma:
+        for a in axes:
+            a.axvline(critical_sigma, color="C3", ls=":", lw=1, label=f"critical σ* ≈ {critical_sigma:.3g}")
+        axes[1].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)

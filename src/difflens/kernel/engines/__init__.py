@@ -8,13 +8,45 @@
 
 from __future__ import annotations
 
-from difflens.errors import DifflensError
+from typing import Any, Protocol
+
+import torch
+
+from difflens.errors import DifflensError, require
 from difflens.kernel.engines.local import LocalEngine
+from difflens.kernel.source import Indices, RowSource
+from difflens.kernel.state import PosteriorState, Step
 
 LOCAL = LocalEngine()
 
 
-def resolve(engine) -> LocalEngine:
+class Engine(Protocol):
+    """Where the kernel's chunks run: folds them into one state per query (``LocalEngine.fold``)."""
+
+    def fold(
+        self,
+        queries: torch.Tensor,
+        data: RowSource,
+        scale: torch.Tensor,
+        *,
+        log_weights: torch.Tensor | None,
+        include: Indices | None,
+        exclude: torch.Tensor | None,
+        rows: int,
+        query_batch: int,
+        step: Step | None,
+        floor: torch.Tensor | None = None,
+        center: torch.Tensor | None = None,
+    ) -> PosteriorState: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Engine: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def resolve(engine: Engine | None) -> Engine:
     """The engine to use for ``engine`` (None → in-process)."""
     if engine is None:
         return LOCAL
@@ -23,7 +55,11 @@ def resolve(engine) -> LocalEngine:
     return engine
 
 
-def open_engine(workers: int | None = None, scheduler: str | None = None, **options):
+# what the dask engine needs (module, extra, what for): checked before a run starts (errors.require)
+DASK_EXTRA = ("distributed", "scale", "the dask engine (--workers, --scheduler)")
+
+
+def open_engine(workers: int | None = None, scheduler: str | None = None, **options: Any) -> Engine:
     """An engine for the CLI options: in-process, a local dask cluster of ``workers``, or a scheduler.
 
     Use it as a context manager so a cluster it starts is shut down."""
@@ -33,9 +69,10 @@ def open_engine(workers: int | None = None, scheduler: str | None = None, **opti
         return LocalEngine()
     if workers is not None and workers < 1:
         raise DifflensError(f"--workers must be ≥ 1, got {workers}")
+    require(*DASK_EXTRA)
     from difflens.kernel.engines.dask import DaskEngine
 
     return DaskEngine(workers=workers, scheduler=scheduler, **options)
 
 
-__all__ = ["LOCAL", "LocalEngine", "open_engine", "resolve"]
+__all__ = ["DASK_EXTRA", "LOCAL", "Engine", "LocalEngine", "open_engine", "resolve"]

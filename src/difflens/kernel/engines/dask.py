@@ -14,13 +14,15 @@ the killed worker's nanny restarts it, however long the restart takes (see ``_lo
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import torch
 
-from difflens.errors import DifflensError
+from difflens.errors import DifflensError, require
 from difflens.kernel.fold import data_chunks, posterior_state
-from difflens.kernel.state import PosteriorState
+from difflens.kernel.source import Indices, RowSource
+from difflens.kernel.state import PosteriorState, Step
 
 
 def partitions(n: int, rows: int, parts: int) -> list[tuple[int, int]]:
@@ -29,7 +31,7 @@ def partitions(n: int, rows: int, parts: int) -> list[tuple[int, int]]:
     parts = max(1, parts)
     inner = {round(n / rows * k / parts) * rows for k in range(1, parts)}
     cuts = sorted({0, n} | {c for c in inner if 0 < c < n})
-    return list(zip(cuts, cuts[1:], strict=False))
+    return list(itertools.pairwise(cuts))
 
 
 def _inputs(**inputs) -> dict:
@@ -60,7 +62,7 @@ def _merge(a: PosteriorState, b: PosteriorState) -> PosteriorState:
 
 def _torch_threads(n: int):
     """A worker plugin that gives torch ``n`` threads on every worker, restarted ones included."""
-    from distributed.diagnostics.plugin import WorkerPlugin
+    from distributed.diagnostics.plugin import WorkerPlugin  # present: DaskEngine required it
 
     class TorchThreads(WorkerPlugin):
         name = "difflens-torch-threads"
@@ -79,7 +81,7 @@ def _local_cluster(**options):
     (a new process importing torch) takes longer, the nanny is closed mid-restart and the cluster
     shrinks for the rest of its life. Local nannies live in this process, so a lost worker is always
     one being restarted: only the base bookkeeping of the worker list is kept."""
-    from distributed import LocalCluster
+    from distributed import LocalCluster  # present: DaskEngine required it
     from distributed.deploy.cluster import Cluster
 
     class NannyRestartsCluster(LocalCluster):
@@ -105,7 +107,7 @@ class DaskEngine:
         min_rows: int = 4096,
         memory_limit: str | int = "auto",
     ):
-        from distributed import Client
+        Client = require("distributed", "scale", "the dask engine").Client
 
         self.tasks_per_worker = tasks_per_worker
         self.min_rows = min_rows
@@ -117,6 +119,8 @@ class DaskEngine:
             except (OSError, TimeoutError) as exc:
                 raise DifflensError(f"cannot reach the dask scheduler at {scheduler} ({exc})") from None
         else:
+            if workers is None or workers < 1:
+                raise DifflensError(f"a local dask cluster needs workers ≥ 1, got {workers}")
             threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
             self.cluster = _local_cluster(
                 n_workers=workers,
@@ -146,8 +150,20 @@ class DaskEngine:
         return self._scattered[key][1]
 
     def fold(
-        self, queries, data, scale, *, log_weights, include, exclude, rows, query_batch, step, floor=None, center=None
-    ):
+        self,
+        queries: torch.Tensor,
+        data: RowSource,
+        scale: torch.Tensor,
+        *,
+        log_weights: torch.Tensor | None,
+        include: Indices | None,
+        exclude: torch.Tensor | None,
+        rows: int,
+        query_batch: int,
+        step: Step | None,
+        floor: torch.Tensor | None = None,
+        center: torch.Tensor | None = None,
+    ) -> PosteriorState:
         n = data.n if include is None else len(include)
         if n < self.min_rows:
             chunks = data_chunks(data, rows, include)
@@ -192,7 +208,7 @@ class DaskEngine:
         if self.cluster is not None:
             self.cluster.close()
 
-    def __enter__(self):
+    def __enter__(self) -> DaskEngine:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -21,11 +21,11 @@ from difflens.lab.distill.core import (
 from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, train_dsm
 
 __all__ = [
+    "DSMConfig",
     "ModelSpec",
     "Pairs",
     "SamplerSpec",
     "Scalarization",
-    "DSMConfig",
     "distill_generalist",
     "fit_generalist",
     "fit_specialists",

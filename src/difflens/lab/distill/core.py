@@ -24,11 +24,13 @@ Progress = Callable[[int], None] | None
 
 @dataclass
 class ModelSpec:
-    """Architecture of a conditional denoiser (see ``models.make_denoiser``)."""
+    """Architecture of a conditional denoiser (see ``models.make_denoiser``) and the device it is built
+    on; training and sampling then run where it lives."""
 
     arch: str = "mlp"
     width: int = 128
     depth: int = 3
+    device: torch.device | str = "cpu"
 
     def build(self, x_shape, cond_shape, num_tasks: int, sigma_data: float, seed: int) -> CondDenoiser:
         return make_denoiser(
@@ -40,6 +42,7 @@ class ModelSpec:
             depth=self.depth,
             sigma_data=sigma_data,
             seed=seed,
+            device=self.device,
         )
 
 
@@ -47,7 +50,8 @@ class ModelSpec:
 class SamplerSpec:
     """Settings of the EDM Heun sampler used for pseudo-labels and evaluation. ``clip``: clamp the final
     samples to [−clip, clip] (the data range, e.g. 1 for images in [−1, 1]), so that a specialist's rare
-    wild extrapolations do not end up as pseudo-labels."""
+    wild extrapolations do not end up as pseudo-labels. Sampling runs on the denoiser's device; the
+    samples come back on the CPU."""
 
     steps: int = 18
     sigma_min: float = 0.002
@@ -73,6 +77,7 @@ class SamplerSpec:
             for i in range(0, len(cond), self.chunk)
         ]
         x = torch.cat(parts) if parts else torch.empty((0, *x_shape))
+        x = x.cpu()
         return x.clamp(-self.clip, self.clip) if self.clip is not None else x
 
 

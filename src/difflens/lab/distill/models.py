@@ -85,8 +85,8 @@ class CondDenoiser(nn.Module):
     """EDM-preconditioned wrapper: ``denoiser(x, sigma, cond, task)`` → estimate of E[x0 | x, c, k].
 
     ``x_shape`` is the shape of one sample; the wrapper reshapes flat inputs for image networks. The
-    levels are taken in x's dtype and the preconditioning runs on x's device (``device``: where the
-    network is moved)."""
+    levels are taken in x's dtype; inputs are sent to the network's ``device`` (where it was moved) and
+    the estimate comes back on x's device, so callers on the CPU need not know where the network is."""
 
     def __init__(
         self, net: nn.Module, x_shape: tuple[int, ...], sigma_data: float = 0.5, device: torch.device | str = "cpu"
@@ -102,13 +102,19 @@ class CondDenoiser(nn.Module):
     def sigma_data(self) -> float:
         return self.param.sigma_data
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network's parameters live."""
+        return next(self.net.parameters()).device
+
     def forward(self, x, sigma, cond, task):
-        b = len(x)
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(b)
-        task = torch.as_tensor(task, dtype=torch.long, device=x.device).reshape(-1).expand(b)
-        xs = x.reshape(b, *self.x_shape)
+        b, dev = len(x), self.device
+        sigma = torch.as_tensor(sigma, dtype=x.dtype).to(dev).reshape(-1).expand(b)
+        task = torch.as_tensor(task, dtype=torch.long).to(dev).reshape(-1).expand(b)
+        xs = x.to(dev).reshape(b, *self.x_shape)
         net_x, c_noise = self.param.inputs(xs, sigma)
-        return self.param.to_x0(self.net(net_x, c_noise, cond, task), xs, sigma).reshape(x.shape)
+        out = self.param.to_x0(self.net(net_x, c_noise, cond.to(dev), task), xs, sigma)
+        return out.reshape(x.shape).to(x.device)
 
 
 def bind(denoiser, cond: torch.Tensor, task) -> Denoiser:

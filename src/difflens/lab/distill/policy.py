@@ -225,14 +225,17 @@ class PolicyConfig:
         return len(self.demos) * per_n
 
 
-def run_policy(cfg: PolicyConfig, progress: Callable[[int], None] | None = None) -> dict:
+def run_policy(
+    cfg: PolicyConfig, progress: Callable[[int], None] | None = None, device: torch.device | str = "cpu"
+) -> dict:
     """Expert, specialists, baseline (demos only), distilled, and distilled + on-policy relabelling,
-    for each number of demonstrations per task; success rate and mean return per task."""
+    for each number of demonstrations per task; success rate and mean return per task. The nets train and
+    sample on ``device``; rollouts run on the CPU."""
     cfg.check()
     tasks, k = cfg.tasks, len(cfg.tasks)
     sampler = SamplerSpec(steps=cfg.sampler_steps, clip=1.0)
-    spec_model = ModelSpec(width=cfg.specialist_width, depth=cfg.specialist_depth)
-    gen_model = ModelSpec(width=cfg.width, depth=cfg.depth)
+    spec_model = ModelSpec(width=cfg.specialist_width, depth=cfg.specialist_depth, device=device)
+    gen_model = ModelSpec(width=cfg.width, depth=cfg.depth, device=device)
     spec_cfg = DSMConfig(steps=cfg.specialist_steps, batch=cfg.batch)
     gen_cfg = DSMConfig(steps=cfg.steps, batch=cfg.batch)
     scal = Scalarization(cfg.scalarization)

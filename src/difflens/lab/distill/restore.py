@@ -15,7 +15,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from difflens import data
-from difflens.errors import DifflensError
+from difflens.errors import DifflensError, require
 from difflens.lab.distill.core import (
     ModelSpec,
     SamplerSpec,
@@ -51,8 +51,7 @@ def degrade(kind: str, clean: torch.Tensor, generator: torch.Generator, *, stren
 
 def psnr_ssim(restored: torch.Tensor, clean: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Per-image PSNR (dB) and SSIM (7×7 window) for images in [−1, 1] (data range 2)."""
-    from skimage.metrics import structural_similarity
-
+    structural_similarity = require("skimage.metrics", "images", "SSIM (distill restore)").structural_similarity
     r = restored.reshape(-1, SIDE, SIDE).double().clamp(-1, 1).numpy()
     c = clean.reshape(-1, SIDE, SIDE).double().numpy()
     mse = ((r - c) ** 2).mean(axis=(1, 2))
@@ -103,8 +102,11 @@ class RestoreConfig:
         return n * (k * self.specialist_steps + 2 * self.steps) + (self.steps if self.oracle else 0)
 
 
-def run_restore(cfg: RestoreConfig, progress: Callable[[int], None] | None = None) -> dict:
-    """Specialists, baseline and distilled generalists (and an oracle on all true pairs) per n; PSNR/SSIM."""
+def run_restore(
+    cfg: RestoreConfig, progress: Callable[[int], None] | None = None, device: torch.device | str = "cpu"
+) -> dict:
+    """Specialists, baseline and distilled generalists (and an oracle on all true pairs) per n; PSNR/SSIM.
+    The nets train and sample on ``device``; data and scores stay on the CPU."""
 
     clean = data.load("digits").rows(0, 1797)
     perm = torch.randperm(len(clean), generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "split")))
@@ -125,8 +127,8 @@ def run_restore(cfg: RestoreConfig, progress: Callable[[int], None] | None = Non
     test_c = [degrade(kd, test_x, g) for kd in cfg.degradations]
     x_shape = (SIDE * SIDE,) if cfg.arch == "mlp" else (1, SIDE, SIDE)
     sampler = SamplerSpec(steps=cfg.sampler_steps, clip=1.0)
-    spec_model = ModelSpec(cfg.arch, cfg.specialist_width, cfg.specialist_depth)
-    gen_model = ModelSpec(cfg.arch, cfg.width, cfg.depth)
+    spec_model = ModelSpec(cfg.arch, cfg.specialist_width, cfg.specialist_depth, device)
+    gen_model = ModelSpec(cfg.arch, cfg.width, cfg.depth, device)
     spec_cfg = DSMConfig(steps=cfg.specialist_steps, batch=cfg.batch)
     gen_cfg = DSMConfig(steps=cfg.steps, batch=cfg.batch)
     scal = Scalarization(cfg.scalarization)

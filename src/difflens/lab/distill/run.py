@@ -38,16 +38,15 @@ def run_distill(
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> tuple[dict, dict[str, str]]:
-    """Run experiment ``name`` on ``threads`` CPU threads, seeded by ``cfg.seed``; returns (result, metrics).
-
-    ``device``: where the nets would train (the runners take no ``device`` yet: the one place to pass it)."""
+    """Run experiment ``name`` on ``threads`` CPU threads, seeded by ``cfg.seed``, its nets on ``device``
+    (default cpu); returns (result, metrics)."""
     if threads < 1:
         raise DifflensError(f"--threads must be ≥ 1, got {threads}")
     runner, metrics, plot_kw = EXPERIMENTS[name]
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     advance = progress(f"distill {name}: training steps", cfg.units())
-    result = runner(cfg, progress=advance)
+    result = runner(cfg, progress=advance, device=device or "cpu")
     if name == "toy":
         if result["pareto"]:
             drep.plot_pareto(result["pareto"], out / "toy_pareto.png", "excess DSM risk")

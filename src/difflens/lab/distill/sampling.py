@@ -23,14 +23,16 @@ def sample(
     rho: float = 7.0,
     churn: float = 0.0,
     generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """One sample x ~ p(x | c, k) per condition row: shape (len(cond), *x_shape), on ``device``.
+    """One sample x ~ p(x | c, k) per condition row: shape (len(cond), *x_shape), on ``device`` (default:
+    the denoiser's ``device`` attribute, else the CPU).
 
     ``churn`` > 0 adds EDM's stochastic noise injection (S_churn, spread over the steps); 0 is the
     deterministic probability-flow ODE solved by Heun's method. The noise comes from ``generator``
     (a CPU generator), so a seed gives the same samples on any device."""
     b = len(cond)
+    device = getattr(denoiser, "device", "cpu") if device is None else device
     sig = samplers.edm_sigmas(steps, sigma_min, sigma_max, rho)
     x = torch.randn((b, *x_shape), generator=generator, dtype=torch.float64) * sig[0]
     gen = generator if generator is not None else torch.default_generator

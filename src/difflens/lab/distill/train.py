@@ -168,9 +168,10 @@ def train_dsm(
     scalarization: Scalarization | None = None,
     progress: Callable[[int], None] | None = None,
     log_every: int = 50,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
 ) -> TrainLog:
-    """Train ``denoiser`` in place on K tasks (task id k = position in ``data``) by DSM, on ``device``.
+    """Train ``denoiser`` in place on K tasks (task id k = position in ``data``) by DSM, on ``device``
+    (default: where the denoiser lives).
 
     Each step draws ``batch`` pairs per task (with replacement), one σ and one ε per pair (from a CPU
     generator, so a seed gives the same run on any device); Adam with cosine learning-rate decay to
@@ -181,6 +182,7 @@ def train_dsm(
     if not data or any(len(p) == 0 for p in data):
         raise DifflensError("every task needs at least one training pair")
     g = torch.Generator().manual_seed(derive_seed(config.seed, "train"))
+    device = denoiser.device if device is None else torch.device(device)
     denoiser.to(device)
     opt = torch.optim.Adam(denoiser.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -228,11 +230,12 @@ def eval_dsm(
     config: DSMConfig | None = None,
     draws: int = 4,
     seed: int = 1234,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Mean DSM loss per task on fixed noise draws (``draws`` (σ, ε) per pair), as a float64 CPU tensor
-    (K,); the denoiser runs on ``device`` (where it lives)."""
+    (K,); the denoiser runs on ``device`` (default: where it lives)."""
     config = config or DSMConfig()
+    device = denoiser.device if device is None else device
     g = torch.Generator().manual_seed(derive_seed(seed, "eval"))
     p_mean = log_sigma_mean(config, denoiser.sigma_data)
     out = []
