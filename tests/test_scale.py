@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import cloudpickle
+import dask
 import numpy as np
 import pytest
 import torch
@@ -363,10 +364,17 @@ class DieOnce:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def dask_engine():
     engine = open_engine(workers=2, tasks_per_worker=3, min_rows=1)
     yield engine
     engine.close()
+
+
+@pytest.fixture
+def cluster(dask_engine):
+    """The module's two-worker engine, with both workers up (whatever ran before, a kill included)."""
+    dask_engine.client.wait_for_workers(2, timeout=120)
+    return dask_engine
 
 
 @pytest.fixture(scope="module")
@@ -395,28 +403,31 @@ def test_dask_engine_equals_in_process(cluster, on_disk):
 
 
 # A chaos test: one worker SIGKILLs itself mid-run. It waits on the cluster's state, never on time:
-# both workers up before the run, and the nanny's replacement up before the pids are compared.
+# both workers up before the run (the fixture), and the nanny's replacement up before the pids are compared.
+# A stock LocalCluster closes a lost worker's nanny when its restart is slower than lost-worker-timeout
+# (15 s; a loaded CI machine spawning a process that imports torch is slower), and the cluster stays at one
+# worker. A zero timeout makes every restart "slow": the engine's cluster must keep its size regardless.
 def test_dask_engine_survives_a_worker_killed_mid_run(cluster, on_disk, tmp_path):
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     q = on_disk.take(np.arange(7, 6000, 40)) + 1.0 * torch.randn(150, 64)
-    cluster.client.wait_for_workers(2, timeout=120)
     pids = set(cluster.worker_pids().values())
     assert len(pids) == 2
     chunks = kernel.data_chunks(on_disk, 400)
     expected = kernel.posterior_state(q, chunks, torch.ones(150, dtype=torch.float64))
-    state = cluster.fold(
-        q,
-        on_disk,
-        torch.ones(150, dtype=torch.float64),
-        log_weights=None,
-        include=None,
-        exclude=None,
-        rows=400,
-        query_batch=1024,
-        step=DieOnce(str(tmp_path / "died")),
-    )
-    assert (tmp_path / "died").exists()  # a worker really died during the run
-    cluster.client.wait_for_workers(2, timeout=120)  # the nanny has restarted it
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "0s"}):
+        state = cluster.fold(
+            q,
+            on_disk,
+            torch.ones(150, dtype=torch.float64),
+            log_weights=None,
+            include=None,
+            exclude=None,
+            rows=400,
+            query_batch=1024,
+            step=DieOnce(str(tmp_path / "died")),
+        )
+        assert (tmp_path / "died").exists()  # a worker really died during the run
+        cluster.client.wait_for_workers(2, timeout=120)  # the nanny has restarted it
     after = set(cluster.worker_pids().values())
     assert len(after) == 2
     assert len(after & pids) == 1  # one survivor, one replacement

@@ -3,12 +3,13 @@
 The rows are cut into contiguous partitions aligned to the chunk size, a few per worker. Each task
 folds its partition with ``posterior_state`` (the same code as in-process, so the chunk
 partials are identical) and returns a ``PosteriorState``; the partials merge exactly in a tree on
-the workers, so only one state travels back. Queries (and the fast screen's basis) are scattered
-to every worker once per call. A memory-mapped ``.npy`` or ``.zarr`` dataset travels as its path
+the workers, so only one state travels back. Queries (and the fast screen's basis) travel once per
+call as one task, recomputed if lost with a worker. A memory-mapped ``.npy`` or ``.zarr`` dataset travels as its path
 (it must be on storage the workers can read); an in-memory dataset is scattered once per engine.
 
 A worker lost mid-run is survived by dask itself: its tasks (and the results it held) are
-recomputed elsewhere from their recipe, so the answer is unchanged.
+recomputed elsewhere from their recipe, so the answer is unchanged. A local cluster keeps its size:
+the killed worker's nanny restarts it, however long the restart takes (see ``_local_cluster``).
 """
 
 from __future__ import annotations
@@ -33,19 +34,25 @@ def partitions(n: int, rows: int, parts: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(cuts))
 
 
-def _fold_part(data, span, include, queries, scale, log_weights, exclude, rows, query_batch, step, floor, center):
-    chunks = data_chunks(data, rows, include, span)
+def _inputs(**inputs) -> dict:
+    """A call's small inputs as one task result: a task has a recipe, so a copy lost with its worker is
+    recomputed (scattered data has none, and the scheduler's memory manager keeps one copy of it)."""
+    return inputs
+
+
+def _fold_part(data, span, inputs, rows, query_batch):
+    chunks = data_chunks(data, rows, inputs["include"], span)
     return posterior_state(
-        queries,
+        inputs["queries"],
         chunks,
-        scale,
-        log_weights,
-        exclude,
+        inputs["scale"],
+        inputs["log_weights"],
+        inputs["exclude"],
         query_batch,
-        step=step,
+        step=inputs["step"],
         norms=data.sq_norms,
-        floor=floor,
-        center=center,
+        floor=inputs["floor"],
+        center=inputs["center"],
     )
 
 
@@ -66,6 +73,24 @@ def _torch_threads(n: int):
     return TorchThreads()
 
 
+def _local_cluster(**options):
+    """A ``LocalCluster`` that leaves a lost worker to its nanny's restart.
+
+    A stock ``LocalCluster`` closes a lost worker's nanny for good when no worker of the same name
+    is back within ``distributed.deploy.lost-worker-timeout`` (15 s): on a loaded machine a restart
+    (a new process importing torch) takes longer, the nanny is closed mid-restart and the cluster
+    shrinks for the rest of its life. Local nannies live in this process, so a lost worker is always
+    one being restarted: only the base bookkeeping of the worker list is kept."""
+    from distributed import LocalCluster  # present: DaskEngine required it
+    from distributed.deploy.cluster import Cluster
+
+    class NannyRestartsCluster(LocalCluster):
+        def _update_worker_status(self, op, msg) -> None:
+            Cluster._update_worker_status(self, op, msg)
+
+    return NannyRestartsCluster(**options)
+
+
 class DaskEngine:
     """Runs the fold on a dask cluster: a new local one of ``workers`` processes, or ``scheduler``.
 
@@ -82,8 +107,7 @@ class DaskEngine:
         min_rows: int = 4096,
         memory_limit: str | int = "auto",
     ):
-        distributed = require("distributed", "scale", "the dask engine")
-        Client, LocalCluster = distributed.Client, distributed.LocalCluster
+        Client = require("distributed", "scale", "the dask engine").Client
 
         self.tasks_per_worker = tasks_per_worker
         self.min_rows = min_rows
@@ -98,7 +122,7 @@ class DaskEngine:
             if workers is None or workers < 1:
                 raise DifflensError(f"a local dask cluster needs workers ≥ 1, got {workers}")
             threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
-            self.cluster = LocalCluster(
+            self.cluster = _local_cluster(
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
@@ -121,7 +145,7 @@ class DaskEngine:
         if data.file_backed:
             return data
         key = id(data)
-        if key not in self._scattered:
+        if key not in self._scattered or self._scattered[key][1].status != "finished":  # lost with its workers
             self._scattered[key] = (data, self.client.scatter(data, broadcast=True, hash=False))
         return self._scattered[key][1]
 
@@ -156,25 +180,21 @@ class DaskEngine:
                 center=center,
             )
         spans = partitions(n, rows, self.n_workers * self.tasks_per_worker)
-        shared = self.client.scatter(
-            [queries, scale, log_weights, exclude, step, include, floor, center], broadcast=True, hash=False
+        inputs = self.client.submit(
+            _inputs,
+            queries=queries,
+            scale=scale,
+            log_weights=log_weights,
+            exclude=exclude,
+            step=step,
+            include=include,
+            floor=floor,
+            center=center,
+            pure=False,
         )
         remote = self._remote_data(data)
         futures = [
-            self.client.submit(
-                _fold_part,
-                remote,
-                span,
-                shared[5],
-                *shared[:4],
-                rows,
-                query_batch,
-                shared[4],
-                shared[6],
-                shared[7],
-                pure=False,
-            )
-            for span in spans
+            self.client.submit(_fold_part, remote, span, inputs, rows, query_batch, pure=False) for span in spans
         ]
         while len(futures) > 1:
             pairs = [
