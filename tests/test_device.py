@@ -22,7 +22,7 @@ from difflens.errors import DifflensError
 from difflens.kernel import oracle
 from difflens.kernel.neighbours import nearest
 from difflens.lab import toy, toy_run
-from difflens.lab.distill import core
+from difflens.lab.distill import settings
 from difflens.lab.distill.models import make_denoiser
 from difflens.lab.distill.run import CONFIGS, run_distill
 
@@ -125,7 +125,7 @@ def test_toy_lab_gets_the_device(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("name", ["toy", "restore", "policy"])
 def test_distill_nets_are_built_on_the_device(monkeypatch, tmp_path, name):
-    seen = spy(monkeypatch, core, "make_denoiser", [])
+    seen = spy(monkeypatch, settings, "make_denoiser", [])
     stopped(seen, lambda: run_distill(name, CONFIGS[name](), tmp_path, device=META))
     assert seen == [META]
 
@@ -210,5 +210,5 @@ def test_distill_net_takes_inputs_from_any_device_and_answers_on_theirs():
     out = net(x, torch.full((5,), 0.5), c, 0)
     assert out.shape == x.shape
     assert out.device == x.device
-    spec = core.ModelSpec(width=8, depth=1, device="cpu")
+    spec = settings.ModelSpec(width=8, depth=1, device="cpu")
     assert spec.build((2,), (2,), 1, 1.0, 0).device == torch.device("cpu")

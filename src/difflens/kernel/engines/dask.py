@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from typing import Any
 
 import torch
 
@@ -111,7 +112,7 @@ class DaskEngine:
 
         self.tasks_per_worker = tasks_per_worker
         self.min_rows = min_rows
-        self._scattered: dict[int, tuple[object, object]] = {}
+        self._scattered: dict[int, tuple[RowSource, Any]] = {}  # dataset and its future
         self.cluster = None
         if scheduler is not None:
             try:

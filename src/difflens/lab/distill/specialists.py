@@ -121,12 +121,17 @@ class Sampled(_Fitted):
         self.net, self.sampler, self.sigma_data = net, sampler or SamplerSpec(), sigma_data
         self.x_shape = None if x_shape is None else tuple(x_shape)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network lives (training and sampling run there); the CPU for a plain function."""
+        return getattr(self.net, "device", torch.device("cpu"))
+
     def sample(self, cond: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.sampler(self.net, cond, 0, self._check(), generator)
 
     def __call__(self, x, sigma, cond, task=None) -> torch.Tensor:
         self._check()
-        return self.net(x, sigma, cond, torch.zeros(len(x), dtype=torch.long))
+        return self.net(x, sigma, cond, torch.zeros(len(x), dtype=torch.long, device=x.device))
 
     def params(self) -> int:
         return sum(p.numel() for p in self.net.parameters()) if isinstance(self.net, torch.nn.Module) else 0
