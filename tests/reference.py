@@ -52,7 +52,15 @@ class Float64Engine:
         self.logit_error: dict[float, float] = {}
         self.spread = 0.0
 
-    def fold(self, queries, data, scale, *, log_weights, include, exclude, rows, query_batch, step, floor, center):
+    def fold(self, data, job: kernel.FoldJob) -> kernel.PosteriorState:
+        queries, scale, log_weights, include, exclude, center = (
+            job.queries,
+            job.scale,
+            job.log_weights,
+            job.include,
+            job.exclude,
+            job.center,
+        )
         idx = torch.arange(data.n) if include is None else torch.as_tensor(np.asarray(include, dtype=np.int64))
         x = data.take(idx.numpy()).double() - center.double()
         q = queries.double()

@@ -415,17 +415,8 @@ def test_dask_engine_survives_a_worker_killed_mid_run(cluster, on_disk, tmp_path
     chunks = kernel.data_chunks(on_disk, 400)
     expected = kernel.posterior_state(q, chunks, torch.ones(150, dtype=torch.float64))
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "0s"}):
-        state = cluster.fold(
-            q,
-            on_disk,
-            torch.ones(150, dtype=torch.float64),
-            log_weights=None,
-            include=None,
-            exclude=None,
-            rows=400,
-            query_batch=1024,
-            step=DieOnce(str(tmp_path / "died")),
-        )
+        job = kernel.FoldJob(q, torch.ones(150, dtype=torch.float64), rows=400, step=DieOnce(str(tmp_path / "died")))
+        state = cluster.fold(on_disk, job)
         assert (tmp_path / "died").exists()  # a worker really died during the run
         cluster.client.wait_for_workers(2, timeout=120)  # the nanny has restarted it
     after = set(cluster.worker_pids().values())

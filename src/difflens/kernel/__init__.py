@@ -7,7 +7,7 @@ in-process or on a dask cluster (``engines``); ``oracle`` holds the entry points
 
 from difflens.kernel.device import resolve_device
 from difflens.kernel.engines import LocalEngine, open_engine
-from difflens.kernel.fold import data_chunks, default_chunk_rows, posterior_state
+from difflens.kernel.fold import FoldJob, data_chunks, default_chunk_rows, fold_job, posterior_state
 from difflens.kernel.oracle import Sigma, denoise, posterior
 from difflens.kernel.screening import PRECISIONS, Fast
 from difflens.kernel.source import ArraySource, RowSource, as_source
@@ -17,6 +17,7 @@ __all__ = [
     "PRECISIONS",
     "ArraySource",
     "Fast",
+    "FoldJob",
     "LocalEngine",
     "Posterior",
     "PosteriorState",
@@ -28,6 +29,7 @@ __all__ = [
     "data_chunks",
     "default_chunk_rows",
     "denoise",
+    "fold_job",
     "gathered_state",
     "open_engine",
     "posterior",

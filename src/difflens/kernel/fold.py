@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import psutil
@@ -91,3 +92,40 @@ def data_chunks(
         else:
             idx = include[start:stop]
             yield torch.from_numpy(idx), data.take(idx)
+
+
+@dataclass
+class FoldJob:
+    """One posterior call's work, as an engine receives it: the (centred) queries, 1/(s²T) per query, the
+    chunk size and what every chunk step needs (see ``posterior_state``)."""
+
+    queries: torch.Tensor
+    scale: torch.Tensor
+    rows: int
+    query_batch: int = 1024
+    log_weights: torch.Tensor | None = None
+    include: Indices | None = None
+    exclude: torch.Tensor | None = None
+    step: Step | None = None
+    floor: torch.Tensor | None = None
+    center: torch.Tensor | None = None
+
+    def points(self, data: RowSource) -> int:
+        """How many training points the job folds over."""
+        return data.n if self.include is None else len(self.include)
+
+
+def fold_job(data: RowSource, job: FoldJob, span: tuple[int, int] | None = None) -> PosteriorState:
+    """The job over the data's chunks (all, or positions ``span`` of them): what every engine runs."""
+    return posterior_state(
+        job.queries,
+        data_chunks(data, job.rows, job.include, span),
+        job.scale,
+        job.log_weights,
+        job.exclude,
+        job.query_batch,
+        step=job.step,
+        norms=data.sq_norms,
+        floor=job.floor,
+        center=job.center,
+    )

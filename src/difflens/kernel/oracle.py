@@ -19,7 +19,7 @@ from difflens.errors import DifflensError
 from difflens.kernel import engines, screening
 from difflens.kernel.device import device_of, resolve_device
 from difflens.kernel.engines import Engine
-from difflens.kernel.fold import data_chunks, default_chunk_rows
+from difflens.kernel.fold import FoldJob, data_chunks, default_chunk_rows
 from difflens.kernel.source import Array, Data, Indices, RowSource, as_source
 from difflens.kernel.state import Posterior, PosteriorState
 
@@ -146,19 +146,8 @@ def posterior(
         floor = None if hint is None else _hint_floor(hint, qc, data, center, scale, lw, include, exclude)
         if extra is not None:
             floor = extra.log_max if floor is None else torch.maximum(floor, extra.log_max)
-    state = engines.resolve(engine).fold(
-        qc,
-        data,
-        scale,
-        log_weights=lw,
-        include=include,
-        exclude=exclude,
-        rows=rows,
-        query_batch=query_batch,
-        step=step,
-        floor=floor,
-        center=center,
-    )
+    job = FoldJob(qc, scale, rows, query_batch, lw, include, exclude, step, floor, center)
+    state = engines.resolve(engine).fold(data, job)
     if extra is not None:
         state = state.merge(extra)
     post = state.finalize((qc.double() ** 2).sum(1), scale)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-import torch
-
 from difflens.errors import DifflensError, require
 from difflens.kernel.engines.local import LocalEngine
-from difflens.kernel.source import Indices, RowSource
-from difflens.kernel.state import PosteriorState, Step
+from difflens.kernel.fold import FoldJob
+from difflens.kernel.source import RowSource
+from difflens.kernel.state import PosteriorState
 
 LOCAL = LocalEngine()
 
@@ -23,21 +22,7 @@ LOCAL = LocalEngine()
 class Engine(Protocol):
     """Where the kernel's chunks run: folds them into one state per query (``LocalEngine.fold``)."""
 
-    def fold(
-        self,
-        queries: torch.Tensor,
-        data: RowSource,
-        scale: torch.Tensor,
-        *,
-        log_weights: torch.Tensor | None,
-        include: Indices | None,
-        exclude: torch.Tensor | None,
-        rows: int,
-        query_batch: int,
-        step: Step | None,
-        floor: torch.Tensor | None = None,
-        center: torch.Tensor | None = None,
-    ) -> PosteriorState: ...
+    def fold(self, data: RowSource, job: FoldJob) -> PosteriorState: ...
 
     def close(self) -> None: ...
 

@@ -1,7 +1,7 @@
 """The dask.distributed engine: the data's chunks spread over a cluster's workers.
 
 The rows are cut into contiguous partitions aligned to the chunk size, a few per worker. Each task
-folds its partition with ``posterior_state`` (the same code as in-process, so the chunk
+folds its partition with ``fold_job`` (the same code as in-process, so the chunk
 partials are identical) and returns a ``PosteriorState``; the partials merge exactly in a tree on
 the workers, so only one state travels back. Queries (and the fast screen's basis) travel once per
 call as one task, recomputed if lost with a worker. A memory-mapped ``.npy`` or ``.zarr`` dataset travels as its path
@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from difflens.errors import DifflensError, require
-from difflens.kernel.fold import data_chunks, posterior_state
-from difflens.kernel.source import Indices, RowSource
-from difflens.kernel.state import PosteriorState, Step
+from difflens.kernel.fold import FoldJob, fold_job
+from difflens.kernel.source import RowSource
+from difflens.kernel.state import PosteriorState
 
 
 def partitions(n: int, rows: int, parts: int) -> list[tuple[int, int]]:
@@ -35,26 +35,10 @@ def partitions(n: int, rows: int, parts: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(cuts))
 
 
-def _inputs(**inputs) -> dict:
+def _job(job: FoldJob) -> FoldJob:
     """A call's small inputs as one task result: a task has a recipe, so a copy lost with its worker is
     recomputed (scattered data has none, and the scheduler's memory manager keeps one copy of it)."""
-    return inputs
-
-
-def _fold_part(data, span, inputs, rows, query_batch):
-    chunks = data_chunks(data, rows, inputs["include"], span)
-    return posterior_state(
-        inputs["queries"],
-        chunks,
-        inputs["scale"],
-        inputs["log_weights"],
-        inputs["exclude"],
-        query_batch,
-        step=inputs["step"],
-        norms=data.sq_norms,
-        floor=inputs["floor"],
-        center=inputs["center"],
-    )
+    return job
 
 
 def _merge(a: PosteriorState, b: PosteriorState) -> PosteriorState:
@@ -150,53 +134,14 @@ class DaskEngine:
             self._scattered[key] = (data, self.client.scatter(data, broadcast=True, hash=False))
         return self._scattered[key][1]
 
-    def fold(
-        self,
-        queries: torch.Tensor,
-        data: RowSource,
-        scale: torch.Tensor,
-        *,
-        log_weights: torch.Tensor | None,
-        include: Indices | None,
-        exclude: torch.Tensor | None,
-        rows: int,
-        query_batch: int,
-        step: Step | None,
-        floor: torch.Tensor | None = None,
-        center: torch.Tensor | None = None,
-    ) -> PosteriorState:
-        n = data.n if include is None else len(include)
+    def fold(self, data: RowSource, job: FoldJob) -> PosteriorState:
+        n = job.points(data)
         if n < self.min_rows:
-            chunks = data_chunks(data, rows, include)
-            return posterior_state(
-                queries,
-                chunks,
-                scale,
-                log_weights,
-                exclude,
-                query_batch,
-                step=step,
-                norms=data.sq_norms,
-                floor=floor,
-                center=center,
-            )
-        spans = partitions(n, rows, self.n_workers * self.tasks_per_worker)
-        inputs = self.client.submit(
-            _inputs,
-            queries=queries,
-            scale=scale,
-            log_weights=log_weights,
-            exclude=exclude,
-            step=step,
-            include=include,
-            floor=floor,
-            center=center,
-            pure=False,
-        )
+            return fold_job(data, job)
+        spans = partitions(n, job.rows, self.n_workers * self.tasks_per_worker)
+        remote_job = self.client.submit(_job, job, pure=False)
         remote = self._remote_data(data)
-        futures = [
-            self.client.submit(_fold_part, remote, span, inputs, rows, query_batch, pure=False) for span in spans
-        ]
+        futures = [self.client.submit(fold_job, remote, remote_job, span, pure=False) for span in spans]
         while len(futures) > 1:
             pairs = [
                 self.client.submit(_merge, a, b, pure=False) for a, b in zip(futures[::2], futures[1::2], strict=False)
