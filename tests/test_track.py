@@ -62,3 +62,35 @@ def test_monitor_reads_curve_json_skips_outside_and_refuses_bad_input(tmp_path):
         ExcessLossMonitor(optimal={"levels": []})
     with pytest.raises(DifflensError, match="cannot read"):
         ExcessLossMonitor(optimal=tmp_path / "missing.json")
+
+
+def test_tensorboard_event_file_holds_the_excess_at_every_level(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rng = np.random.default_rng(1)
+    with ExcessLossMonitor(optimal=(SIGMAS, J_X0), process="vp", target="eps", tensorboard=tmp_path / "tb") as monitor:
+        for step in (10, 20):
+            s = np.exp(rng.uniform(np.log(SIGMAS[0]), np.log(SIGMAS[-1]), 2000))
+            monitor.observe(torch.as_tensor(_optimal_target("vp", "eps", s) + 0.1), sigma=torch.as_tensor(s))
+            monitor.flush(step)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tags = {f"{key}/{ExcessLossMonitor.tag(s)}" for key in ("excess", "loss", "optimal") for s in SIGMAS}
+    assert tags <= set(events.Tags()["scalars"])
+    eps32 = 2.0**-24  # scalars are stored as float32: relative rounding ≤ 2⁻²⁴
+    for s in SIGMAS:
+        excess, loss, opt = (events.Scalars(f"{k}/{ExcessLossMonitor.tag(s)}") for k in ("excess", "loss", "optimal"))
+        assert [e.step for e in excess] == [10, 20]
+        assert all(abs(e.value - 0.1) <= eps32 * 0.1 + 1e-9 for e in excess)
+        for lv, op in zip(loss, opt, strict=True):
+            assert abs(lv.value - op.value - 0.1) <= eps32 * (abs(lv.value) + abs(op.value)) + 1e-9
+    assert monitor.writer is None  # closed on exit
+
+
+def test_tensorboard_needs_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    with pytest.raises(DifflensError, match="'tensorboard' extra"):
+        ExcessLossMonitor(optimal=(SIGMAS, J_X0), tensorboard=tmp_path / "tb")

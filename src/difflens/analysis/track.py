@@ -7,10 +7,13 @@ per-sample (σ or t, loss) pairs the loop already has (docs/method.md, "Monitori
     monitor.observe(per_sample, t=t)                                  # or sigma=s (VE-equivalent level)
     if step % 100 == 0:
         monitor.flush(step)                                           # one CSV row per level seen
+    monitor.close()                                                   # or use it as a context manager
 
 The loss is in the loop's target units of its process; J* there is r(s)·J*_x0(s) with J*_x0 linear in
 ln s between the curve's levels (as in the recipe totals), so the excess is exact per sample. Samples
-outside the curve's range have no J* and are counted in ``skipped``, not guessed.
+outside the curve's range have no J* and are counted in ``skipped``, not guessed. With ``tensorboard=DIR``
+(the 'tensorboard' extra) each flush also writes scalars ``excess/``, ``loss/`` and ``optimal/`` per level
+(tag suffix ``sigma_{σ:.4g}``) at the flushed step.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 from difflens import report
 from difflens.analysis.optimal_loss import Curve
 from difflens.diffusion.precond import Parametrization
-from difflens.errors import DifflensError
+from difflens.errors import DifflensError, require
 
 
 def optimal_levels_x0(optimal) -> tuple[np.ndarray, np.ndarray]:
@@ -60,13 +63,27 @@ def optimal_levels_x0(optimal) -> tuple[np.ndarray, np.ndarray]:
 
 class ExcessLossMonitor:
     """Per-level loss, J* and excess of a training loop, accumulated from per-sample pairs and written
-    to CSV at each ``flush`` (every row so far, rewritten whole: report's atomic writers).
+    to CSV at each ``flush`` (every row so far, rewritten whole: report's atomic writers) and, with
+    ``tensorboard``, to a TensorBoard event file in that folder.
 
     ``optimal``: the optimal-loss curve of the training set (see ``optimal_levels_x0``); ``process`` and
     ``target``: the loop's, which fix its loss units and, for ``t`` inputs, s(t)."""
 
-    def __init__(self, optimal, process: str = "edm", target: str = "x0", path: str | Path | None = None):
+    def __init__(
+        self,
+        optimal,
+        process: str = "edm",
+        target: str = "x0",
+        path: str | Path | None = None,
+        tensorboard: str | Path | None = None,
+    ):
         self.sigmas, self.optimal_x0 = optimal_levels_x0(optimal)
+        self.writer = None
+        if tensorboard is not None:
+            if len({self.tag(s) for s in self.sigmas}) < len(self.sigmas):
+                raise DifflensError("optimal loss: levels closer than 4 significant digits share a TensorBoard tag")
+            tb = require("torch.utils.tensorboard", "tensorboard", "ExcessLossMonitor(tensorboard=...)")
+            self.writer = tb.SummaryWriter(log_dir=str(tensorboard))
         self.param = Parametrization.of(process, target)
         self.path = Path(path) if path is not None else None
         n = len(self.sigmas)
@@ -104,7 +121,7 @@ class ExcessLossMonitor:
 
     def flush(self, step: int) -> list[dict]:
         """Rows {step, sigma, count, loss, optimal, excess} of the levels seen since the last flush (the
-        excess is mean(loss − J*) over the level's samples), appended to ``rows`` and the CSV."""
+        excess is mean(loss − J*) over the level's samples), appended to ``rows``, the CSV and TensorBoard."""
         new = []
         for k in np.flatnonzero(self._count):
             n = int(self._count[k])
@@ -115,7 +132,29 @@ class ExcessLossMonitor:
         self.rows += new
         if self.path is not None and self.rows:
             report.write_csv(self.path, self.rows)
+        if self.writer is not None:
+            for r in new:
+                for key in ("excess", "loss", "optimal"):
+                    self.writer.add_scalar(f"{key}/{self.tag(r['sigma'])}", r[key], global_step=r["step"])
+            self.writer.flush()
         return new
+
+    @staticmethod
+    def tag(sigma: float) -> str:
+        """The TensorBoard tag suffix of a level: ``sigma_{σ:.4g}``."""
+        return f"sigma_{sigma:.4g}"
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (the CSV is complete after every flush)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def __enter__(self) -> ExcessLossMonitor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def excess(self) -> dict[float, float]:
         """The last excess logged at each level."""
