@@ -9,11 +9,13 @@ from __future__ import annotations
 import glob
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from difflens.analysis import diagnose as dg
+from difflens.analysis import sample_quality as sq
 from difflens.analysis.run_support import Progress, no_progress
 from difflens.analysis.units import resolve_units
 from difflens.data import Dataset, check_same_layout
@@ -65,6 +67,31 @@ def resolve_split(
     return ds.split(hold, split) if hold else (ds, None)
 
 
+def checkpoint_history(paths, train_ds, grid, units, optimal, advance, quality: dict | None, **kw) -> dict:
+    """{"history": excess per checkpoint and level} and, with ``quality`` (feature, samples), the
+    checkpoints' sample quality and its per-level correlation with the excess (sample_quality.py)."""
+    models: list[tuple[int, Any]] = []
+    for p in paths:
+        m = load_denoiser(str(p), data=train_ds, device=kw["device"])
+        models.append((int(m.info.get("step", len(models))), m.denoiser))
+        advance(1)
+    out = {"history": dg.excess_history(models, train_ds, grid, units, optimal, **kw)}
+    advance(1)
+    if quality is not None:
+        out["sample_quality"] = sq.sample_quality(
+            models, train_ds, out["history"], seed=kw["seed"], device=kw["device"], **quality
+        )
+    return out
+
+
+def write_diagnosis(result: dict, out: Path, title: str) -> list[Path]:
+    """``diagnose.write_outputs`` plus sample_quality.png when the result has a sample-quality part."""
+    extra = [Path(out) / "sample_quality.png"] if "sample_quality" in result else []
+    for path in extra:
+        sq.plot_correlation(result["sample_quality"], path)
+    return [*dg.write_outputs(result, out, title), *extra]
+
+
 def run_diagnose(
     out: Path,
     *,
@@ -89,17 +116,23 @@ def run_diagnose(
     queries_per_level: int = 1024,
     batch_size: int = 512,
     seed: int = 0,
+    sample_quality: bool = False,
+    feature: str = "pca",
+    quality_samples: int = 512,
     device: torch.device | None = None,
     progress: Progress = no_progress,
     say: Callable[[str], None] = print,
 ) -> tuple[dict, list[Path]]:
     """Model (or logged) loss vs the optimal loss per level; writes diagnose.{json,csv,html,png} to ``out``.
-    Models and the kernel run on ``device`` (default cpu)."""
+    With ``sample_quality``, also the per-level correlation of checkpoints' excess with their samples'
+    Fréchet distance (sample_quality.png). Models and the kernel run on ``device`` (default cpu)."""
     device = device or torch.device("cpu")
     if (model is None) == (from_log is None):
         raise DifflensError("give exactly one of --model or --from-log")
     grid = np.sort(parse_sigmas(sigmas))
     paths = checkpoint_paths(checkpoints) if checkpoints and from_log is None else []
+    if sample_quality and not paths:
+        raise DifflensError("--sample-quality needs --model and --checkpoints (a run's checkpoints to compare)")
     opts = {"process": process, "target": target, "time_scale": time_scale, "shape": shape_option(shape)}
     loaded = None
     if model is not None and model != "oracle":
@@ -163,15 +196,9 @@ def run_diagnose(
         )
         advance(1)
         if paths:
-            models = []
-            for p in paths:
-                m = load_denoiser(str(p), data=train_ds, device=device)
-                models.append((int(m.info.get("step", len(models))), m.denoiser))
-                advance(1)
-            result["history"] = dg.excess_history(
-                models, train_ds, grid, units, optimal, images=images, seed=seed, batch_size=batch_size, device=device
-            )
-            advance(1)
+            quality = {"feature": feature, "samples": quality_samples} if sample_quality else None
+            kw = {"images": images, "seed": seed, "batch_size": batch_size, "device": device}
+            result.update(checkpoint_history(paths, train_ds, grid, units, optimal, advance, quality, **kw))
         title = f"{model} vs the optimal loss of {train_ds.spec}"
     result.update({"model": loaded.info if loaded else None, "recipe": recipe_name, "log": from_log and str(from_log)})
-    return result, dg.write_outputs(result, out, title)
+    return result, write_diagnosis(result, out, title)

@@ -63,6 +63,9 @@ def diagnose_cmd(
     queries_per_level: int = queries_opt(1024),
     batch_size: int = typer.Option(512, help="Model batch size."),
     seed: int = SeedOpt,
+    sample_quality: bool = typer.Option(False, help="With --checkpoints: r(excess at σ, samples' Fréchet distance)."),
+    feature: str = typer.Option("pca", help="--sample-quality features: pca[:K], pixels or module:attr."),
+    quality_samples: int = typer.Option(512, help="--sample-quality: samples per checkpoint (EDM Heun, 18 steps)."),
     threads: int = ThreadsOpt,
     device: str = DeviceOpt,
     out: Path = out_opt("runs/diagnose"),
@@ -74,6 +77,14 @@ def diagnose_cmd(
     with Bars() as bars:
         result, written = run_diagnose(out, device=dev, progress=bars, say=console.print, **opts)
     print_diagnosis(result)
+    if "sample_quality" in result:
+        q = result["sample_quality"]
+        console.print(
+            "r(excess, FD) per σ: "
+            + ", ".join(
+                f"{s:.3g}: {r:+.2f}" for s, r in zip(q["sigmas"], q["correlation"], strict=True) if r is not None
+            )
+        )
     console.print("wrote " + ", ".join(str(p) for p in written))
 
 
