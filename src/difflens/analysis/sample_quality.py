@@ -100,5 +100,5 @@ def plot_correlation(result: dict, path: str | Path) -> None:
     ax.set_title(f"across {len(result['steps'])} checkpoints")
     bx.plot(result["steps"], result["fd"], "o-")
     bx.set_xlabel("training step")
-    bx.set_ylabel(f"Fréchet distance ({result['feature']})")
+    bx.set_ylabel(f"Fréchet distance ({result['feature'].split(' (')[0]})")
     save_figure(fig, path)
