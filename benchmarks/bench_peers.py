@@ -8,9 +8,9 @@
 Data: a low-intrinsic-dimension set, x = z·U/8 + 0.05·ε with z ~ N(0, I₆₄), U ~ N(0, 1)^{64×D},
 ε ~ N(0, I_D), scaled so max |x| = 1 (image sets behave like this: a few dozen directions carry most
 of the variance). Queries are noised training points x0 + σε. difflens runs as ``oracle.denoise``
-does, without hints (the fast screen prunes on its running floor, docs/method.md, "Fast precision
-(screening)"), on a ``Dataset`` prepared once; "fast, hinted" passes each query's source as a hint,
-as the optimal-loss estimator does.
+does, without hints (the fast screen prunes on its running floor,
+docs/method.md, "Fast precision (screening)"), on a ``Dataset`` prepared once; "fast, hinted" passes
+each query's source as a hint, as the optimal-loss estimator does.
 
 Per method: the best of ``--repeats`` wall times, its speed relative to cdist, the peak resident
 memory above the level before the call (RSS sampled every millisecond by a thread, so a peak shorter
