@@ -238,9 +238,9 @@ def estimate_level(
             goal = target_se * float(values.mean())
             if used >= samples or stderr <= goal:
                 break
-            # the count the current spread asks for (se ∝ 1/√M), at most doubling per batch
+            # the count the current spread asks for (se ∝ 1/√M): one more batch when the estimate holds
             needed = used * (stderr / goal) ** 2 if goal > 0 and math.isfinite(stderr) else 2 * used
-            size = int(min(samples - used, used, max(min_samples, math.ceil(needed) - used)))
+            size = int(min(samples - used, max(min_samples, math.ceil(needed) - used)))
         paired = torch.cat([p[1] for p in parts])
         post = _cat([p[2] for p in parts])
     conc = {
