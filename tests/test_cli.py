@@ -286,3 +286,20 @@ def test_diagnose_progress_has_a_total(tmp_path):
                  say=lambda s: None)  # fmt: skip
     assert bars
     assert all(total is not None and done == total for _, total, done in bars)
+
+
+def test_optimal_loss_target_se_reports_the_queries_each_level_used(tmp_path):
+    bad = run("optimal-loss", "--data", "toy:gmm:n=200", *TINY, "--target-se", "0", "--out", tmp_path / "bad")
+    assert bad.exit_code == 2
+    assert "--target-se" in bad.output
+    assert not (tmp_path / "bad").exists()  # checked before anything is written
+    args = ["optimal-loss", "--data", "toy:gmm:n=200", "--queries-per-level", "96", "--sigmas", "0.05,50"]
+    res = run(*args, "--target-se", "0.05", "--out", tmp_path / "a")
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "a" / "optimal_loss.json").read_text())
+    assert out["target_se"] == 0.05
+    assert out["samples"] == 96
+    for lv in out["levels"]:
+        assert lv["stderr_x0"] <= 0.05 * lv["optimal_loss_x0"] or lv["samples"] == 96
+    assert out["levels"][-1]["samples"] == 32  # σ = 50: the first batch is enough
+    assert "queries" in res.output

@@ -4,12 +4,15 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy import integrate, stats
 
 from difflens import DifflensError
 from difflens.analysis import optimal_loss as ol
 from difflens.data import load
+from difflens.diffusion import estimators
 from difflens.diffusion.processes import TARGETS, conversion_factor, edm_c_out, get_process
+from difflens.kernel import oracle
 from reference import EPS32, Float64Engine
 
 
@@ -238,8 +241,72 @@ def test_critical_sigma_interpolates_in_log_space():
         (dict(samples=1), "samples"),
         (dict(reduction="max"), "reduction"),
         (dict(target="noise"), "unknown target"),
+        (dict(target_se=0.0), "target-se"),
+        (dict(target_se=math.nan), "target-se"),
     ],
 )
 def test_bad_settings(kw, message):
     with pytest.raises(DifflensError, match=message):
         curve(np.random.default_rng(0).standard_normal((20, 2)).astype(np.float32), [1.0], **kw)
+
+
+# ---------------------------------------------------------------- adaptive queries per level
+
+
+def _old_level(data, sigma, samples, rng, precision="exact"):
+    """A level as computed before adaptive queries existed: one draw of ``samples`` sources, their noise,
+    one posterior call with the sources as hints, the mean of tr Cov / D and its standard error as the
+    cluster formula with groups of one computed it (float64, √(M/(M−1)·Σ dev²)/M)."""
+    src = estimators.sources_for_level(data.n, samples, rng)
+    x0 = data.take(src)
+    q = x0 + float(sigma) * torch.from_numpy(rng.standard_normal(x0.shape, dtype=np.float32))
+    v = oracle.posterior(q, data, float(sigma), hint=src, precision=precision).trace_cov / data.dim
+    dev = v - v.mean()
+    return float(v.mean()), float(torch.sqrt(len(v) / (len(v) - 1) * (dev**2).sum()) / len(v))
+
+
+@pytest.mark.parametrize("precision", ["exact", "fast"])
+def test_without_a_target_every_level_is_bit_identical_to_one_fixed_batch(precision):
+    ds = load("toy:gmm:n=300")
+    sig = [0.05, 0.5, 5.0]
+    c = curve(ds, sig, samples=48, seed=4, precision=precision)
+    for i, (lv, s) in enumerate(zip(c.levels, sig, strict=True)):
+        j, se = _old_level(ds, s, 48, estimators.level_rng(4, i), precision)
+        assert (lv.optimal_loss_x0, lv.stderr_x0, lv.samples) == (j, se, 48)
+    assert c.target_se is None
+
+
+@pytest.mark.parametrize("estimator", ["full", "snis"])
+def test_target_se_stops_each_level_at_its_precision_or_at_the_maximum(estimator):
+    ds = load("digits")
+    rel, most = 0.01, 512
+    c = curve(ds, [0.1, 1.0, 3.0, 80.0], samples=most, seed=2, target_se=rel, estimator=estimator, subset=64)
+    for lv in c.levels:
+        assert 32 <= lv.samples <= most
+        assert lv.stderr_x0 <= rel * lv.optimal_loss_x0 or lv.samples == most, lv
+    assert c.target_se == rel
+    assert c.samples == most
+    again = curve(ds, [0.1, 1.0, 3.0, 80.0], samples=most, seed=2, target_se=rel, estimator=estimator, subset=64)
+    assert again.levels == c.levels  # deterministic given the seed (each level its own stream)
+
+
+def test_target_se_needs_few_queries_at_high_noise():
+    """σ = 80 on digits: the posterior is spread over all points, tr Cov barely varies between queries,
+    so 32 queries already give a relative s.e. far below 1e-3 while a low level needs more."""
+    ds = load("digits")
+    c = curve(ds, [0.5, 80.0], samples=1024, seed=0, target_se=1e-3)
+    low, high = c.levels
+    assert high.samples == 32
+    assert high.stderr_x0 <= 1e-3 * high.optimal_loss_x0
+    assert low.samples > high.samples
+    # the 32 queries are the first 32 of the level's stratified draw: distinct sources
+    src = estimators.sources_for_level(ds.n, 1024, estimators.level_rng(0, 1))
+    assert len(np.unique(src[:32])) == 32
+
+
+def test_cluster_stderr_with_unequal_groups_brute_force():
+    y = torch.tensor([1.0, 2.0, 4.0, 0.5, 3.0, 3.5, 1.5])
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 3])
+    dev = y.double() - y.double().mean()
+    sums = np.array([dev[:2].sum(), dev[2:5].sum(), dev[5], dev[6]])
+    assert estimators.cluster_stderr(y, labels) == pytest.approx(math.sqrt(4 / 3 * (sums**2).sum()) / 7, rel=1e-12)

@@ -28,7 +28,7 @@ from difflens.diffusion.processes import sigma_grid
 from difflens.kernel import oracle, screening
 from difflens.kernel.engines import LocalEngine, open_engine
 from difflens.kernel.engines.dask import partitions
-from reference import Float64Engine
+from reference import Float64Engine, posterior_mean
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -244,8 +244,11 @@ def test_fast_hint_skips_far_chunks_and_leaves_the_answer_alone():
     src = torch.arange(0, 6000, 50)
     q = x[src] + 0.2 * torch.randn(len(src), 48, generator=torch.Generator().manual_seed(0))
     kw = dict(
-        chunk_size=1000, precision=screening.Fast(tol=1e-12, dense_fraction=1.0, **{**PINNED_COSTS, "gather_cost": 1.0})
-    )
+        chunk_size=1000,
+        precision=screening.Fast(
+            tol=1e-12, dense_fraction=1.0, running_floor=False, **{**PINNED_COSTS, "gather_cost": 1.0}
+        ),
+    )  # no running floor: "plain" is a call with no floor at all
     exact = oracle.posterior(q, x, 0.2, chunk_size=1000)
     runs = {}
     for name, extra in [("plain", {}), ("hinted", {"hint": src}), ("excluded", {"hint": src, "exclude": src})]:
@@ -266,6 +269,37 @@ def test_fast_hint_skips_far_chunks_and_leaves_the_answer_alone():
     assert (runs["excluded"][0].mean - truth).abs().max() <= 2 * (left_out.mean - truth).abs().max() + 1e-9
     with pytest.raises(DifflensError, match="hint"):
         oracle.posterior(q, x, 0.2, hint=src + 6000)
+
+
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_fast_running_floor_prunes_calls_without_hints(with_weights):
+    """Each chunk's exact best logits floor the screen of the chunks after it: a hint-less call on
+    clustered data computes fewer exact pairs, and its answer stays as close to the float64 truth."""
+    x = torch.from_numpy(gmm(n=6000, dim=48, seed=4))
+    gen = torch.Generator().manual_seed(1)
+    q = x[torch.arange(7, 6000, 47)] + 0.2 * torch.randn(128, 48, generator=gen)
+    lw = torch.randn(len(x), generator=gen).double() if with_weights else None
+    fast = {flag: screening.Fast(tol=1e-12, running_floor=flag, **PINNED_COSTS) for flag in (False, True)}
+    runs = {}
+    for flag, step in fast.items():
+        with kernel.counting_work() as work:  # (query, point) pairs computed exactly
+            post = oracle.posterior(q, x, 0.2, chunk_size=500, precision=step, log_weights=lw)
+        runs[flag] = (post, work.pairs)
+    exact = oracle.posterior(q, x, 0.2, chunk_size=500, log_weights=lw)
+    logits = -(torch.cdist(q.double(), x.double()) ** 2) / (2 * 0.2**2) + (0.0 if lw is None else lw)
+    truth = torch.softmax(logits, 1) @ x.double()  # float64 brute force
+    err = (exact.mean - truth).abs().max()
+    for post, _ in runs.values():  # fast is as close to the truth as the float32 exact kernel
+        assert (post.mean - truth).abs().max() <= 2 * err + 1e-9
+        assert torch.equal(post.argmax, exact.argmax)
+        assert (post.dropped_mass < 1e-12).all()
+    assert runs[True][1] < 0.5 * runs[False][1]  # the running floor prunes the chunks after the best point
+    if lw is None:  # the denoiser (no hints there) prunes alike, and agrees with reference.posterior_mean
+        mean, tol = posterior_mean(q, x, 0.2**2)
+        with kernel.counting_work() as work:
+            den = oracle.denoise(q, x, 0.2, chunk_size=500, precision=fast[True])
+        assert work.pairs == runs[True][1]
+        assert ((den.double() - mean).abs().amax(1) <= tol).all()
 
 
 def test_fast_on_one_column_is_exact():  # torch._int_mm is wrong for one column: no screen there

@@ -7,6 +7,7 @@ The per-level estimators are in ``difflens.diffusion.estimators``; docs/method.m
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ class Level:
     optimal_loss_x0: float
     stderr_x0: float
     paired_x0: float  # Â − B̂ form, per query ‖x_n‖² − ‖μ̂‖² (equals optimal_loss_x0 for subset estimators)
-    samples: int
+    samples: int  # queries used at this level (fewer than the curve's ``samples`` with a ``target_se``)
     mean_max_weight: float
     mean_eff_count: float
     max_dropped_mass: float = 0.0  # precision="fast": bound on the posterior mass skipped for any query
@@ -148,6 +149,7 @@ class Curve:
     critical_sigma: float | None
     total: dict = field(default_factory=dict)  # {recipe: {value, stderr, coverage, units}}
     recipe: str = ""  # the recipe of ``total`` (given, or the process's default, see DEFAULT_RECIPES)
+    target_se: float | None = None  # relative standard error each level aimed at (None: ``samples`` per level)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -177,6 +179,7 @@ def optimal_loss_curve(
     engine: Engine | None = None,
     precision: str | Fast = "exact",
     device: str | torch.device | None = None,
+    target_se: float | None = None,
 ) -> Curve:
     """J*(s) on a grid of VE-equivalent noise levels, in ``target`` units of ``process``.
 
@@ -184,13 +187,18 @@ def optimal_loss_curve(
     as each new level finishes, so callers can persist results as they go. ``engine`` (where the
     kernel runs, see ``difflens.engines``) and ``precision`` ("exact" or "fast") go to the kernel.
     The total is in the table's (``target``) units, under ``recipe`` or else the process's default
-    (``DEFAULT_RECIPES``: uniform t for vp, vp-cosine and fm, EDM's log-normal for edm and ve)."""
+    (``DEFAULT_RECIPES``: uniform t for vp, vp-cosine and fm, EDM's log-normal for edm and ve).
+    ``target_se`` REL: draw each level's queries in batches until its standard error is at most REL
+    times its value, ``samples`` at most (docs/method.md, "Adaptive queries per level"); None: exactly
+    ``samples`` queries per level. ``Level.samples`` is the count each level used."""
     data = as_dataset(data)
     sigmas = sigma_grid() if sigmas is None else np.sort(np.asarray(sigmas, dtype=np.float64))
     if sigmas.size == 0 or np.any(~np.isfinite(sigmas)) or np.any(sigmas <= 0):
         raise DifflensError("noise levels must be finite and > 0")
     if samples < 2:
         raise DifflensError(f"--samples must be ≥ 2 (for a standard error), got {samples}")
+    if target_se is not None and not (math.isfinite(target_se) and target_se > 0):
+        raise DifflensError(f"--target-se must be a finite relative standard error > 0, got {target_se}")
     if reduction not in ("mean", "sum"):
         raise DifflensError(f"reduction must be 'mean' (per dimension) or 'sum', got {reduction!r}")
     proc = get_process(process)
@@ -214,12 +222,13 @@ def optimal_loss_curve(
             level_rng(seed, i),
             reduce_dims,
             chunk_size,
+            target_se,
             engine=engine,
             precision=precision,
             device=device,
         )
         r = float(factors[i])
-        level = Level(float(s), float(ts[i]), j * r, se * r, j, se, paired, samples, **conc)
+        level = Level(float(s), float(ts[i]), j * r, se * r, j, se, paired, **conc)
         levels.append(level)
         if on_level is not None:
             on_level(i, level)
@@ -243,4 +252,5 @@ def optimal_loss_curve(
         critical_sigma=critical_sigma(sigmas, values, plateau),
         total=totals,
         recipe=recipe,
+        target_se=target_se,
     )

@@ -6,6 +6,7 @@ A run writes ``levels.jsonl`` as levels finish (so Ctrl-C keeps them for ``--res
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -56,16 +57,20 @@ def run_optimal_loss(
     precision: str = "exact",
     fast_tol: float = 1e-16,
     device: torch.device | None = None,
+    target_se: float | None = None,
     progress: Progress = no_progress,
     say: Callable[[str], None] = print,
 ) -> dict:
     """Optimal loss per level (``optimal_loss.{json,csv,png}`` in ``out``); returns the curve as a dict.
 
-    Every option is checked before the first file is written. ``recipe`` defaults to the process's
+    Every option is checked before the first file is written. ``target_se``: adaptive queries per level
+    (``optimal_loss_curve``), ``queries_per_level`` at most. ``recipe`` defaults to the process's
     (``optimal_loss.default_recipe``); ``device`` is where the kernel runs."""
     grid = parse_sigmas(sigmas)
     if queries_per_level < 2:
         raise DifflensError(f"--queries-per-level must be ≥ 2 (for a standard error), got {queries_per_level}")
+    if target_se is not None and not (math.isfinite(target_se) and target_se > 0):
+        raise DifflensError(f"--target-se must be a finite relative standard error > 0, got {target_se}")
     check_engine(workers, dask_scheduler)
     kernel_prec = kernel_precision(precision, fast_tol)
     proc = get_process(process)
@@ -86,6 +91,8 @@ def run_optimal_loss(
         "seed": seed,
         "reduction": "sum" if sum_dims else "mean",
     }
+    if target_se is not None:  # only then, so runs logged before the option existed still resume
+        config["target_se"] = target_se
     log = report.LevelLog(out / "levels.jsonl", config, resume)
     done = {i: ol.Level(**lv) for i, lv in log.done.items()}
     say(
@@ -119,6 +126,7 @@ def run_optimal_loss(
                 engine=engine,
                 precision=kernel_prec,
                 device=device,
+                target_se=target_se,
             )
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted — {len(done)} levels kept; rerun with --resume") from None

@@ -40,7 +40,10 @@ def optimal_loss_cmd(
     estimator: EstimatorName = typer.Option(EstimatorName.full, help="full: exact posterior; snis/dol/cdol: subsets."),
     subset: int = typer.Option(None, "--subset", "-L", help="Subset size L for snis/dol/cdol [default: min(N,256)]."),
     c: float = typer.Option(None, "--C", help="cdol: source weight divisor C [default: 4N/L]."),
-    queries_per_level: int = queries_opt(256),
+    queries_per_level: int = queries_opt(256, "Noisy queries per noise level (at most, with --target-se)."),
+    target_se: float = typer.Option(
+        None, "--target-se", help="Draw queries per level until its s.e. ≤ this fraction of its value (e.g. 1e-3)."
+    ),
     sigmas: str = typer.Option("0.002:80:64", help="Noise levels (VE-equivalent s): LO:HI:N log grid or a comma list."),
     recipe: str = typer.Option(
         None,
@@ -71,7 +74,7 @@ def optimal_loss_cmd(
 
 def print_curve(result: dict) -> None:
     table = Table(title=f"optimal loss ({result['target']} units, {result['reduction']} over dims)")
-    for col in ("σ", "t", "J*", "± s.e.", "J*_x0", "max w", "eff. count"):
+    for col in ("σ", "t", "J*", "± s.e.", "J*_x0", "queries", "max w", "eff. count"):
         table.add_column(col, justify="right")
     for lv in result["levels"]:
         table.add_row(
@@ -80,6 +83,7 @@ def print_curve(result: dict) -> None:
             f"{lv['optimal_loss']:.4g}",
             f"{lv['stderr']:.2g}",
             f"{lv['optimal_loss_x0']:.4g}",
+            str(lv["samples"]),
             f"{lv['mean_max_weight']:.3f}",
             f"{lv['mean_eff_count']:.3g}",
         )

@@ -144,7 +144,7 @@ TOY_HELP = {
     "unlabeled": "Unlabeled conditions per task N (comma list sweeps too).",
     "widths": "Generalist widths (comma list: the capacity sweep).",
     **COMMON_HELP,
-    "pareto": "Pareto sweep of task weights at the largest n: tilts per task (0: off).",
+    "pareto": "Pareto fronts (distilled and baseline) of task weights at the largest n: tilts per task (0: off).",
     "oracle": "Also train a generalist on exact samples for the unlabeled conditions.",
     "eval_samples": "Noisy samples per task for the exact excess DSM risk.",
     "eval_conds": "Test conditions per task for W2/KL (each fitted from --per-cond draws).",
@@ -157,6 +157,7 @@ RESTORE_HELP = {
     "arch": "Denoiser architecture: mlp or conv.",
     "width": "Generalist width (MLP units or conv channels).",
     **COMMON_HELP,
+    "pareto": "Two degradations: Pareto fronts (distilled and baseline) at the largest n; interior weights (0: off).",
     "oracle": "Also train a generalist on the true clean images of the unlabeled set.",
 }
 POLICY_HELP = {
@@ -168,6 +169,7 @@ POLICY_HELP = {
     "width": "Generalist MLP width.",
     **COMMON_HELP,
     "mix_real": "Mix the demonstrations into the generalist's pseudo-labelled data.",
+    "pareto": "With two tasks: Pareto fronts (distilled and baseline) at the most demos; interior weights (0: off).",
 }
 SWEEP_HELP = {
     "sweep_pairs": "With --sweep: n per task (demonstrations for policy), comma list.",

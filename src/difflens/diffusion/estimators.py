@@ -174,18 +174,28 @@ def grouped_stderr(values: torch.Tensor, group: int) -> float:
     Cluster formula: se² = G/(G−1) · Σ_g (Σ_{i∈g} (y_i − ȳ))² / M² over the G groups (the last may be
     shorter); with equal groups it is the variance of the group means over G, with ``group`` = 1 the
     usual s.d./√M. NaN with fewer than two groups."""
+    return cluster_stderr(values, torch.arange(values.numel()) // group)
+
+
+def cluster_stderr(values: torch.Tensor, labels: torch.Tensor) -> float:
+    """The cluster formula of ``grouped_stderr`` with explicit group labels 0…G−1 (one per value), for
+    values gathered in batches whose groups differ in size. NaN with fewer than two groups."""
     y = values.double().reshape(-1)
     m = len(y)
-    groups = -(-m // group)
+    groups = int(labels.max()) + 1 if m else 0
     if groups < 2:
         return math.nan
-    sums = torch.zeros(groups, dtype=torch.float64).index_add_(0, torch.arange(m) // group, y - y.mean())
+    sums = torch.zeros(groups, dtype=torch.float64).index_add_(0, labels, y - y.mean())
     return float(torch.sqrt(groups / (groups - 1) * (sums**2).sum()) / m)
 
 
 def level_rng(seed: int, level: int) -> np.random.Generator:
     """Each level has its own stream, so a resumed run reproduces the levels it recomputes."""
     return np.random.default_rng([seed, level])
+
+
+# Adaptive queries per level (``target_se``): the first batch and the smallest later batch.
+MIN_ADAPTIVE_QUERIES = 32
 
 
 def estimate_level(
@@ -196,25 +206,70 @@ def estimate_level(
     rng: np.random.Generator,
     reduce_dims: int,
     chunk_size: int | None = None,
+    target_se: float | None = None,
+    min_samples: int = MIN_ADAPTIVE_QUERIES,
     **kernel: Any,
 ) -> tuple[float, float, float, dict]:
     """(J*_x0, stderr, paired J*_x0, concentration stats) at noise level ``sigma``.
 
+    With ``target_se`` = None: ``samples`` queries in one batch. With a relative target REL, queries
+    come in batches (first ``min_samples``) until stderr ≤ REL·J*_x0 or ``samples`` are used
+    (docs/method.md, "Adaptive queries per level"); the sources are still the first queries of one
+    stratified without-replacement draw of ``samples``, and every draw comes from ``rng`` in order,
+    so a level is reproducible. ``conc["samples"]`` is the number of queries used.
+
     ``kernel`` options (engine, precision, device) go to ``oracle.posterior``; results come back to the CPU."""
     src = sources_for_level(data.n, samples, rng)
-    x0 = data.take(src)
-    noise = torch.from_numpy(rng.standard_normal(x0.shape, dtype=np.float32))
-    queries = x0 + float(sigma) * noise
-    post = estimator(data, queries, src, float(sigma), rng, chunk_size=chunk_size, **kernel)
-    paired = ((x0.double() ** 2).sum(1) - (post.mean.cpu() ** 2).sum(1)) / reduce_dims
-    values = post.trace_cov.cpu() / reduce_dims if estimator.rao_blackwell else paired
-    stderr = grouped_stderr(values, estimator.group_size(len(values)))
+    kernel = {"chunk_size": chunk_size, **kernel}
+    if target_se is None:
+        values, paired, post = _query_batch(data, sigma, estimator, src, rng, reduce_dims, kernel)
+        stderr = grouped_stderr(values, estimator.group_size(len(values)))
+    else:
+        parts, labels, used, stderr = [], [], 0, math.nan
+        size = min(min_samples, samples)
+        while True:
+            part = _query_batch(data, sigma, estimator, src[used : used + size], rng, reduce_dims, kernel)
+            first = int(labels[-1].max()) + 1 if labels else 0
+            labels.append(first + torch.arange(size) // estimator.group_size(size))
+            parts.append(part)
+            used += size
+            values = torch.cat([p[0] for p in parts])
+            stderr = cluster_stderr(values, torch.cat(labels))
+            goal = target_se * float(values.mean())
+            if used >= samples or stderr <= goal:
+                break
+            # the count the current spread asks for (se ∝ 1/√M): one more batch when the estimate holds
+            needed = used * (stderr / goal) ** 2 if goal > 0 and math.isfinite(stderr) else 2 * used
+            size = int(min(samples - used, max(min_samples, math.ceil(needed) - used)))
+        paired = torch.cat([p[1] for p in parts])
+        post = _cat([p[2] for p in parts])
     conc = {
+        "samples": len(values),
         "mean_max_weight": float(post.max_weight.mean()),
         "mean_eff_count": float(post.eff_count.mean()),
         "max_dropped_mass": float(post.dropped_mass.max()),
     }
     return float(values.mean()), stderr, float(paired.mean()), conc
+
+
+def _query_batch(
+    data: Dataset,
+    sigma: float,
+    estimator: Estimator,
+    src: np.ndarray,
+    rng: np.random.Generator,
+    reduce_dims: int,
+    kernel: dict,
+) -> tuple[torch.Tensor, torch.Tensor, oracle.Posterior]:
+    """Per-query values (Rao–Blackwellised or paired), paired values and the posterior of one batch of
+    queries noised from ``src``: the noise, then the estimator's own draws, from ``rng``."""
+    x0 = data.take(src)
+    noise = torch.from_numpy(rng.standard_normal(x0.shape, dtype=np.float32))
+    queries = x0 + float(sigma) * noise
+    post = estimator(data, queries, src, float(sigma), rng, **kernel)
+    paired = ((x0.double() ** 2).sum(1) - (post.mean.cpu() ** 2).sum(1)) / reduce_dims
+    values = post.trace_cov.cpu() / reduce_dims if estimator.rao_blackwell else paired
+    return values, paired, post
 
 
 def critical_sigma(sigmas, values_x0, plateau: float, fraction: float = 0.01) -> float | None:

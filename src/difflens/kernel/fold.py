@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -38,10 +39,14 @@ def posterior_state(
     ``center`` (D,) is subtracted from every chunk (the queries are given already shifted by it);
     ``norms(index, x)`` gives the (centred) rows' ‖x‖² (e.g. ``Dataset.sq_norms``, cached across
     calls); ``floor`` (B,) lower bounds on each query's largest logit go to steps that use them
-    (fast). Chunks are read where they are and moved to the queries' device (through pinned
-    memory for CUDA)."""
+    (fast). A step with ``running_floor`` set also gets, from the second chunk on, the exact float64
+    logit of each query's best point so far as a floor
+    (docs/method.md, "Fast precision (screening)"). Chunks are read where they are and moved to the
+    queries' device (through pinned memory for CUDA)."""
     step = step or chunk_state
-    floor = floor if getattr(step, "uses_floor", False) else None
+    uses_floor = getattr(step, "uses_floor", False)
+    floor = floor if uses_floor else None
+    running = uses_floor and getattr(step, "running_floor", False)
     device = queries.device
     state = None
     for index, x in chunks:
@@ -64,8 +69,32 @@ def posterior_state(
             )
             for i in range(0, len(queries), query_batch)
         ]
-        state = concat_states(parts) if state is None else state.merge(concat_states(parts))
+        chunk = concat_states(parts)
+        if running:
+            best = best_logits(chunk.argmax, queries, scale, x, index, lw)
+            floor = best if floor is None else torch.maximum(floor, best)
+        state = chunk if state is None else state.merge(chunk)
     return PosteriorState.empty(len(queries), queries.shape[1], device) if state is None else state
+
+
+def best_logits(
+    best: torch.Tensor,
+    queries: torch.Tensor,
+    scale: torch.Tensor,
+    x: torch.Tensor,
+    index: torch.Tensor,
+    log_weights: torch.Tensor | None,
+) -> torch.Tensor:
+    """Exact (float64) logits (x̃·x − ‖x‖²/2)/(s²T) + log_weight of each query's point ``best`` (global
+    indices among the chunk's ``index``; −1: none, logit −inf): the logit of a point the query may
+    use, hence a lower bound on its largest logit over all the data."""
+    order = torch.argsort(index)
+    pos = order[torch.searchsorted(index[order], best.clamp_min(0)).clamp_max(len(index) - 1)]
+    xb, y = x[pos].double(), queries.double()
+    logit = ((y * xb).sum(1) - 0.5 * xb.square().sum(1)) * scale
+    if log_weights is not None:
+        logit = logit + log_weights[pos].double()
+    return logit.masked_fill(best < 0, -math.inf)
 
 
 def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:

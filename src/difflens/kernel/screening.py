@@ -13,7 +13,8 @@ A distance bound is far tighter than a bound on the dot product (its slack scale
 exactly, and drops every point whose logit is provably below ℓ* − τ, i.e. whose distance exceeds R,
 R² = ‖x̃‖² + 2s²T(max log_weight + τ − ℓ*). A caller that knows a point of high weight elsewhere
 (``oracle.posterior(hint=…)``, e.g. the training point a query was noised from) passes its exact
-logit as a ``floor`` for ℓ*, so chunks far from the query skip nearly everything. With τ = ln(N/tol)
+logit as a ``floor`` for ℓ*, so chunks far from the query skip nearly everything; without hints, the
+exact best logits of the chunks already folded serve alike (``running_floor``). With τ = ln(N/tol)
 for N training points the dropped points together carry less than ``tol`` of the posterior mass.
 The bound itself, Σ over skipped points of e^(ℓ* − τ) against the exact ℓ* (so float32 rounding
 cannot break it), is reported per query as ``Posterior.dropped_mass``. The test runs as one float32
@@ -121,7 +122,9 @@ class Fast:
     cost model of ``plan``, and screen_cost: one int8 level's screen in exact passes (None: measured
     at run time by ``calibrated_costs``; they steer speed, never results); dense_fraction:
     when the queries (or a first probe of them) keep more than this fraction of the chunk, the
-    whole batch runs exact; query_levels: int8 levels per query (see ``screen``)."""
+    whole batch runs exact; query_levels: int8 levels per query (see ``screen``); running_floor: each
+    chunk's exact best logits become the floor of the chunks after it (``fold.posterior_state``), so
+    calls without hints prune too (results change only within the dropped-mass bound)."""
 
     tol: float = 1e-16
     gather_cost: float | None = None
@@ -130,6 +133,7 @@ class Fast:
     dense_fraction: float = 0.15
     query_levels: int = 0  # 1, 2, or 0: the probe picks
     screen_cost: float | None = None
+    running_floor: bool = True
     token: str = ""  # identifies the dataset for the cache of quantized chunks
     rows: int = 0  # training points in all (the dropped mass of every chunk adds up); 0: this chunk's
     costs: Costs = field(init=False, repr=False, compare=False)  # the *_cost fields, resolved

@@ -10,9 +10,11 @@ with exact metrics), ``restore`` (digits restoration) and ``policy`` (diffusion 
 """
 
 from difflens.lab.distill.core import (
+    SpecialistCache,
     distill_generalist,
     fit_generalist,
     fit_specialists,
+    pareto_fronts,
     pareto_sweep,
     pareto_weights,
     pseudo_label,
@@ -37,10 +39,12 @@ __all__ = [
     "Pairs",
     "SamplerSpec",
     "Scalarization",
+    "SpecialistCache",
     "distill_generalist",
     "fit_generalist",
     "fit_specialists",
     "make_specialist",
+    "pareto_fronts",
     "pareto_sweep",
     "pareto_weights",
     "pseudo_label",

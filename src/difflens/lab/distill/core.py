@@ -4,7 +4,8 @@ Stage 1 ``fit_specialists``: one small conditional denoiser per task on that tas
 Stage 2 ``distill_generalist``: each specialist samples pseudo-targets for its task's unlabeled
 conditions; one larger task-conditional generalist is trained on all of them under a linear or
 Tchebycheff scalarization, optionally with the real pairs mixed in. ``fit_generalist`` on the real
-pairs alone is the baseline; ``pareto_sweep`` retrains under a grid of task weights.
+pairs alone is the baseline; ``pareto_sweep`` retrains under a grid of task weights, ``pareto_fronts``
+the distilled and the baseline generalists under the same grid.
 """
 
 from __future__ import annotations
@@ -58,6 +59,31 @@ def _shapes(data: Sequence[Pairs]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return x_shape, c_shape
 
 
+def _equal(a: Pairs, b: Pairs) -> bool:
+    return torch.equal(a.x, b.x) and torch.equal(a.cond, b.cond)
+
+
+class SpecialistCache:
+    """Specialist fits kept across the cells of one regime sweep (docs/method.md, "Sweep cache"): keyed
+    by every fit setting, and a fit is reused only for equal pairs, so a hit returns exactly what a
+    refit would. ``hits`` counts the fits saved."""
+
+    def __init__(self) -> None:
+        self._fits: dict[str, tuple[list[Pairs], list]] = {}
+        self.hits = 0
+
+    def get(self, key: str, pairs: Sequence[Pairs], fit: Callable[[], list]) -> list:
+        """The specialists fitted on ``pairs`` under settings ``key``; ``fit()`` on a miss."""
+        kept = self._fits.get(key)
+        same = kept is not None and len(kept[0]) == len(pairs)
+        if same and all(_equal(a, b) for a, b in zip(kept[0], pairs, strict=False)):
+            self.hits += 1
+            return kept[1]
+        specs = fit()
+        self._fits[key] = (list(pairs), specs)
+        return specs
+
+
 def fit_specialists(
     pairs: Sequence[Pairs],
     *,
@@ -67,17 +93,25 @@ def fit_specialists(
     sampler: SamplerSpec | None = None,
     seed: int = 0,
     progress: Progress = None,
+    cache: SpecialistCache | None = None,
 ) -> list:
     """Stage 1: one specialist of class ``kind`` (``specialists.SPECIALISTS``) per task, fitted on that
-    task's pairs only; ``model``/``config`` are the mlp's, ``sampler`` how it samples."""
+    task's pairs only; ``model``/``config`` are the mlp's, ``sampler`` how it samples. With ``cache``, a
+    fit of the same settings on equal pairs is reused (its training steps are then not reported)."""
     _shapes(pairs)
     model = model or ModelSpec(width=64, depth=2)
-    return [
-        make_specialist(kind, model=model, config=config, sampler=sampler, seed=seed + 1000 * k, progress=progress).fit(
-            p
-        )
-        for k, p in enumerate(pairs)
-    ]
+
+    def fit() -> list:
+        return [
+            make_specialist(
+                kind, model=model, config=config, sampler=sampler, seed=seed + 1000 * k, progress=progress
+            ).fit(p)
+            for k, p in enumerate(pairs)
+        ]
+
+    if cache is None:
+        return fit()
+    return cache.get(repr((kind, model, config, sampler, seed)), pairs, fit)
 
 
 def _reseed(config: DSMConfig, seed: int) -> DSMConfig:
@@ -191,19 +225,69 @@ def pareto_weights(k: int, points: int = 2) -> list[list[float]]:
 def pareto_sweep(
     data: Sequence[Pairs],
     weight_grid: Sequence[Sequence[float]],
-    evaluate: Callable[[CondDenoiser], Sequence[float]],
+    evaluate: Callable[[CondDenoiser], list],
     *,
-    kind: str = "linear",
+    scalarization: Scalarization | None = None,
     model: ModelSpec | None = None,
     config: DSMConfig | None = None,
     seed: int = 0,
     progress: Progress = None,
 ) -> list[dict]:
-    """Retrain the generalist on ``data`` once per weight vector; per-task metrics from ``evaluate``."""
+    """Retrain the generalist on ``data`` once per weight vector λ (``scalarization`` with its weights
+    replaced by λ, one fresh objective per fit); per-task metrics from ``evaluate``."""
+    base = scalarization or Scalarization()
     out = []
     for lam in weight_grid:
         net, _ = fit_generalist(
-            data, model=model, config=config, scalarization=Scalarization(kind, lam), seed=seed, progress=progress
+            data, model=model, config=config, scalarization=replace(base, lam=tuple(lam)), seed=seed, progress=progress
         )
-        out.append({"weights": [float(v) for v in lam], "metrics": [float(v) for v in evaluate(net)]})
+        out.append({"weights": [float(v) for v in lam], "metrics": list(evaluate(net))})
     return out
+
+
+def pareto_fronts(
+    fronts: dict[str, tuple[Sequence[Pairs], Scalarization]],
+    weight_grid: Sequence[Sequence[float]],
+    evaluate: Callable[[CondDenoiser], list],
+    *,
+    model: ModelSpec | None = None,
+    config: DSMConfig | None = None,
+    seed: int = 0,
+    progress: Progress = None,
+) -> dict[str, list[dict]]:
+    """One Pareto front per named training set (e.g. ``distilled``: pseudo-pairs, ``baseline``: the real
+    pairs alone), each traced by the same weight vectors, architecture, training config and seed, so the
+    fronts differ only by their data (docs/method.md, "Distillation")."""
+    return {
+        name: pareto_sweep(
+            data, weight_grid, evaluate, scalarization=s, model=model, config=config, seed=seed, progress=progress
+        )
+        for name, (data, s) in fronts.items()
+    }
+
+
+def generalist_fronts(
+    pairs: Sequence[Pairs],
+    distilled: Distilled,
+    scalarization: Scalarization,
+    weight_grid: Sequence[Sequence[float]],
+    evaluate: Callable[[CondDenoiser], list],
+    *,
+    model: ModelSpec | None = None,
+    config: DSMConfig | None = None,
+    seed: int = 0,
+    progress: Progress = None,
+) -> dict:
+    """The Pareto fronts of the distilled generalist (its training data and ideal point) and of the
+    paired-only baseline (``pairs``) under ``weight_grid``, as recorded in an experiment's output."""
+    dist_scal = replace(scalarization, ideal=tuple(distilled.ideal)) if distilled.ideal else scalarization
+    fronts = pareto_fronts(
+        {"distilled": (distilled.data, dist_scal), "baseline": (list(pairs), scalarization)},
+        weight_grid,
+        evaluate,
+        model=model,
+        config=config,
+        seed=seed,
+        progress=progress,
+    )
+    return {"kind": scalarization.kind, "weights": [list(map(float, w)) for w in weight_grid], "fronts": fronts}

@@ -20,12 +20,15 @@ from difflens.errors import DifflensError
 from difflens.lab.distill.core import (
     ModelSpec,
     SamplerSpec,
+    SpecialistCache,
     budget,
     check_objective,
     check_specialist,
     distill_generalist,
     fit_generalist,
     fit_specialists,
+    generalist_fronts,
+    pareto_weights,
     pseudo_label,
 )
 from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, derive_seed, train_dsm
@@ -223,6 +226,7 @@ class PolicyConfig:
     ideal: str = "zero"
     mix_real: bool = True
     pseudo_per_cond: int = 1
+    pareto: int = 1
     sampler_steps: int = 12
     tasks: tuple[ReachTask, ...] = field(default=TASKS)
     seed: int = 0
@@ -232,20 +236,28 @@ class PolicyConfig:
             raise DifflensError("need positive --demos, --unlabeled, --eval-episodes and --horizon")
         if self.relabel_rounds < 0 or (self.relabel_rounds and min(self.relabel_episodes, self.relabel_steps) < 1):
             raise DifflensError("relabelling needs rounds ≥ 0 and positive episodes and steps")
+        if self.pareto < 0:
+            raise DifflensError(f"--pareto must be ≥ 0, got {self.pareto}")
         check_objective(self.scalarization, self.ideal)
         check_specialist(self.specialist, self.pseudo_per_cond)
 
     def units(self) -> int:
         per_n = len(self.tasks) * self.specialist_steps + 2 * self.steps + self.relabel_rounds * self.relabel_steps
-        return len(self.demos) * per_n
+        fronts = 2 * len(pareto_weights(2, self.pareto)) * self.steps if self.pareto and len(self.tasks) == 2 else 0
+        return len(self.demos) * per_n + fronts
 
 
 def run_policy(
-    cfg: PolicyConfig, progress: Callable[[int], None] | None = None, device: torch.device | str = "cpu"
+    cfg: PolicyConfig,
+    progress: Callable[[int], None] | None = None,
+    device: torch.device | str = "cpu",
+    cache: SpecialistCache | None = None,
 ) -> dict:
     """Expert, specialists, baseline (demos only), distilled, and distilled + on-policy relabelling,
-    for each number of demonstrations per task; success rate and mean return per task. The nets train and
-    sample on ``device``; rollouts run on the CPU."""
+    for each number of demonstrations per task; success rate and mean return per task. With two tasks
+    and ``cfg.pareto`` > 0, the Pareto fronts of the distilled (before relabelling) and the baseline
+    generalists at the largest number of demonstrations. The nets train and sample on ``device``;
+    rollouts run on the CPU. ``cache``: specialist fits shared by the cells of a sweep."""
     cfg.check()
     tasks, k = cfg.tasks, len(cfg.tasks)
     sampler = SamplerSpec(steps=cfg.sampler_steps, clip=1.0)
@@ -283,6 +295,7 @@ def run_policy(
             {"method": method, "n": n, "width": width, "params": params, "tasks": evaluate(policy), **(extra or {})}
         )
 
+    pareto = None
     for n in cfg.demos:
         rng = np.random.default_rng(derive_seed(cfg.seed, f"demos-{n}"))
         demos = demonstrations(tasks, n, rng, cfg.horizon)
@@ -295,6 +308,7 @@ def run_policy(
             sampler=sampler,
             seed=cfg.seed,
             progress=progress,
+            cache=cache,
         )
         record(
             "specialist", n, cfg.specialist_width, specs, specs[0].params(), {"pairs": sizes, "class": cfg.specialist}
@@ -316,7 +330,7 @@ def run_policy(
             seed=cfg.seed,
             progress=progress,
         )
-        gen, data = dist.generalist, dist.data
+        gen, data = dist.generalist, list(dist.data)  # relabelling grows ``data``, not the distilled set
         record(
             "distilled",
             n,
@@ -345,6 +359,19 @@ def run_policy(
                     progress=progress,
                 )
             record("distilled+relabel", n, cfg.width, gen, count_params(gen), {"pairs": sizes})
+        if cfg.pareto and k == 2 and n == max(cfg.demos):
+            pareto = {"n": n, "unlabeled": cfg.unlabeled, "width": cfg.width} | generalist_fronts(
+                demos,
+                dist,
+                scal,
+                pareto_weights(2, cfg.pareto),
+                lambda net: evaluate(DiffusionPolicy(net, sampler, seed=cfg.seed + 9)),
+                model=gen_model,
+                config=gen_cfg,
+                seed=cfg.seed,
+                progress=progress,
+            )
     config = asdict(cfg)
     config["tasks"] = [asdict(t) for t in tasks]
-    return {"experiment": "policy", "config": config, "task_names": [t.name for t in tasks], "runs": runs}
+    names = [t.name for t in tasks]
+    return {"experiment": "policy", "config": config, "task_names": names, "runs": runs, "pareto": pareto}

@@ -85,26 +85,40 @@ def plot_vs_pairs(
     save_figure(fig, path)
 
 
-def plot_pareto(pareto: dict, path: Path, label: str) -> None:
-    """Per-task metric at each weight vector of a Pareto sweep."""
-    pts = pareto["points"]
-    k = len(pts[0]["weights"])
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(pts)), 3.5))
-    xs = range(len(pts))
-    for task in range(k):
-        ax.plot(xs, [p["metrics"][task] for p in pts], "o-", ms=4, label=f"task {task}")
-    ax.set_xticks(
-        list(xs),
-        ["(" + ", ".join(f"{w:.2f}" for w in p["weights"]) + ")" for p in pts],
-        rotation=40,
-        fontsize=7,
-        ha="right",
+def plot_pareto(pareto: dict, path: Path, metrics: dict[str, str], lower_is_better=frozenset()) -> None:
+    """The distilled and the baseline generalists' Pareto fronts, one panel per metric present in the
+    points: for two tasks task 0's metric against task 1's (a line through the weight grid, λ_0 marked
+    at the ends); for more tasks each task's metric at each weight vector."""
+    fronts = pareto["fronts"]
+    first = next(iter(fronts.values()))[0]["metrics"][0]
+    shown = {m: label for m, label in metrics.items() if m in first}
+    k = len(pareto["weights"][0])
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.6 * len(shown), 4.0), squeeze=False, layout="constrained")
+    for ax, (m, label) in zip(axes[0], shown.items(), strict=True):
+        for name, pts in fronts.items():
+            color = COLORS.get(name, "C5")
+            if k == 2:
+                xs, ys = [p["metrics"][0][m] for p in pts], [p["metrics"][1][m] for p in pts]
+                ax.plot(xs, ys, "o-", ms=4, color=color, label=name)
+                for i in (0, len(pts) - 1):
+                    ax.annotate(f"λ₀={pts[i]['weights'][0]:.2f}", (xs[i], ys[i]), fontsize=6, color=color)
+                ax.set_xlabel(f"task 0: {label}", fontsize=8)
+                ax.set_ylabel(f"task 1: {label}", fontsize=8)
+                continue
+            for task in range(k):
+                style = ("-", "--", "-.", ":")[task % 4]
+                ys = [p["metrics"][task][m] for p in pts]
+                ax.plot(ys, style, marker="o", ms=3, color=color, label=f"{name} t{task}")
+            ax.set_xlabel("weight vector (index in the grid)", fontsize=8)
+            ax.set_ylabel(label, fontsize=8)
+        better = "lower" if m in lower_is_better else "higher"
+        ax.set_title(f"{label} ({better} is better)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        f"Pareto fronts at n={pareto['n']} ({pareto['kind']} scalarization, {len(pareto['weights'])} weights)",
+        fontsize=10,
     )
-    ax.set_xlabel(f"task weights λ ({pareto['kind']} scalarization)")
-    ax.set_ylabel(label)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"Pareto sweep at n={pareto['n']}", fontsize=10)
     save_figure(fig, path)
 
 

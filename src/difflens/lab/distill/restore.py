@@ -19,12 +19,15 @@ from difflens.errors import DifflensError, require
 from difflens.lab.distill.core import (
     ModelSpec,
     SamplerSpec,
+    SpecialistCache,
     budget,
     check_objective,
     check_specialist,
     distill_generalist,
     fit_generalist,
     fit_specialists,
+    generalist_fronts,
+    pareto_weights,
     pseudo_label,
 )
 from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, derive_seed
@@ -90,6 +93,7 @@ class RestoreConfig:
     ideal: str = "zero"
     mix_real: bool = True
     pseudo_per_cond: int = 1
+    pareto: int = 1
     oracle: bool = True
     sampler_steps: int = 18
     seed: int = 0
@@ -97,6 +101,8 @@ class RestoreConfig:
     def check(self, pool: int) -> None:
         if not self.degradations or min(self.pairs, default=0) < 1 or self.unlabeled < 1 or self.test < 1:
             raise DifflensError("need degradations, and positive --pairs, --unlabeled and --test")
+        if self.pareto < 0:
+            raise DifflensError(f"--pareto must be ≥ 0, got {self.pareto}")
         if self.arch not in ("mlp", "conv"):
             raise DifflensError(f"unknown arch {self.arch!r}; choose mlp or conv")
         check_objective(self.scalarization, self.ideal)
@@ -108,14 +114,20 @@ class RestoreConfig:
 
     def units(self) -> int:
         k, n = len(self.degradations), len(self.pairs)
-        return n * (k * self.specialist_steps + 2 * self.steps) + (self.steps if self.oracle else 0)
+        fronts = 2 * len(pareto_weights(2, self.pareto)) * self.steps if self.pareto and k == 2 else 0
+        return n * (k * self.specialist_steps + 2 * self.steps) + (self.steps if self.oracle else 0) + fronts
 
 
 def run_restore(
-    cfg: RestoreConfig, progress: Callable[[int], None] | None = None, device: torch.device | str = "cpu"
+    cfg: RestoreConfig,
+    progress: Callable[[int], None] | None = None,
+    device: torch.device | str = "cpu",
+    cache: SpecialistCache | None = None,
 ) -> dict:
     """Specialists, baseline and distilled generalists (and an oracle on all true pairs) per n; PSNR/SSIM.
-    The nets train and sample on ``device``; data and scores stay on the CPU."""
+    With two degradations and ``cfg.pareto`` > 0, the Pareto fronts of the distilled and the baseline
+    generalists at the largest n. The nets train and sample on ``device``; data and scores stay on the
+    CPU. ``cache``: specialist fits shared by the cells of a sweep."""
 
     clean = data.load("digits").rows(0, DIGITS)
     perm = torch.randperm(len(clean), generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "split")))
@@ -162,6 +174,8 @@ def run_restore(
         inputs.append(_scores(test_c[t][:, 0], test_x))
     runs.append({"method": "degraded input", "n": None, "unlabeled": None, "width": None, "params": 0, "tasks": inputs})
 
+    pareto = None
+
     def record(method, n, un, width, model, params):
         runs.append(
             {"method": method, "n": n, "unlabeled": un, "width": width, "params": params, "tasks": metrics(model)}
@@ -177,6 +191,7 @@ def run_restore(
             sampler=sampler,
             seed=cfg.seed,
             progress=progress,
+            cache=cache,
         )
         record("specialist", n, None, cfg.specialist_width, specs, specs[0].params())
         runs[-1]["class"] = cfg.specialist
@@ -199,6 +214,18 @@ def run_restore(
         )
         record("distilled", n, cfg.unlabeled, cfg.width, dist.generalist, count_params(dist.generalist))
         runs[-1].update(ideal_point=dist.ideal, **budget(cfg.pseudo_per_cond, cfg.mix_real, dist))
+        if cfg.pareto and k == 2 and n == max(cfg.pairs):
+            pareto = {"n": n, "unlabeled": cfg.unlabeled, "width": cfg.width} | generalist_fronts(
+                pairs,
+                dist,
+                scal,
+                pareto_weights(2, cfg.pareto),
+                metrics,
+                model=gen_model,
+                config=gen_cfg,
+                seed=cfg.seed,
+                progress=progress,
+            )
     if cfg.oracle:
         full = [shaped(Pairs(c, x)) for c, x in zip(unlabeled, hidden, strict=True)]
         net, _ = fit_generalist(
@@ -214,4 +241,5 @@ def run_restore(
                 "tasks": metrics(net),
             }
         )
-    return {"experiment": "restore", "config": asdict(cfg), "task_names": list(cfg.degradations), "runs": runs}
+    names = list(cfg.degradations)
+    return {"experiment": "restore", "config": asdict(cfg), "task_names": names, "runs": runs, "pareto": pareto}

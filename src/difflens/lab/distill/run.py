@@ -1,7 +1,8 @@
 """One distillation experiment end to end (``distill toy|restore|policy``): training with a progress
 callback, then NAME.csv, NAME.png and NAME.json (written last: its presence means the run completed).
 ``run_sweep`` (``--sweep``): the regime map — the experiment once per (n, unlabeled/n, width, seed),
-distilled − baseline per cell, in sweep.json and the heat map sweep.png."""
+distilled − baseline per cell, in sweep.json and the heat map sweep.png. An experiment that traced Pareto
+fronts (its ``pareto`` entry) also gets pareto.png."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from difflens import report
 from difflens.analysis.run_support import Progress, no_progress
 from difflens.errors import DifflensError
 from difflens.lab.distill import report as drep
+from difflens.lab.distill.core import SpecialistCache
 from difflens.lab.distill.policy import PolicyConfig, run_policy
 from difflens.lab.distill.restore import DIGITS, RestoreConfig, run_restore
 from difflens.lab.distill.toy import ToyConfig, run_toy
@@ -52,9 +54,9 @@ def run_distill(
     torch.manual_seed(cfg.seed)
     advance = progress(f"distill {name}: training steps", cfg.units())
     result = runner(cfg, progress=advance, device=device or "cpu")
+    if result.get("pareto"):
+        drep.plot_pareto(result["pareto"], out / "pareto.png", metrics, LOWER_IS_BETTER)
     if name == "toy":
-        if result["pareto"]:
-            drep.plot_pareto(result["pareto"], out / "toy_pareto.png", "excess DSM risk")
         plot_kw = {"log_y": tuple(metrics), "floors": {m: [f[m] for f in result["floor"]] for m in ("w2", "kl")}}
     report.write_csv(out / f"{name}.csv", drep.summary_rows(result, tuple(metrics)))
     drep.plot_vs_pairs(result, metrics, out / f"{name}.png", **plot_kw)
@@ -86,8 +88,8 @@ def _cell_config(name: str, cfg, n: int, unlabeled: int, width: int, seed: int):
     if name == "toy":
         return replace(cfg, pairs=(n,), unlabeled=(unlabeled,), widths=(width,), seed=seed, pareto=0, oracle=False)
     if name == "restore":
-        return replace(cfg, pairs=(n,), unlabeled=unlabeled, width=width, seed=seed, oracle=False)
-    return replace(cfg, demos=(n,), unlabeled=unlabeled, width=width, seed=seed, relabel_rounds=0)
+        return replace(cfg, pairs=(n,), unlabeled=unlabeled, width=width, seed=seed, pareto=0, oracle=False)
+    return replace(cfg, demos=(n,), unlabeled=unlabeled, width=width, seed=seed, pareto=0, relabel_rounds=0)
 
 
 def _per_task(result: dict, method: str) -> list[dict]:
@@ -136,11 +138,19 @@ def run_sweep(
     configs = [_cell_config(name, cfg, n, r * n, w, s) for n, r, w, s in plan]
     for c in configs:  # every cell's settings are valid before any training
         c.check(DIGITS - c.test) if name == "restore" else c.check()
-    advance = progress(f"distill {name} sweep: training steps", sum(c.units() for c in configs))
+    # the specialists of a (n, seed) are fitted once and reused by its other cells (docs/method.md,
+    # "Sweep cache"), so their training steps count once
+    firsts = {(n, s): i for i, (n, _, _, s) in reversed(list(enumerate(plan)))}
+    total = sum(
+        c.units() if firsts[(n, s)] == i else replace(c, specialist_steps=0).units()
+        for i, ((n, _, _, s), c) in enumerate(zip(plan, configs, strict=True))
+    )
+    advance = progress(f"distill {name} sweep: training steps", total)
+    cache = SpecialistCache()
     cells = []
     for (n, r, w, s), c in zip(plan, configs, strict=True):
         torch.manual_seed(s)
-        result = runner(c, progress=advance, device=device or "cpu")
+        result = runner(c, progress=advance, device=device or "cpu", cache=cache)
         base, dist = _per_task(result, "baseline"), _per_task(result, "distilled")
         diff = {m: float(np.mean([d[m] - b[m] for b, d in zip(base, dist, strict=True)])) for m in metrics}
         cells.append(
@@ -163,6 +173,7 @@ def run_sweep(
         "lower_is_better": sorted(LOWER_IS_BETTER & set(metrics)),
         "cells": cells,
         "summary": sweep_summary(cells, metrics),
+        "specialist_fits_reused": cache.hits,
     }
     drep.plot_sweep(sweep, out / "sweep.png")
     report.write_json(out / "sweep.json", sweep)

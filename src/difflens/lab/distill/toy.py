@@ -18,13 +18,14 @@ from difflens.errors import DifflensError
 from difflens.lab.distill.core import (
     ModelSpec,
     SamplerSpec,
+    SpecialistCache,
     budget,
     check_objective,
     check_specialist,
     distill_generalist,
     fit_generalist,
     fit_specialists,
-    pareto_sweep,
+    generalist_fronts,
     pareto_weights,
     pseudo_label,
 )
@@ -183,7 +184,7 @@ class ToyConfig:
         n, nn, w = len(self.pairs), len(self.unlabeled), len(self.widths)
         total = n * self.tasks * self.specialist_steps + n * w * self.steps + n * nn * w * self.steps
         total += nn * w * self.steps if self.oracle else 0
-        total += len(pareto_weights(self.tasks, self.pareto)) * self.steps if self.pareto else 0
+        total += 2 * len(pareto_weights(self.tasks, self.pareto)) * self.steps if self.pareto else 0
         return total
 
 
@@ -195,9 +196,16 @@ def _drawer(model, task: int, sampler: SamplerSpec, x_shape, generator: torch.Ge
     return lambda c: sampler(model, c, task, x_shape, generator)
 
 
-def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None, device: torch.device | str = "cpu") -> dict:
+def run_toy(
+    cfg: ToyConfig,
+    progress: Callable[[int], None] | None = None,
+    device: torch.device | str = "cpu",
+    cache: SpecialistCache | None = None,
+) -> dict:
     """Specialists, baseline generalist, distilled generalist (and an oracle generalist trained on exact
-    samples for the same unlabeled conditions) for every n; exact per-task metrics for each."""
+    samples for the same unlabeled conditions) for every n; exact per-task metrics for each. At the
+    largest n, the first N and the first width: the Pareto fronts of the distilled and the baseline
+    generalists (``cfg.pareto`` > 0). ``cache``: specialist fits shared by the cells of a sweep."""
     cfg.check()
     tasks = GaussianTasks(cfg.tasks, cfg.dim, cfg.cond_dim, seed=cfg.seed)
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, "data"))
@@ -264,6 +272,7 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None, devic
             sampler=sampler,
             seed=cfg.seed,
             progress=progress,
+            cache=cache,
         )
         record("specialist", n, None, cfg.specialist_width, specs, specs[0].params(), {"class": cfg.specialist})
         for width in cfg.widths:
@@ -292,23 +301,18 @@ def run_toy(cfg: ToyConfig, progress: Callable[[int], None] | None = None, devic
                 extra = {"ideal_point": dist.ideal, **budget(cfg.pseudo_per_cond, cfg.mix_real, dist)}
                 record("distilled", n, un, width, dist.generalist, count_params(dist.generalist), extra)
             if cfg.pareto and n == max_n and un == cfg.unlabeled[0]:
-                grid = pareto_weights(cfg.tasks, cfg.pareto)
-                pareto = {
-                    "n": n,
-                    "unlabeled": un,
-                    "width": cfg.widths[0],
-                    "kind": cfg.scalarization,
-                    "points": pareto_sweep(
-                        [p + q for p, q in zip(pseudo, pairs, strict=True)] if cfg.mix_real else pseudo,
-                        grid,
-                        lambda net: [m["excess_risk"] for m in metrics(net, samples=False)],
-                        kind=cfg.scalarization,
-                        model=ModelSpec(width=cfg.widths[0], depth=cfg.depth, device=device),
-                        config=gen_cfg,
-                        seed=cfg.seed,
-                        progress=progress,
-                    ),
-                }
+                width = cfg.widths[0]
+                pareto = {"n": n, "unlabeled": un, "width": width} | generalist_fronts(
+                    pairs,
+                    dist,  # its training data and ideal point do not depend on the width
+                    scal,
+                    pareto_weights(cfg.tasks, cfg.pareto),
+                    lambda net: metrics(net, samples=False),
+                    model=ModelSpec(width=width, depth=cfg.depth, device=device),
+                    config=gen_cfg,
+                    seed=cfg.seed,
+                    progress=progress,
+                )
     if cfg.oracle:
         for un, width, net in _fit_oracles(cfg, tasks, all_conds, gen_cfg, scal, progress, device):
             record("oracle", None, un, width, net, count_params(net))
