@@ -77,14 +77,6 @@ def diagnose_cmd(
     with Bars() as bars:
         result, written = run_diagnose(out, device=dev, progress=bars, say=console.print, **opts)
     print_diagnosis(result)
-    if "sample_quality" in result:
-        q = result["sample_quality"]
-        console.print(
-            "r(excess, FD) per σ: "
-            + ", ".join(
-                f"{s:.3g}: {r:+.2f}" for s, r in zip(q["sigmas"], q["correlation"], strict=True) if r is not None
-            )
-        )
     console.print("wrote " + ", ".join(str(p) for p in written))
 
 
@@ -99,6 +91,10 @@ def print_diagnosis(result: dict) -> None:
         )
     Console().print(table)
     Console().print(result["verdict"])
+    if "sample_quality" in result:
+        q = result["sample_quality"]
+        pairs = zip(q["sigmas"], q["correlation"], strict=True)
+        console.print("r(excess, FD) per σ: " + ", ".join(f"{s:.3g}: {r:+.2f}" for s, r in pairs if r is not None))
 
 
 @config_options(
