@@ -20,7 +20,7 @@ PCA-32 space of the training split to the training split and to the held-out spl
 training images and the mean pairwise distance between samples (per √D). Writes comparison.json and
 a sample grid.
 
-    PYTHONPATH=src python examples/zhou_comparison.py --out runs/zhou-comparison [--steps 1500 --seeds 3]
+    PYTHONPATH=src python examples/zhou_comparison.py --out runs/zhou-comparison [--steps 3000 --seeds 3 --subset 64]
 """
 
 from __future__ import annotations
@@ -90,8 +90,14 @@ def critical_sigma(train_ds) -> float:
 def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    full = data.load(args.data)
-    train_ds, held = full.split(args.holdout, args.split_seed)
+    train_ds, held = data.load(args.data).split(args.holdout, args.split_seed)
+    train_spec, holdout = args.data, args.holdout
+    if args.subset:  # a seeded subset of the training split, saved so that `train` reads exactly it
+        pick = np.sort(np.random.default_rng(args.split_seed).choice(train_ds.n, args.subset, replace=False))
+        train_ds = train_ds.subset(pick, f"[{args.subset}]")
+        train_spec, holdout = str(out / f"train_subset{args.subset}.npy"), 0.0
+        rows = train_ds.rows(0, train_ds.n).numpy().reshape(train_ds.n, *train_ds.shape)
+        np.save(train_spec, rows.astype(np.float32))
     collapse = args.collapse or critical_sigma(train_ds)
     print(f"{args.data}: {train_ds.n} train / {held.n} held-out, D = {train_ds.dim}, σ_collapse = {collapse:.3g}")
     models = {
@@ -106,8 +112,8 @@ def run(args) -> dict:
         per = {m: [] for m in SAMPLERS[kind]}
         for seed in range(args.seeds):
             cfg = TrainConfig(
-                data=args.data,
-                holdout=args.holdout,
+                data=train_spec,
+                holdout=holdout,
                 split_seed=args.split_seed,
                 arch=args.arch,
                 width=args.width,
@@ -146,9 +152,8 @@ def run(args) -> dict:
     reference = metrics(train_ds.subset(pick, "ref").rows(0, n_ref).numpy(), train_ds, held)
     if train_ds.shape is not None and len(train_ds.shape) >= 2:
         plot_grid(grid, train_ds.shape, out / "samples.png", f"{args.data}, {args.arch} width {args.width}, seed 0")
-    settings = {
-        k: getattr(args, k) for k in ("data", "holdout", "split_seed", "arch", "width", "steps", "batch", "seeds")
-    }
+    keys = ("data", "subset", "holdout", "split_seed", "arch", "width", "steps", "batch", "seeds")
+    settings = {k: getattr(args, k) for k in keys}
     result = {
         "settings": settings | {"samples": args.samples, "collapse": collapse, "k": args.k},
         "reference_training_images": reference,
@@ -175,10 +180,11 @@ def main() -> None:
     p.add_argument("--out", default="runs/zhou-comparison")
     p.add_argument("--data", default="digits")
     p.add_argument("--holdout", type=float, default=0.2)
+    p.add_argument("--subset", type=int, default=None, help="train on a seeded subset of the training split")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--arch", default="mlp", choices=("mlp", "unet"))
     p.add_argument("--width", type=int, default=128)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--samples", type=int, default=256)
