@@ -2,7 +2,7 @@
 per-sample (σ or t, loss) pairs the loop already has (docs/method.md, "Monitoring a training loop").
 
     monitor = ExcessLossMonitor(optimal=curve, process="vp", target="eps", path="excess.csv")
-    ...
+    # … inside the training loop:
     per_sample = ((net(x_t, t) - eps) ** 2).mean(dim=(1, 2, 3))     # the loop's own loss, unreduced
     monitor.observe(per_sample, t=t)                                  # or sigma=s (VE-equivalent level)
     if step % 100 == 0:

@@ -19,7 +19,6 @@ Sigma = float | np.ndarray | torch.Tensor
 class Denoiser(Protocol):
     def __call__(self, x: torch.Tensor, sigma: Sigma) -> torch.Tensor:
         """E[x0 | x̃] estimate, shape and device of x, for VE-form x̃ (B, …) at levels sigma (scalar or (B,))."""
-        ...
 
 
 def wide_dtype(device: torch.device | str) -> torch.dtype:

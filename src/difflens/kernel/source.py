@@ -52,7 +52,6 @@ class RowSource(Protocol):
 
     def sq_norms(self, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """‖x‖² of the centred rows x = rows at positions ``index`` − ``center`` (may be remembered)."""
-        ...
 
 
 # In-memory data as the kernel's public functions accept it: an (N, ...) array or tensor.

@@ -26,6 +26,7 @@ import pickletools
 import sys
 import warnings
 import zipfile
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,15 +206,13 @@ def _is_pickle_container(path: Path) -> bool:
                 name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
                 if name is None:
                     return False
-                for _ in pickletools.genops(zf.read(name)):
-                    pass
+                deque(pickletools.genops(zf.read(name)), maxlen=0)  # parse to the end, keep nothing
             return True
         with path.open("rb") as fh:
             if fh.read(1) != b"\x80":  # protocol ≥ 2 pickles (all torch.save formats) start with PROTO
                 return False
             fh.seek(0)
-            for _ in pickletools.genops(fh):  # the first pickle only: stops at its STOP opcode
-                pass
+            deque(pickletools.genops(fh), maxlen=0)  # the first pickle only: stops at its STOP opcode
         return True
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError):
         return False
