@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ def posterior_state(
     state = None
     for index, x in chunks:
         if center is not None:
-            x = x - center.to(x.device)
+            x = _centred(x, center.to(x.device))
         sq_norm = None if norms is None else norms(index, x)
         x, index = _to(x, device), index.to(device)
         sq_norm = None if sq_norm is None else _to(sq_norm, device)
@@ -95,6 +96,21 @@ def best_logits(
     if log_weights is not None:
         logit = logit + log_weights[pos].double()
     return logit.masked_fill(best < 0, -math.inf)
+
+
+_LOCAL = threading.local()  # per thread: the reused buffer of centred chunk rows
+
+
+def _centred(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """x − center in a buffer reused across chunks and calls (per thread, device and dtype): a fresh
+    chunk-sized tensor per chunk would cost more in page faults than the subtraction itself. The result
+    is valid until the next call in the same thread."""
+    key = (x.device, x.dtype)
+    buffers = _LOCAL.__dict__.setdefault("buffers", {})
+    buf = buffers.get(key)
+    if buf is None or buf.numel() < x.numel():
+        buf = buffers[key] = torch.empty(x.numel(), device=x.device, dtype=x.dtype)
+    return torch.sub(x, center, out=buf[: x.numel()].view(x.shape))
 
 
 def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
