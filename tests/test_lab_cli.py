@@ -75,11 +75,11 @@ def test_smooth_sample_with_a_model_callable(tmp_path, monkeypatch):
     (tmp_path / "shrink_model.py").write_text("def denoiser(x, sigma):\n    return 0.0 * x\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "m"
-    args = ["--model", "py:shrink_model:denoiser", "--subset", 16, "--num-samples", 4, "--steps", 4, "--no-overlap"]
+    args = ["--model", "shrink_model:denoiser", "--subset", 16, "--num-samples", 4, "--steps", 4, "--no-overlap"]
     r = _run("smooth", "sample", *args, "--out", out)
     assert r.exit_code == 0, r.output
     res = json.loads((out / "smooth.json").read_text())
-    assert res["model"] == "py:shrink_model:denoiser"
+    assert res["model"] == "shrink_model:denoiser"
     assert res["overlap"] is None
     assert np.abs(np.load(out / "samples.npy")).max() == 0.0  # a denoiser that always says 0 samples 0
 

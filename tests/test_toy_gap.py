@@ -98,6 +98,9 @@ def test_resolve_denoiser_specs(tmp_path, monkeypatch):
         assert torch.equal(gap.resolve_denoiser("py:my_models:half", x)(q, 1.0), q / 2)
     with pytest.raises(DifflensError):
         gap.resolve_denoiser("oracle:X=1", x)
+    for bad in ("2.5", "true"):  # a fractional or boolean K is refused, not passed on to the kernel's top-k
+        with pytest.raises(DifflensError, match="k must be a whole number"):
+            gap.resolve_denoiser(f"oracle:k={bad}", x)
     with pytest.raises(DifflensError, match="no_such_module_xyz"), pytest.warns(FutureWarning):
         gap.resolve_denoiser("py:no_such_module_xyz:f", x)
     with pytest.raises(DifflensError, match="unknown denoiser"):

@@ -62,6 +62,9 @@ def test_monitor_reads_curve_json_skips_outside_and_refuses_bad_input(tmp_path):
         ExcessLossMonitor(optimal={"levels": []})
     with pytest.raises(DifflensError, match="cannot read"):
         ExcessLossMonitor(optimal=tmp_path / "missing.json")
+    (tmp_path / "text.json").write_text('"ab"')  # valid JSON, but no optimal_loss.json: a clear error, not numpy's
+    with pytest.raises(DifflensError, match="no JSON object"):
+        ExcessLossMonitor(optimal=tmp_path / "text.json")
 
 
 def test_tensorboard_event_file_holds_the_excess_at_every_level(tmp_path):

@@ -7,7 +7,7 @@ parametrization; explicit options override them; callables and logs fall back to
 from __future__ import annotations
 
 import glob
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,12 @@ import torch
 
 from difflens.analysis import diagnose as dg
 from difflens.analysis import sample_quality as sq
+from difflens.analysis.optimal_loss import Levels
 from difflens.analysis.run_support import Progress, no_progress
 from difflens.analysis.units import resolve_units
 from difflens.data import Dataset, check_same_layout
 from difflens.data import load as load_data
+from difflens.diffusion.precond import Parametrization
 from difflens.diffusion.processes import parse_sigmas
 from difflens.errors import DifflensError
 from difflens.models import load_denoiser
@@ -44,7 +46,7 @@ def shape_option(shape: str | None) -> tuple[int, ...] | None:
 
 
 def open_model(
-    model: str, *, prediction_type: str | None = None, device: torch.device | None = None, **options
+    model: str, *, prediction_type: str | None = None, device: torch.device | None = None, **options: Any
 ) -> LoadedModel:
     """``load_denoiser`` on ``device`` (default cpu), with ``prediction_type`` passed only when given."""
     extra = {"prediction_type": prediction_type} if prediction_type else {}
@@ -67,7 +69,16 @@ def resolve_split(
     return ds.split(hold, split) if hold else (ds, None)
 
 
-def checkpoint_history(paths, train_ds, grid, units, optimal, advance, quality: dict | None, **kw) -> dict:
+def checkpoint_history(
+    paths: Sequence[Path],
+    train_ds: Dataset,
+    grid: Levels,
+    units: Parametrization,
+    optimal: tuple[np.ndarray, np.ndarray, dict],
+    advance: Callable[[int], None],
+    quality: dict | None,
+    **kw: Any,
+) -> dict:
     """{"history": excess per checkpoint and level} and, with ``quality`` (feature, samples), the
     checkpoints' sample quality and its per-level correlation with the excess (sample_quality.py)."""
     models: list[tuple[int, Any]] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from difflens.data import Dataset, as_dataset
@@ -52,7 +53,7 @@ class PCAFeature:
         return f"pca:{self.dims} of the training split ({self.explained:.1%} of its variance)"
 
 
-def resolve_feature(spec: str | None, train) -> tuple[Feature | None, str]:
+def resolve_feature(spec: str | None, train: Dataset | np.ndarray | torch.Tensor) -> tuple[Feature | None, str]:
     """(feature map, description) from a spec: None/``pixels`` (identity), ``pca[:K]`` (fit on ``train``)
     or ``module:attr`` / ``path/file.py:attr`` (``models.load.load_callable``)."""
     if spec is None or spec == "pixels":
@@ -89,7 +90,9 @@ def _chunks(x, chunk: int):
             yield t[i : i + chunk]
 
 
-def gaussian_moments(x, feature: Feature | None = None, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def gaussian_moments(
+    x: Dataset | np.ndarray | torch.Tensor, feature: Feature | None = None, *, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased covariance (float64) of the features of the rows of ``x``, streamed in chunks."""
     n, s, ss = 0, None, None
     for rows in _chunks(x, chunk):
@@ -104,7 +107,7 @@ def gaussian_moments(x, feature: Feature | None = None, *, chunk: int = 4096) ->
     return mu.numpy(), ((cov + cov.T) / 2).numpy()
 
 
-def frechet_from_moments(mu_a, cov_a, mu_b, cov_b) -> float:
+def frechet_from_moments(mu_a: npt.ArrayLike, cov_a: npt.ArrayLike, mu_b: npt.ArrayLike, cov_b: npt.ArrayLike) -> float:
     """‖μa − μb‖² + tr Σa + tr Σb − 2·tr (Σa^½ Σb Σa^½)^½, in float64
     (docs/method.md, "Feature-space measures"): symmetric eigendecompositions, eigenvalues floored at
     ``EIG_FLOOR``, never complex."""
@@ -120,13 +123,25 @@ def frechet_from_moments(mu_a, cov_a, mu_b, cov_b) -> float:
     return max(d, 0.0)
 
 
-def frechet_distance(a, b, feature: Feature | None = None, *, chunk: int = 4096) -> float:
+def frechet_distance(
+    a: Dataset | np.ndarray | torch.Tensor,
+    b: Dataset | np.ndarray | torch.Tensor,
+    feature: Feature | None = None,
+    *,
+    chunk: int = 4096,
+) -> float:
     """Fréchet distance between Gaussians fitted to the features of two sets of rows (arrays, tensors or
     Datasets, streamed). FD to a training set vs to a held-out set is the usual memorization contrast."""
     return frechet_from_moments(*gaussian_moments(a, feature, chunk=chunk), *gaussian_moments(b, feature, chunk=chunk))
 
 
-def nn_cosine(queries, data, feature: Feature | None = None, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def nn_cosine(
+    queries: np.ndarray | torch.Tensor,
+    data: Dataset | np.ndarray | torch.Tensor,
+    feature: Feature | None = None,
+    *,
+    chunk: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per query: the largest cosine similarity to any training row in feature space, and that row's index
     (float64; a zero feature vector has cosine 0 with everything)."""
     q = _apply(feature, torch.as_tensor(np.ascontiguousarray(queries)).reshape(len(queries), -1))

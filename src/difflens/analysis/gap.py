@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from difflens.analysis.model_error import HELD, TRAIN, fixed_noise, level_errors, pick_images
@@ -65,9 +67,9 @@ class GapCurve:
 
 def generalization_gap(
     denoisers: dict[str, Callable] | Callable,
-    train,
-    val,
-    sigmas,
+    train: Dataset | np.ndarray | torch.Tensor,
+    val: Dataset | np.ndarray | torch.Tensor,
+    sigmas: npt.ArrayLike,
     *,
     draws: int = 1,
     error: str = "mse",
@@ -123,7 +125,7 @@ def _se(v: np.ndarray) -> float:
     return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
 
 
-def plot_gap(curves: list[GapCurve], path, *, title: str = "", legend_title: str = "") -> None:
+def plot_gap(curves: list[GapCurve], path: str | Path, *, title: str = "", legend_title: str = "") -> None:
     """E_train/E_val (left) and G(s) (right) against s for each curve."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for c_i, c in enumerate(curves):
@@ -149,7 +151,7 @@ def plot_gap(curves: list[GapCurve], path, *, title: str = "", legend_title: str
     save_figure(fig, path)
 
 
-def plot_gap_over_time(curves: list[GapCurve], path, *, title: str = "") -> None:
+def plot_gap_over_time(curves: list[GapCurve], path: str | Path, *, title: str = "") -> None:
     """Across checkpoints (in the given order): the peak gap and the level where it peaks."""
     fig, a = plt.subplots(figsize=(6, 3.8))
     peaks = [c.to_dict()["peak_gap"] for c in curves]
@@ -183,4 +185,7 @@ def resolve_denoiser(spec: str, train: Dataset, device: torch.device | str = "cp
     unknown = set(p) - {"T", "sc", "k"}
     if unknown:
         raise DifflensError(f"{spec}: unknown oracle parameter(s) {', '.join(sorted(unknown))} (use T, sc, k)")
-    return EmpiricalDenoiser(train, p.get("T", 1.0), p.get("sc"), p.get("k"), device=device)
+    k = p.get("k")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
+        raise DifflensError(f"{spec}: k must be a whole number of nearest training samples, got {k}")
+    return EmpiricalDenoiser(train, p.get("T", 1.0), p.get("sc"), k, device=device)

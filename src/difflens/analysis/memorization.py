@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -81,8 +82,8 @@ class Memorization:
 
 
 def memorization(
-    samples,
-    data,
+    samples: np.ndarray | torch.Tensor,
+    data: Dataset | np.ndarray | torch.Tensor,
     *,
     threshold: float = 1.0 / 3.0,
     feature: Feature | None = None,
@@ -122,7 +123,16 @@ def to_image(x: np.ndarray, shape: tuple[int, ...], lo: float, hi: float) -> np.
     return np.clip((img - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
 
 
-def image_grid(images, shape, path, *, title: str = "", cols: int = 8, lo: float = -1.0, hi: float = 1.0) -> None:
+def image_grid(
+    images: np.ndarray | torch.Tensor,
+    shape: tuple[int, ...],
+    path: str | Path,
+    *,
+    title: str = "",
+    cols: int = 8,
+    lo: float = -1.0,
+    hi: float = 1.0,
+) -> None:
     """A plain grid of samples (rows of ``cols``)."""
 
     images = np.asarray(images)
@@ -137,7 +147,9 @@ def image_grid(images, shape, path, *, title: str = "", cols: int = 8, lo: float
     save_figure(fig, path)
 
 
-def plot_memorized(samples, data: Dataset, result: Memorization, path, *, top: int = 16) -> None:
+def plot_memorized(
+    samples: np.ndarray | torch.Tensor, data: Dataset, result: Memorization, path: str | Path, *, top: int = 16
+) -> None:
     """The ``top`` most memorized samples (lowest d1/d2), each beside its nearest training image."""
 
     if not is_image_shape(data.shape):
@@ -165,7 +177,7 @@ def plot_memorized(samples, data: Dataset, result: Memorization, path, *, top: i
     save_figure(fig, path)
 
 
-def plot_nn_distances(result: Memorization, path, *, title: str = "") -> None:
+def plot_nn_distances(result: Memorization, path: str | Path, *, title: str = "") -> None:
     """Histograms of the nearest-neighbour distance d1 and of the ratio d1/d2 (threshold marked)."""
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))

@@ -3,6 +3,7 @@ the generalization gap of denoisers or checkpoints, and closed-form samplers (do
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from difflens.data import Dataset, check_same_layout
 from difflens.diffusion import processes, samplers
 from difflens.errors import DifflensError
 from difflens.kernel.neighbours import check_backend
-from difflens.models import load_denoiser
+from difflens.models import Denoiser, load_denoiser
 from difflens.models.load import default_shape
 
 
@@ -34,7 +35,7 @@ def memorization_outputs(samples: np.ndarray, ds: Dataset, mem: mm.Memorization,
     return files
 
 
-def fd_ratio(samples, train: Dataset, held: Dataset, feature: str | None = "pca") -> dict:
+def fd_ratio(samples: np.ndarray | torch.Tensor, train: Dataset, held: Dataset, feature: str | None = "pca") -> dict:
     """Fréchet distance of samples to the training set and to a held-out set, and FD_train / FD_held
     (< 1: closer to the data the model saw; docs/method.md, "Feature-space measures")."""
     fmap, desc = features.resolve_feature(feature, train)
@@ -105,7 +106,7 @@ def run_memorization(
 def run_gap(
     out: Path,
     *,
-    model: list[str] = ("oracle",),
+    model: Sequence[str] = ("oracle",),
     data: str | None = None,
     holdout: float | None = None,
     split_seed: int | None = None,
@@ -213,7 +214,7 @@ def sampling_denoiser(
     k: int | None,
     train_sigmas: str,
     device: torch.device | str = "cpu",
-):
+) -> Denoiser:
     """The denoiser ``smooth sample`` follows, on ``device``: a model, the unconditioned mixture or the
     empirical one."""
     if model and model.startswith("py:"):

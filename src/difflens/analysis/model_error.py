@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from difflens.data import Dataset, as_dataset
@@ -26,7 +27,9 @@ ERRORS = ("mse", "l2")
 TRAIN, HELD = 0, 1  # streams
 
 
-def pick_images(data, limit: int | None, seed: int, stream: int = TRAIN) -> torch.Tensor:
+def pick_images(
+    data: Dataset | np.ndarray | torch.Tensor, limit: int | None, seed: int, stream: int = TRAIN
+) -> torch.Tensor:
     """Up to ``limit`` rows (n, D) of a split: all of them, or a seeded random subset in data order."""
     ds = as_dataset(data)
     if limit is None or limit >= ds.n:
@@ -46,7 +49,7 @@ def level_errors(
     denoiser: Callable,
     images: torch.Tensor,
     noise: torch.Tensor,
-    sigmas,
+    sigmas: npt.ArrayLike,
     *,
     error: str = "mse",
     batch: int = 512,
@@ -88,7 +91,7 @@ def level_errors(
 def split_errors(
     denoiser: Callable,
     data: Dataset,
-    sigmas,
+    sigmas: npt.ArrayLike,
     *,
     images: int | None,
     seed: int,

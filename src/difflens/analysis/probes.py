@@ -10,15 +10,16 @@ held-out ones do not; the sampler's outputs show whether it visits that regime.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from difflens.analysis.features import Feature, frechet_distance, nn_cosine
 from difflens.analysis.model_error import HELD, TRAIN, fixed_noise, pick_images
-from difflens.data import as_dataset
+from difflens.data import Dataset, as_dataset
 from difflens.diffusion import samplers
 from difflens.errors import DifflensError
 
@@ -46,9 +47,9 @@ def stop_steps(steps: int, stops: int) -> list[int]:
 @torch.no_grad()
 def early_stop_probes(
     denoiser: Callable,
-    train,
-    held,
-    sigmas,
+    train: Dataset | np.ndarray | torch.Tensor,
+    held: Dataset | np.ndarray | torch.Tensor,
+    sigmas: Sequence[float] | np.ndarray | torch.Tensor,
     stops: list[int],
     *,
     samples: int = 64,
@@ -91,7 +92,7 @@ def early_stop_probes(
     return out
 
 
-def plot_probes(levels: list[ProbeLevel], path, *, title: str = "") -> None:
+def plot_probes(levels: list[ProbeLevel], path: str | Path, *, title: str = "") -> None:
     """1-NN cosine to the training set (left) and FD to it (right) against the stop level, per group."""
     from difflens.report import plt, save_figure
 

@@ -10,16 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from difflens.analysis.features import frechet_distance, resolve_feature
+from difflens.analysis.features import Feature, frechet_distance, resolve_feature
 from difflens.data import Dataset
+from difflens.diffusion.denoiser import Denoiser
 from difflens.diffusion.samplers import edm_sigmas, initial_noise, sample
 from difflens.errors import DifflensError
 from difflens.report import plt, save_figure
 
 
-def excess_fd_correlation(excess, fd) -> np.ndarray:
+def excess_fd_correlation(excess: npt.ArrayLike, fd: npt.ArrayLike) -> np.ndarray:
     """Pearson r between column k of ``excess`` (checkpoints × levels) and ``fd`` (one per checkpoint),
     per level, in float64; NaN at a level whose excess does not vary across checkpoints (r undefined)."""
     e, f = np.asarray(excess, dtype=np.float64), np.asarray(fd, dtype=np.float64)
@@ -39,9 +41,9 @@ def excess_fd_correlation(excess, fd) -> np.ndarray:
 
 
 def sample_fd(
-    denoiser,
+    denoiser: Denoiser,
     train: Dataset,
-    feature,
+    feature: Feature | None,
     *,
     samples: int = 512,
     steps: int = 18,

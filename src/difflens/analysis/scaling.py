@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from scipy import optimize, stats
 
@@ -43,7 +45,7 @@ class PowerFit:
     r2: float  # R² of the fit in log space
     corr: float  # Pearson correlation of log(J − offset) and log C
 
-    def predict(self, c) -> np.ndarray:
+    def predict(self, c: npt.ArrayLike) -> np.ndarray:
         """The fitted loss J(C) (for ``excess``, with the mean J* added back)."""
         return self.offset + self.beta * np.asarray(c, dtype=np.float64) ** self.alpha
 
@@ -87,20 +89,20 @@ def _loglog(kind: str, c: np.ndarray, y: np.ndarray, offset: float, level: float
     )
 
 
-def fit_plain(c, j, level: float = 0.95) -> PowerFit:
+def fit_plain(c: npt.ArrayLike, j: npt.ArrayLike, level: float = 0.95) -> PowerFit:
     """J = β·C^α by least squares in log–log."""
     c, j = _check(c, j)
     return _loglog("plain", c, j, 0.0, level)
 
 
-def fit_excess(c, j, optimal, level: float = 0.95) -> PowerFit:
+def fit_excess(c: npt.ArrayLike, j: npt.ArrayLike, optimal: npt.ArrayLike, level: float = 0.95) -> PowerFit:
     """J − J* = β·C^α; ``optimal`` is J* (a scalar, or one value per point)."""
     c, j = _check(c, j)
     opt = np.broadcast_to(np.asarray(optimal, dtype=np.float64), j.shape)
     return _loglog("excess", c, j - opt, float(opt.mean()), level)
 
 
-def fit_offset(c, j, level: float = 0.95) -> PowerFit:
+def fit_offset(c: npt.ArrayLike, j: npt.ArrayLike, level: float = 0.95) -> PowerFit:
     """J = E + β·C^α with E ∈ [0, min J) free, least squares on log J (needs ≥ 4 points)."""
     c, j = _check(c, j)
     if len(c) < 4:
@@ -179,7 +181,7 @@ def read_table(path: Path) -> tuple[str, list[dict]]:
     return xcol, rows
 
 
-def fit_groups(rows: list[dict], optimal_of=None) -> list[dict]:
+def fit_groups(rows: list[dict], optimal_of: Callable[[float | None], float | None] | None = None) -> list[dict]:
     """Fit all three laws per noise level (rows with ``sigma``) or once for the whole table.
 
     J* comes from an ``optimal`` column, else from ``optimal_of(sigma or None)`` when given."""
@@ -194,8 +196,8 @@ def fit_groups(rows: list[dict], optimal_of=None) -> list[dict]:
         res = {"sigma": key, "n": len(g), "x": c.tolist(), "loss": j.tolist(), "fits": {}, "errors": {}}
         if all("optimal" in r for r in g):
             opt = np.array([r["optimal"] for r in g])
-        elif optimal_of is not None and optimal_of(key) is not None:
-            opt = np.full(len(g), float(optimal_of(key)))
+        elif optimal_of is not None and (j_star := optimal_of(key)) is not None:
+            opt = np.full(len(g), float(j_star))
         else:
             opt = None
         res["optimal"] = None if opt is None else opt.tolist()
@@ -212,14 +214,14 @@ def fit_groups(rows: list[dict], optimal_of=None) -> list[dict]:
 
 
 def table_from_runs(
-    paths,
-    sigmas,
+    paths: Iterable[str | Path],
+    sigmas: npt.ArrayLike,
     *,
     x: str = "params",
     images: int | None = 1024,
     samples: int = 1024,
     seed: int = 0,
-    on_run=None,
+    on_run: Callable[[], None] | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[str, list[dict]]:
     """Rows {x, loss, sigma, optimal} from difflens run folders: each run's training loss per level

@@ -22,8 +22,10 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from difflens import report
@@ -32,7 +34,9 @@ from difflens.diffusion.precond import Parametrization
 from difflens.errors import DifflensError, require
 
 
-def optimal_levels_x0(optimal) -> tuple[np.ndarray, np.ndarray]:
+def optimal_levels_x0(
+    optimal: Curve | Mapping[str, Any] | str | Path | tuple[npt.ArrayLike, npt.ArrayLike],
+) -> tuple[np.ndarray, np.ndarray]:
     """(levels ascending, J*_x0) from a ``Curve``, its dict / optimal_loss.json (a path), or a pair of arrays."""
     if isinstance(optimal, str | Path):
         path = Path(optimal)
@@ -40,8 +44,12 @@ def optimal_levels_x0(optimal) -> tuple[np.ndarray, np.ndarray]:
             optimal = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise DifflensError(f"optimal loss {path}: cannot read it ({e})") from None
+        if not isinstance(optimal, Mapping):
+            raise DifflensError(f"optimal loss {path}: not an optimal_loss.json (no JSON object)")
     if isinstance(optimal, Curve):
         optimal = optimal.to_dict()
+    sigmas: npt.ArrayLike
+    values: npt.ArrayLike
     if isinstance(optimal, Mapping):
         levels = optimal.get("levels")
         if not levels or not all(isinstance(lv, Mapping) and "optimal_loss_x0" in lv for lv in levels):
@@ -71,7 +79,7 @@ class ExcessLossMonitor:
 
     def __init__(
         self,
-        optimal,
+        optimal: Curve | Mapping[str, Any] | str | Path | tuple[npt.ArrayLike, npt.ArrayLike],
         process: str = "edm",
         target: str = "x0",
         path: str | Path | None = None,
@@ -94,13 +102,18 @@ class ExcessLossMonitor:
         self.skipped = 0
         self.rows: list[dict] = []
 
-    def optimal_at(self, sigma) -> np.ndarray:
+    def optimal_at(self, sigma: npt.ArrayLike) -> np.ndarray:
         """J*(s) in the loop's target units: r(s)·J*_x0(s), J*_x0 linear in ln s between levels."""
         s = np.asarray(sigma, dtype=np.float64)
         j_x0 = np.interp(np.log(s), np.log(self.sigmas), self.optimal_x0)
         return np.asarray(self.param.factor(s), dtype=np.float64) * j_x0
 
-    def observe(self, losses, sigma=None, t=None) -> None:
+    def observe(
+        self,
+        losses: torch.Tensor | npt.ArrayLike,
+        sigma: torch.Tensor | npt.ArrayLike | None = None,
+        t: torch.Tensor | npt.ArrayLike | None = None,
+    ) -> None:
         """Add per-sample losses (target units, unweighted, mean over dimensions) at their levels: give
         exactly one of ``sigma`` (VE-equivalent s) or ``t`` (the process's time)."""
         if (sigma is None) == (t is None):

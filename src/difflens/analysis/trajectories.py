@@ -16,13 +16,15 @@ Per level: both distributions (quantiles) and overlap scores — the histogram o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from difflens.analysis.memorization import nearest
-from difflens.data import as_dataset
+from difflens.data import Dataset, as_dataset
 from difflens.diffusion.estimators import sources_for_level
 from difflens.diffusion.samplers import Trajectory
 from difflens.errors import DifflensError
@@ -30,7 +32,9 @@ from difflens.kernel import oracle
 from difflens.report import plt, save_figure
 
 
-def overlap_coefficient(a: np.ndarray, b: np.ndarray, bins: int = 20, range_=None) -> float:
+def overlap_coefficient(
+    a: np.ndarray, b: np.ndarray, bins: int = 20, range_: tuple[float, float] | None = None
+) -> float:
     """Σ min(p, q) over shared histogram bins of two samples (1 = identical, 0 = disjoint)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if range_ is None:
@@ -62,7 +66,7 @@ class OverlapLevel:
 
 @torch.no_grad()
 def trajectory_overlap(
-    data,
+    data: Dataset | np.ndarray | torch.Tensor,
     trajectory: Trajectory,
     *,
     probes: int = 256,
@@ -70,7 +74,7 @@ def trajectory_overlap(
     bins: int = 12,
     seed: int = 0,
     chunk_size: int | None = None,
-    on_level=None,
+    on_level: Callable[[int], None] | None = None,
 ) -> list[OverlapLevel]:
     """Per recorded level: sampler states vs ``probes`` noised training samples (see module doc).
     The bank holds one noised copy of every training point, or of ``bank`` of them (seeded) for
@@ -113,7 +117,7 @@ def trajectory_overlap(
     return out
 
 
-def plot_overlap(levels: list[OverlapLevel], path, *, title: str = "") -> None:
+def plot_overlap(levels: list[OverlapLevel], path: str | Path, *, title: str = "") -> None:
     """Max weight and NN distance (median, quartile band) of sampler states vs noised training samples
     against s, and the overlap scores per level."""
     s = [lv.sigma for lv in levels]

@@ -13,6 +13,7 @@ import typing
 from collections.abc import Callable, Iterable, Sequence
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
@@ -148,7 +149,7 @@ class Bars:
         return lambda n=1: self.bar.advance(task, n)
 
 
-def value(v):
+def value(v: Any) -> Any:
     """An Enum choice's string, anything else as given."""
     return v.value if isinstance(v, Enum) else v
 
@@ -177,7 +178,7 @@ def float_list(text: str, what: str) -> list[float]:
 
 
 class AliasOption(TyperOption):
-    def get_help_record(self, ctx: click.Context):
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
         opts = self.opts
         self.opts = [o for o in opts if o not in OLD_SPELLINGS or o == opts[0]]
         try:

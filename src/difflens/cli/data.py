@@ -11,7 +11,7 @@ from difflens import data as data_mod
 from difflens.cli.common import Bars, DataOpt, ScaleName, ScaleOpt, console
 
 
-def data_cmd(data: str = DataOpt, scale: ScaleName = ScaleOpt):
+def data_cmd(data: str = DataOpt, scale: ScaleName = ScaleOpt) -> None:
     """Describe a data spec: size, shape, content hash, value range, variance per dimension."""
     ds = data_mod.load(data, scale.value)
     st = ds.stats
@@ -24,7 +24,7 @@ def convert_cmd(
     scale: ScaleName = ScaleOpt,
     chunk_rows: int = typer.Option(None, help="Samples per zarr chunk [default: ~16 MB chunks]."),
     overwrite: bool = typer.Option(False, help="Replace DEST if it exists."),
-):
+) -> None:
     """Write data as a chunked zarr array that streams from disk (raw values + their scaling)."""
     with Bars() as bars:
         tasks = []  # the bar appears with the first rows, after convert checked its input

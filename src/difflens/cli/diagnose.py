@@ -69,7 +69,7 @@ def diagnose_cmd(
     threads: int = ThreadsOpt,
     device: str = DeviceOpt,
     out: Path = out_opt("runs/diagnose"),
-):
+) -> None:
     """Model loss vs the optimal loss per level: excess, ratios, totals, heat map, HTML report."""
     opts = {k: value(v) for k, v in locals().items() if k not in ("out", "threads", "device")}
     dev = check_device(device)
@@ -118,7 +118,7 @@ def schedule_cmd(
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     out: Path = out_opt("runs/schedule"),
-):
+) -> None:
     """Xu et al.'s optimal-loss schedule: w(σ) and p(σ) as a recipe for `train --schedule`: adaptive, or
     fixed from a pilot run's per-level loss (--model / --from-log)."""
     opts = {k: value(v) for k, v in locals().items() if k not in ("out", "schedule_options", "device")}
@@ -146,7 +146,7 @@ def scaling_cmd(
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     out: Path = out_opt("runs/scaling"),
-):
+) -> None:
     """Fit J = βC^α, J − J* = βC^α and J = E + βC^α, with CIs and log–log correlations; plot them."""
     opts = {k: value(v) for k, v in locals().items() if k not in ("out", "device")}
     dev = check_device(device)

@@ -62,7 +62,7 @@ def optimal_loss_cmd(
     precision: PrecisionName = PrecisionOpt,
     fast_tol: float = FastTolOpt,
     device: str = DeviceOpt,
-):
+) -> None:
     """Optimal (lowest achievable) loss at every noise level: writes optimal_loss.{json,csv,png}."""
     opts = {k: value(v) for k, v in locals().items() if k not in ("data", "out", "c", "device")}
     dev = check_device(device)
@@ -114,7 +114,7 @@ def denoise_cmd(
     precision: PrecisionName = PrecisionOpt,
     fast_tol: float = FastTolOpt,
     device: str = DeviceOpt,
-):
+) -> None:
     """The exact empirical optimal denoiser E[x0 | x̃] applied to given noisy queries."""
     opts = {k: value(v) for k, v in locals().items() if k not in ("queries", "sigma", "out", "device")}
     n, ds = run_denoise(queries, sigma, out, device=check_device(device), **opts)

@@ -64,7 +64,7 @@ def toy_gap_cmd(
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     out: Path = out_opt("runs/toy-gap"),
-):
+) -> None:
     """Gap G(s) of the error-prone denoiser y_δ on a circle, swept over δ, density or guidance weight."""
     opts = {k: v for k, v in locals().items() if k not in ("out", "values", "sweep", "device")}
     opts["device"] = check_device(device)
@@ -94,7 +94,7 @@ def toy_flow_cmd(
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     out: Path = out_opt("runs/toy-flow"),
-):
+) -> None:
     """Flow-field streamlines, sampler trajectories, memorization and trajectory overlap on the 2-D toy."""
     opts = {k: v for k, v in locals().items() if k not in ("out", "levels", "denoiser", "sampler", "device")}
     opts["device"] = check_device(device)
@@ -204,7 +204,7 @@ def distill_toy_cmd(
     threads: int = typer.Option(1, help=THREADS_HELP),
     device: str = DeviceOpt,
     out: Path = out_opt("runs/distill-toy"),
-):
+) -> None:
     """Gaussian conditional tasks with analytic scores: exact excess DSM risk, W2 and KL per task vs n."""
     _distill("toy", config, grid, sweep, threads, device, out)
 
@@ -219,7 +219,7 @@ def distill_restore_cmd(
     threads: int = typer.Option(1, help=THREADS_HELP),
     device: str = DeviceOpt,
     out: Path = out_opt("runs/distill-restore"),
-):
+) -> None:
     """Digits restoration, one task per degradation: PSNR/SSIM of specialists, baseline and distilled generalist."""
     _distill("restore", config, grid, sweep, threads, device, out)
 
@@ -234,6 +234,6 @@ def distill_policy_cmd(
     threads: int = typer.Option(1, help=THREADS_HELP),
     device: str = DeviceOpt,
     out: Path = out_opt("runs/distill-policy"),
-):
+) -> None:
     """Diffusion policies on 2-D point-mass reaching tasks: success rate and return vs demonstrations."""
     _distill("policy", config, grid, sweep, threads, device, out)

@@ -66,7 +66,7 @@ def memorization_cmd(
     fd_feature: str = typer.Option("pca", help=FEATURE_HELP),
     device: str = DeviceOpt,
     out: Path = out_opt("runs/memorization"),
-):
+) -> None:
     """Nearest / second-nearest training samples of generated samples and the memorization ratio (d1/d2 test)."""
     opts = {k: value(v) for k, v in locals().items() if k not in ("samples_file", "out", "device")}
     dev = check_device(device)
@@ -108,7 +108,7 @@ def gap_cmd(
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     out: Path = out_opt("runs/gap"),
-):
+) -> None:
     """Generalization gap per noise level G(s) = (E_val − E_train)/E_train, for denoisers or checkpoints."""
     opts = {k: value(v) for k, v in locals().items() if k not in ("out", "device")}
     dev = check_device(device)
@@ -143,7 +143,7 @@ def smooth_sample_cmd(
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     out: Path = out_opt("runs/smooth"),
-):
+) -> None:
     """Sample with a closed-form score (or a trained model); report memorization, NN distances, γ_ex and
     trajectory overlap with noised training samples."""
     opts = {k: value(v) for k, v in locals().items() if k not in ("out", "device", "subset")}
@@ -168,7 +168,7 @@ def smooth_score_cmd(
     feature: str = typer.Option(None, help="Neighbours in a feature space: module:attr, (n, D) tensor → (n, F)."),
     scale: ScaleName = ScaleOpt,
     out: Path = typer.Option(..., help="Output .npy: the Eq. 10 target per query, (n, D) float64."),
-):
+) -> None:
     """Zhou et al.'s Eq. 10 target: the temperature-smoothed p_MN score over the K nearest training points of
     each query's source, each at its best shell σ*_j = ‖x − μ_j‖/√D."""
     target = run_smooth_score(
@@ -196,7 +196,7 @@ def probes_cmd(
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     out: Path = out_opt("runs/probes"),
-):
+) -> None:
     """Early-stopped probes: x̂ = D(x_k, s_k) and reconstructions of noisy train / held-out images against the
     training set, by 1-NN cosine similarity in feature space and Fréchet distance, per stop level."""
     opts = {k: value(v) for k, v in locals().items() if k not in ("out", "device")}

@@ -87,7 +87,7 @@ def train_cmd(
     threads: int = ThreadsOpt,
     device: str = DeviceOpt,
     out: Path = out_opt("runs/train"),
-):
+) -> None:
     """Train a tiny reference denoiser: metrics.jsonl, ckpt_*.pt, model.safetensors, train.json."""
     dev = check_device(device)
     with Bars() as bars:

@@ -19,6 +19,7 @@ smaller groups also lower the estimate's own variance, which the group standard 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -272,7 +273,12 @@ def _query_batch(
     return values, paired, post
 
 
-def critical_sigma(sigmas, values_x0, plateau: float, fraction: float = 0.01) -> float | None:
+def critical_sigma(
+    sigmas: Sequence[float] | np.ndarray,
+    values_x0: Sequence[float] | np.ndarray,
+    plateau: float,
+    fraction: float = 0.01,
+) -> float | None:
     """Smallest s where J*_x0 reaches ``fraction`` of the plateau (log-interpolated between levels;
     docs/method.md, "Critical noise level"). Lives here, under analysis and schedules, which both need it."""
     if plateau <= 0:

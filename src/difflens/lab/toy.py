@@ -20,10 +20,15 @@ scaled by it. Plots: flow-field streamlines, trajectories, gap curves.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from difflens.analysis.gap import GapCurve, generalization_gap
+from difflens.diffusion.denoiser import Denoiser
 from difflens.diffusion.samplers import edm_sigmas
 from difflens.errors import DifflensError
 from difflens.kernel import oracle
@@ -45,7 +50,9 @@ def paper_sigmas(radius: float = 1.0) -> np.ndarray:
     return np.sort(edm_sigmas(n, lo * radius, hi * radius)[:-1].numpy())
 
 
-def circle(points: int = PAPER_POINTS, *, random: bool = False, radius: float = 1.0, seed: int = 0):
+def circle(
+    points: int = PAPER_POINTS, *, random: bool = False, radius: float = 1.0, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, val): 2·points positions on a circle, float32 (points, 2) each. Equally spaced (rotated by
     0.01 turn) and alternating between train and val; or ``random`` angles, drawn independently and split
     as drawn (the first half val, the second train — not after sorting, so the two splits are independent)."""
@@ -64,7 +71,7 @@ def circle(points: int = PAPER_POINTS, *, random: bool = False, radius: float = 
     return torch.from_numpy(x[0::2].copy()), torch.from_numpy(x[1::2].copy())
 
 
-def alternate_split(x) -> tuple[torch.Tensor, torch.Tensor]:
+def alternate_split(x: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Any 2-D point set split alternately (even rows train, odd rows val)."""
     x = torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(len(x), -1)
     if x.shape[1] != 2 or len(x) < 2:
@@ -106,8 +113,8 @@ class Guided:
 
 def sweep(
     kind: str,
-    values,
-    sigmas,
+    values: Iterable[float],
+    sigmas: npt.ArrayLike,
     *,
     points: int = PAPER_POINTS,
     delta: float = PAPER_DELTAS[0],
@@ -116,7 +123,7 @@ def sweep(
     radius: float = 1.0,
     draws: int = 50,
     seed: int = 0,
-    on_level=None,
+    on_level: Callable[[str, int], None] | None = None,
     device: torch.device | str = "cpu",
 ) -> list[GapCurve]:
     """Gap curves G(s) for each value of δ (``delta``), number of training points (``density``) or
@@ -152,7 +159,17 @@ def _grid(lim: float, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(g, g)
 
 
-def plot_flow(denoiser, train, val, levels, path, *, trajectories=None, lim: float = 1.8, title: str = "") -> None:
+def plot_flow(
+    denoiser: Denoiser,
+    train: np.ndarray | torch.Tensor,
+    val: np.ndarray | torch.Tensor,
+    levels: Iterable[float],
+    path: str | Path,
+    *,
+    trajectories: np.ndarray | torch.Tensor | None = None,
+    lim: float = 1.8,
+    title: str = "",
+) -> None:
     """Streamlines of the sampling direction −dx/ds = (D(x, s) − x)/s at several levels s, then the
     sampler trajectories (if given, (steps, B, 2)) over the data."""
 

@@ -3,6 +3,7 @@ error-prone denoiser y_δ, and sampler flows with memorization and trajectory ov
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from difflens.analysis import trajectories
 from difflens.analysis.gap import GapCurve, plot_gap
 from difflens.analysis.run_support import Progress, no_progress, open_data, save_npy
 from difflens.diffusion import processes, samplers
+from difflens.diffusion.denoiser import Denoiser
 from difflens.errors import DifflensError
 from difflens.lab import toy
 
@@ -23,7 +25,7 @@ DENOISERS = ("optimal", "blurred", "guided")
 
 def run_toy_gap(
     out: Path,
-    values: list[float] = toy.PAPER_DELTAS,
+    values: Sequence[float] = toy.PAPER_DELTAS,
     *,
     sweep: str = "delta",
     points: int = toy.PAPER_POINTS,
@@ -71,7 +73,14 @@ def run_toy_gap(
     return curves
 
 
-def toy_denoiser(name: str, train, delta: float, delta_neg: float, w: float, device: torch.device | str = "cpu"):
+def toy_denoiser(
+    name: str,
+    train: np.ndarray | torch.Tensor,
+    delta: float,
+    delta_neg: float,
+    w: float,
+    device: torch.device | str = "cpu",
+) -> Denoiser:
     """One of the toy lab's denoisers (``DENOISERS``) of the points ``train``, its kernel on ``device``."""
     if name == "optimal":
         return toy.Optimal(train, device=device)
