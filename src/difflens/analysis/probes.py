@@ -22,6 +22,7 @@ from difflens.analysis.model_error import HELD, TRAIN, fixed_noise, pick_images
 from difflens.data import Dataset, as_dataset
 from difflens.diffusion import samplers
 from difflens.errors import DifflensError
+from difflens.report import plt, save_figure
 
 GROUPS = ("samples", "train", "held")  # sampler outputs, reconstructions of noisy train / held-out images
 
@@ -94,7 +95,6 @@ def early_stop_probes(
 
 def plot_probes(levels: list[ProbeLevel], path: str | Path, *, title: str = "") -> None:
     """1-NN cosine to the training set (left) and FD to it (right) against the stop level, per group."""
-    from difflens.report import plt, save_figure
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     s = [lv.sigma for lv in levels]
