@@ -8,7 +8,11 @@ of a data set (the rest is held out, seeded by --split-seed):
   levels in [0.01, 50]; its optimum is the p_MN score;
 * ``smoothed`` — Eq. 11: L_u with the Eq. 10 temperature target below σ_collapse over the K nearest
   training points of each source (pixel space). σ_collapse defaults to the data's critical σ as
-  ``difflens optimal-loss`` reports it (J*_x0 reaches 1 % of its plateau).
+  ``difflens optimal-loss`` reports it (J*_x0 reaches 1 % of its plateau); Eq. 10 as printed
+  (``--smoothed-form official``: as the authors' code computes it).
+
+With ``--arch unet`` on images of odd height or width (lfw: 25×25) the training images get one edge row
+/ column appended (the U-Net halves the sides once) and the samples are cropped back before any measure.
 
 Each model is sampled from the same initial noise with the samplers the paper uses for it (docs/method.md,
 "Smoothing"): the conditioned model with EDM Heun (difflens's default, 32 steps) and with ``pc-song``
@@ -20,7 +24,7 @@ PCA-32 space of the training split to the training split and to the held-out spl
 training images and the mean pairwise distance between samples (per √D). Writes comparison.json and
 a sample grid.
 
-    PYTHONPATH=src python examples/zhou_comparison.py --out runs/zhou-comparison [--steps 3000 --seeds 3 --subset 64]
+    PYTHONPATH=src:examples python examples/zhou_comparison.py --out runs/zhou [--data lfw --steps 3000 --seeds 3]
 """
 
 from __future__ import annotations
@@ -79,6 +83,37 @@ def metrics(x: np.ndarray, train_ds, held) -> dict:
     }
 
 
+def odd_sides(shape) -> tuple[int, int]:
+    """(1, 1)-style flags of the image height and width that are odd (the U-Net halves them once)."""
+    if shape is None or len(shape) < 2:
+        raise SystemExit("--arch unet needs image data")
+    return shape[-2] % 2, shape[-1] % 2
+
+
+def pad_images(rows: np.ndarray, pad: tuple[int, int]) -> np.ndarray:
+    """One row/column of edge pixels appended at the bottom/right where ``pad`` says (odd sides → even)."""
+    if not any(pad):
+        return rows
+    widths = [(0, 0)] * (rows.ndim - 2) + [(0, pad[0]), (0, pad[1])]
+    return np.pad(rows, widths, mode="edge")
+
+
+def padded_dim(ds, pad: tuple[int, int]) -> int:
+    """Values per sample the network sees (the padded image when ``pad``)."""
+    if not any(pad):
+        return ds.dim
+    *lead, h, w = ds.shape
+    return int(np.prod(lead, dtype=int)) * (h + pad[0]) * (w + pad[1])
+
+
+def crop_images(x: np.ndarray, shape, pad: tuple[int, int]) -> np.ndarray:
+    """Padded samples (n, D') back to the data's own (n, D): the appended row/column dropped."""
+    if not any(pad):
+        return x
+    *lead, h, w = shape
+    return x.reshape(len(x), *lead, h + pad[0], w + pad[1])[..., :h, :w].reshape(len(x), -1)
+
+
 def critical_sigma(train_ds) -> float:
     """The data's critical σ as ``difflens optimal-loss`` reports it (64 queries per level suffice here)."""
     curve = optimal_loss_curve(train_ds, np.geomspace(0.02, 20.0, 25), samples=64, seed=0)
@@ -92,18 +127,25 @@ def run(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     train_ds, held = data.load(args.data).split(args.holdout, args.split_seed)
     train_spec, holdout = args.data, args.holdout
-    if args.subset:  # a seeded subset of the training split, saved so that `train` reads exactly it
+    if args.subset:  # a seeded subset of the training split
         pick = np.sort(np.random.default_rng(args.split_seed).choice(train_ds.n, args.subset, replace=False))
         train_ds = train_ds.subset(pick, f"[{args.subset}]")
-        train_spec, holdout = str(out / f"train_subset{args.subset}.npy"), 0.0
+    pad = odd_sides(train_ds.shape) if args.arch == "unet" else (0, 0)
+    if args.subset or any(pad):  # saved so that `train` reads exactly these images
+        train_spec, holdout = str(out / "train_split.npy"), 0.0
         rows = train_ds.rows(0, train_ds.n).numpy().reshape(train_ds.n, *train_ds.shape)
-        np.save(train_spec, rows.astype(np.float32))
+        np.save(train_spec, pad_images(rows, pad).astype(np.float32))
     collapse = args.collapse or critical_sigma(train_ds)
     print(f"{args.data}: {train_ds.n} train / {held.n} held-out, D = {train_ds.dim}, σ_collapse = {collapse:.3g}")
     models = {
         "conditioned": {},
         "unconditioned": {"loss": "unconditioned"},
-        f"smoothed (S={collapse:.2g}, K={args.k})": {"loss": "smoothed", "collapse": collapse, "k": args.k},
+        f"smoothed (S={collapse:.2g}, K={args.k})": {
+            "loss": "smoothed",
+            "collapse": collapse,
+            "k": args.k,
+            "smoothed_form": args.smoothed_form,
+        },
     }
     sig = grids()
     rows, grid = [], [("training images", train_ds.rows(0, 12).numpy())]
@@ -128,12 +170,12 @@ def run(args) -> dict:
             run_dir = out / f"{name.split(' ')[0]}_seed{seed}"
             summary = train(cfg, run_dir, threads=1)
             den = load_denoiser(str(run_dir)).denoiser
-            x_init = samplers.initial_noise(args.samples, train_ds.dim, 80.0, 1000 + seed)
+            x_init = samplers.initial_noise(args.samples, padded_dim(train_ds, pad), 80.0, 1000 + seed)
             for method in SAMPLERS[kind]:
                 s = sig[method]
                 t0 = time.time()
                 x = samplers.sample(den, x_init * (float(s[0]) / 80.0), s, method=method, seed=seed)
-                x = x.samples.float().numpy()
+                x = crop_images(x.samples.float().numpy(), train_ds.shape, pad)
                 m = {"seed": seed, "train_seconds": summary["seconds"], "sample_seconds": time.time() - t0}
                 per[method].append(m | metrics(x, train_ds, held))
                 if seed == 0:
@@ -155,7 +197,14 @@ def run(args) -> dict:
     keys = ("data", "subset", "holdout", "split_seed", "arch", "width", "steps", "batch", "seeds")
     settings = {k: getattr(args, k) for k in keys}
     result = {
-        "settings": settings | {"samples": args.samples, "collapse": collapse, "k": args.k},
+        "settings": settings
+        | {
+            "samples": args.samples,
+            "collapse": collapse,
+            "k": args.k,
+            "eq10_form": args.smoothed_form,
+            "pad": list(pad),
+        },
         "reference_training_images": reference,
         "results": rows,
     }
@@ -190,6 +239,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--collapse", type=float, default=None, help="σ_collapse [default: the data's critical σ]")
     p.add_argument("--k", type=int, default=8, help="Eq. 10 neighbours of each source")
+    p.add_argument("--smoothed-form", default="paper", choices=("paper", "official"), help="Eq. 10 as printed or coded")
     torch.set_num_threads(1)
     run(p.parse_args())
 

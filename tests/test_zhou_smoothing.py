@@ -68,6 +68,51 @@ def test_smooth_score_cli_equals_float64_brute_force(problem, collapse, k):
     assert _rel(got, eq10_brute(x, src, data, sigma, collapse, k or len(data))) < 1e-6
 
 
+def eq10_official_brute(x, src, data, sigma, k):
+    """The authors' code's Eq. 10 (losses.py, compute_explicit_score) in float64 numpy: log-weights
+    −(D/(2T))·ln(r²/D) with T = √D, components −(x − μ_j)/σ² at the training level σ."""
+    x, data = np.asarray(x, np.float64), np.asarray(data, np.float64)
+    d = data.shape[1]
+    out = np.empty_like(x)
+    for b, s in enumerate(src):
+        nbr = np.argsort(np.linalg.norm(data - data[s], axis=1), kind="stable")[:k]
+        diff = x[b] - data[nbr]
+        g = -d / (2 * np.sqrt(d)) * np.log((diff**2).sum(1) / d)
+        w = np.exp(g - g.max())
+        w /= w.sum()
+        out[b] = (w[:, None] * (-diff / sigma**2)).sum(0)
+    return out
+
+
+@pytest.mark.parametrize("k", [None, 5, 1])
+def test_smooth_score_official_form_equals_float64_brute_force(problem, k):
+    data, src, sigma, x, where = problem
+    args = ["smooth", "score", "--data", where / "data.npy", "--queries", where / "q.npy", "--sources"]
+    args += [where / "s.npy", "--sigma", sigma, "--form", "official", "--out", where / "off.npy"]
+    res = runner.invoke(app, [str(a) for a in args + (["--k", k] if k else [])])
+    assert res.exit_code == 0, res.output
+    got = np.load(where / "off.npy")
+    assert _rel(got, eq10_official_brute(x, src, data, sigma, k or len(data))) < 1e-6
+    paper = eq10_brute(x, src, data, sigma, None, k or len(data))
+    assert _rel(got, paper) > 0.1  # the two forms really differ
+    if k == 1:  # the released default K = 1: the source alone, i.e. the plain L_u target −(x − μ)/σ²
+        assert _rel(got, -(x - data[src]) / sigma**2) < 1e-6
+
+
+def test_official_form_ignores_collapse_and_rejects_it_on_the_cli(problem):
+    data, src, sigma, x, where = problem
+    plain = smoothing.TemperatureScore(data, None, 5, form="official")(x, src, sigma).numpy()
+    cold = smoothing.TemperatureScore(data, 4.0, 5, form="official")(x, src, sigma).numpy()
+    np.testing.assert_array_equal(plain, cold)
+    args = ["smooth", "score", "--data", where / "data.npy", "--queries", where / "q.npy", "--sources"]
+    args += [where / "s.npy", "--sigma", sigma, "--form", "official", "--collapse", 4, "--out", where / "x.npy"]
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == 2
+    assert "fixed temperature" in res.output
+    with pytest.raises(DifflensError, match=r"unknown Eq\. 10 form"):
+        smoothing.TemperatureScore(data, form="song")
+
+
 def test_neighbours_are_the_sources_not_the_querys(problem):
     data, src, sigma, x, _ = problem
     got = smoothing.TemperatureScore(data, 4.0, 3)(x, src, sigma).numpy()
@@ -231,6 +276,16 @@ def test_smoothed_loss_targets_switch_at_collapse():
     cond = (-(x.double() - x0.double()) / s[:, None] ** 2).numpy()
     assert _rel(y[2:].numpy(), cond[2:]) < 1e-6
     assert _rel(y[:2].numpy(), cond[:2]) > 1e-2  # below σ_collapse the target really changed
+    official = train_mod.SmoothedLoss(
+        train_mod.TrainConfig(loss="smoothed", collapse=0.5, k=4, smoothed_form="official"),
+        as_dataset(data),
+        torch.device("cpu"),
+    )
+    y = official.target(x0, idx, x, s).double()
+    for b in range(2):
+        ref = eq10_official_brute(x.numpy()[b : b + 1], idx.numpy()[b : b + 1], data, float(s[b]), 4)
+        assert _rel(y[b : b + 1].numpy(), ref) < 1e-6
+    assert _rel(y[2:].numpy(), cond[2:]) < 1e-6
 
 
 @pytest.mark.parametrize(
@@ -241,6 +296,8 @@ def test_smoothed_loss_targets_switch_at_collapse():
         ({"loss": "unconditioned", "target": "x0"}, "--target"),
         ({"loss": "unconditioned", "level_min": 2.0, "level_max": 1.0}, "level_min"),
         ({"loss": "nope"}, "unknown loss"),
+        ({"loss": "unconditioned", "smoothed_form": "official"}, "belong to --loss smoothed"),
+        ({"loss": "smoothed", "collapse": 1.0, "smoothed_form": "song"}, "unknown --smoothed-form"),
     ],
 )
 def test_loss_config_errors(tmp_path, flags, match):

@@ -10,8 +10,9 @@ denoisers ``D(x (B, D), sigma) -> x0_hat`` in VE form that plug into :mod:`diffl
   s_c, no K is the exact empirical optimal denoiser.
 * :class:`TemperatureScore` (from ``difflens.models.empirical``) — the paper's Eq. 10: the p_MN score
   over the K nearest training points of a query's clean source, each at its best shell, at temperature
-  T = max(σ_collapse/σ, 1); a training target (it needs the source). ``run_smooth_score`` writes it
-  for a file of queries (``difflens smooth score``).
+  T = max(σ_collapse/σ, 1); a training target (it needs the source); ``form="official"`` is the
+  authors' code's version of the same sum. ``run_smooth_score`` writes it for a file of queries
+  (``difflens smooth score``).
 * :class:`UnconditionedMixture` — the minimizer of a noise-unconditioned network: the score of
   p_MN(x) ∝ Σ_i Σ_j σ_i² N(x; x_j, σ_i² I) over the training noise levels σ_i. Its weights are a
   softmax over (i, j) of −(D−2)·ln σ_i − ‖x − x_j‖²/(2σ_i²); they factor into a softmax over
@@ -117,9 +118,13 @@ def run_smooth_score(
     k: int | None = None,
     feature: str | None = None,
     scale: str = "auto",
+    form: str = "paper",
 ) -> np.ndarray:
     """Eq. 10 target for each row of the .npy ``queries`` (row i has the clean source data[S[i]], S the
-    .npy of integer indices ``sources``) at level ``sigma``; written to ``out`` (.npy, float64) and returned."""
+    .npy of integer indices ``sources``) at level ``sigma``, as printed (``form="paper"``) or as the
+    authors' code computes it (``"official"``); written to ``out`` (.npy, float64) and returned."""
+    if form == "official" and collapse is not None:
+        raise DifflensError("the official Eq. 10 form has a fixed temperature √D: σ_collapse does not enter it")
     ds = open_data(data, scale)
     q, src = _read_npy(queries, "queries"), _read_npy(sources, "sources")
     if q.ndim < 2 or q.dtype.kind not in "fiu":
@@ -127,7 +132,8 @@ def run_smooth_score(
     if src.dtype.kind not in "iu":
         raise DifflensError(f"sources must hold integer indices into the data, got dtype {src.dtype}")
     fmap = load_callable(feature, "feature map") if feature else None
-    target = TemperatureScore(ds, collapse, k, feature=fmap)(torch.from_numpy(q.reshape(len(q), -1)), src, sigma)
+    score = TemperatureScore(ds, collapse, k, feature=fmap, form=form)
+    target = score(torch.from_numpy(q.reshape(len(q), -1)), src, sigma)
     result = target.numpy()
     save_npy(Path(out), result)
     return result

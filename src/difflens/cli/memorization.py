@@ -30,8 +30,10 @@ from difflens.cli.common import (
     out_opt,
     value,
 )
+from difflens.models.empirical import EQ10_FORMS
 
 ScoreName = choice("ScoreName", ("empirical", "unconditioned"))
+Eq10Form = choice("Eq10Form", EQ10_FORMS)
 ThresholdOpt = typer.Option(1.0 / 3.0, help="A sample is memorized when d1/d2 is below this.")
 FEATURE_HELP = (
     "Feature map: pca[:K] (PCA of the training split, K=32; the default — no classifier is bundled), "
@@ -166,15 +168,25 @@ def smooth_score_cmd(
     collapse: float = typer.Option(None, help="σ_collapse: T = max(σ_collapse/σ, 1) [default: none, T = 1]."),
     k: int = typer.Option(None, help="The K nearest training points of each source [default: all N]."),
     feature: str = typer.Option(None, help="Neighbours in a feature space: module:attr, (n, D) tensor → (n, F)."),
+    form: Eq10Form = typer.Option(Eq10Form.paper, help="Eq. 10 as printed or as the authors' code computes it."),
     scale: ScaleName = ScaleOpt,
     out: Path = typer.Option(..., help="Output .npy: the Eq. 10 target per query, (n, D) float64."),
 ) -> None:
     """Zhou et al.'s Eq. 10 target: the temperature-smoothed p_MN score over the K nearest training points of
     each query's source, each at its best shell σ*_j = ‖x − μ_j‖/√D."""
     target = run_smooth_score(
-        data, queries, sources, sigma, out, collapse=collapse, k=k, feature=feature, scale=value(scale)
+        data,
+        queries,
+        sources,
+        sigma,
+        out,
+        collapse=collapse,
+        k=k,
+        feature=feature,
+        scale=value(scale),
+        form=value(form),
     )
-    console.print(f"wrote {out}: Eq. 10 targets for {len(target)} queries")
+    console.print(f"wrote {out}: Eq. 10 ({value(form)} form) targets for {len(target)} queries")
 
 
 def probes_cmd(

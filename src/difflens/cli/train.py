@@ -20,6 +20,7 @@ from difflens.cli.common import (
     console,
     out_opt,
 )
+from difflens.models.empirical import EQ10_FORMS
 from difflens.models.train import LOSSES, TrainConfig, train
 
 SCHEDULE_HELP = {
@@ -64,6 +65,7 @@ TRAIN_HELP = {
     "level_max": "--loss unconditioned/smoothed: highest level.",
     "collapse": "--loss smoothed: σ_collapse (T = σ_collapse/σ below it).",
     "k": "--loss smoothed: the K nearest training points of each source [default: all].",
+    "smoothed_form": "--loss smoothed: Eq. 10 as printed (paper) or as the authors' code computes it (official).",
 }
 TRAIN_CHOICES = {
     "scale": ScaleName,
@@ -72,6 +74,7 @@ TRAIN_CHOICES = {
     "target": TargetName,
     "units": ScheduleUnits,
     "loss": choice("LossName", tuple(LOSSES)),
+    "smoothed_form": choice("SmoothedForm", EQ10_FORMS),
 }
 
 

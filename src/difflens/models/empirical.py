@@ -10,10 +10,13 @@ smoothed training targets, closed-form samplers, the toy lab) uses this one clas
 :class:`TemperatureScore` is the paper's own smoothing (Zhou, Zhang & Wright, Eq. 10): the score of the
 noise-*un*conditioned mixture p_MN over the K nearest training points of a query's clean source, each
 at its own best shell, at temperature T(σ) = max(σ_c/σ, 1). It is a training target (it needs the
-source), not a denoiser.
+source), not a denoiser. ``form="official"`` is the same sum as the authors' released code computes it
+(``EQ10_FORMS``; docs/method.md, "Smoothing").
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -25,6 +28,12 @@ from difflens.kernel import oracle
 from difflens.kernel.neighbours import Feature, nearest
 
 _GATHER_BUDGET = 1 << 24  # float64 values of gathered neighbour rows held at once (queries × K × D)
+
+# The two readings of Eq. 10 (docs/method.md, "Smoothing"): "paper" is the equation as printed, softmax of
+# f_j/T_i with f_j = −(D−2)·ln σ*_j − r_j²/(2σ*_j²) and components −(x − μ_j)/σ*_j²; "official" is the
+# authors' released code, log-weights −(D/(2√D))·ln(r_j²/D) (a fixed temperature √D, no σ_collapse/σ_i)
+# and components −(x − μ_j)/σ_i² (the training level, not the shell).
+EQ10_FORMS = ("paper", "official")
 
 
 class EmpiricalDenoiser(torch.nn.Module):
@@ -95,9 +104,11 @@ class TemperatureScore:
 
         target(x) = Σ_j softmax_j(f_j / T)·(−(x − μ_j)/σ*_j²),   T = max(σ_collapse/σ, 1)
 
-    (T = 1 without a collapse level). Computed in float64 from the float32 training rows; the
-    neighbour table of each source is found once (exactly, by ``kernel.neighbours.nearest``) and
-    cached. K = None or K = N uses every training point."""
+    (T = 1 without a collapse level). ``form="official"`` (the authors' code) instead weights by
+    softmax_j(−(D/(2√D))·ln(r_j²/D)) at every σ and divides each component by σ² rather than σ*_j²; its
+    σ_collapse only marks where a trainer uses the target. Computed in float64 from the float32 training
+    rows; the neighbour table of each source is found once (exactly, by ``kernel.neighbours.nearest``)
+    and cached. K = None or K = N uses every training point."""
 
     def __init__(
         self,
@@ -106,9 +117,13 @@ class TemperatureScore:
         k: int | None = None,
         feature: Feature | None = None,
         chunk_size: int | None = None,
+        form: str = "paper",
     ):
         self.data = as_dataset(data)
         n = self.data.n
+        if form not in EQ10_FORMS:
+            raise DifflensError(f"unknown Eq. 10 form {form!r}; choose one of {', '.join(EQ10_FORMS)}")
+        self.form = form
         if collapse_sigma is not None and not (np.isfinite(collapse_sigma) and collapse_sigma > 0):
             raise DifflensError(f"the collapse level σ_collapse must be finite and > 0, got {collapse_sigma}")
         if k is not None and not 1 <= k <= n:
@@ -149,14 +164,16 @@ class TemperatureScore:
         idx = self.neighbours(sources)
         if len(idx) != len(x):
             raise DifflensError(f"need one source per query: {len(idx)} sources for {len(x)} queries")
-        temp = self.temperature_at(oracle.as_sigma(sigma, len(x)).cpu())
+        s = oracle.as_sigma(sigma, len(x)).cpu().to(torch.float64)
+        temp = self.temperature_at(s)
         out = torch.empty_like(x)
         step = max(1, _GATHER_BUDGET // (self.k * self.data.dim))
         for b in range(0, len(x), step):
-            out[b : b + step] = self._target(x[b : b + step], idx[b : b + step], temp[b : b + step])
+            rows = slice(b, b + step)
+            out[rows] = self._target(x[rows], idx[rows], temp[rows], s[rows])
         return out
 
-    def _target(self, x: torch.Tensor, idx: np.ndarray, temp: torch.Tensor) -> torch.Tensor:
+    def _target(self, x: torch.Tensor, idx: np.ndarray, temp: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         d = self.data.dim
         uniq, inverse = np.unique(idx, return_inverse=True)
         rows = self.data.take(uniq).to(torch.float64)
@@ -166,9 +183,14 @@ class TemperatureScore:
         if (r2 == 0).any():
             raise DifflensError("a query coincides with one of its training neighbours: Eq. 10 is singular there")
         shell2 = r2 / d  # σ*_j²
-        f = -(d - 2) * 0.5 * torch.log(shell2) - r2 / (2.0 * shell2)
-        w = torch.softmax(f / temp[:, None], dim=1)
-        return -torch.einsum("bk,bkd->bd", w / shell2, diff)
+        if self.form == "official":
+            logit = -(d / (2.0 * math.sqrt(d))) * torch.log(shell2)
+            scale = (sigma * sigma)[:, None].expand_as(r2)
+        else:
+            logit = (-(d - 2) * 0.5 * torch.log(shell2) - r2 / (2.0 * shell2)) / temp[:, None]
+            scale = shell2
+        w = torch.softmax(logit, dim=1)
+        return -torch.einsum("bk,bkd->bd", w / scale, diff)
 
 
 def _check_sources(sources, n: int) -> np.ndarray:

@@ -19,8 +19,9 @@ The paper's own losses (``loss=``, one small class each in ``LOSSES``): ``uncond
 (Eq. 9), E[(σ_i²/2)·‖s_θ(x) + (x − μ)/σ_i²‖²] with σ_i uniform over N geometric levels, the network
 predicting the score with no σ input and no σ-dependent scaling (``Parametrization(ve, score,
 noise_conditioned=False)``: D(x, s) = x + s²·s_θ(x)), so its optimum is the p_MN score;
-``smoothed`` is Eq. 11, the same with the Eq. 10 target (``models.empirical.TemperatureScore``) for
-σ_i ≤ σ_collapse. ``denoising`` (the default) is the loop above with today's two variants.
+``smoothed`` is Eq. 11, the same with the Eq. 10 target (``models.empirical.TemperatureScore``, as
+printed or, with ``smoothed_form="official"``, as the authors' code computes it) for σ_i ≤ σ_collapse.
+``denoising`` (the default) is the loop above with today's two variants.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from difflens.diffusion import schedules as sched
 from difflens.diffusion.denoiser import wide_dtype
 from difflens.diffusion.precond import Parametrization
 from difflens.errors import DifflensError
-from difflens.models.empirical import EmpiricalDenoiser, TemperatureScore
+from difflens.models.empirical import EQ10_FORMS, EmpiricalDenoiser, TemperatureScore
 from difflens.models.load import CHECKPOINT_FORMAT, checkpoint_meta
 from difflens.models.nets import build_net, count_params, image_shape
 
@@ -90,6 +91,7 @@ class TrainConfig:
     level_max: float = 50.0
     collapse: float | None = None
     k: int | None = None
+    smoothed_form: str = "paper"
 
 
 def split_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
@@ -158,8 +160,10 @@ def _check(cfg: TrainConfig) -> None:
 def _check_loss(cfg: TrainConfig) -> None:
     if cfg.loss not in LOSSES:
         raise DifflensError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
-    if (cfg.collapse is not None or cfg.k is not None) and cfg.loss != "smoothed":
-        raise DifflensError("--collapse and --k belong to --loss smoothed (Eq. 11)")
+    if cfg.smoothed_form not in EQ10_FORMS:
+        raise DifflensError(f"unknown --smoothed-form {cfg.smoothed_form!r}; choose one of {', '.join(EQ10_FORMS)}")
+    if (cfg.collapse is not None or cfg.k is not None or cfg.smoothed_form != "paper") and cfg.loss != "smoothed":
+        raise DifflensError("--collapse, --k and --smoothed-form belong to --loss smoothed (Eq. 11)")
     if cfg.loss == "denoising":
         return
     defaults = TrainConfig()
@@ -257,7 +261,7 @@ class SmoothedLoss(UnconditionedLoss):
     def __init__(self, cfg: TrainConfig, train: Dataset, device: torch.device):
         super().__init__(cfg, train, device)
         self.collapse = float(cfg.collapse)
-        self.score = TemperatureScore(train, self.collapse, cfg.k)
+        self.score = TemperatureScore(train, self.collapse, cfg.k, form=cfg.smoothed_form)
 
     def target(self, x0: torch.Tensor, idx: torch.Tensor, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         y = super().target(x0, idx, x, s)
