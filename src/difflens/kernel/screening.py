@@ -366,6 +366,11 @@ class Fast:
         return out
 
 
+def clear_cache() -> None:
+    """Drop the quantized chunks kept between calls (benchmarks use it to measure a cold start)."""
+    _CACHE.clear()
+
+
 def _main_direction(x: torch.Tensor, steps: int = 6, sample: int = 2048) -> torch.Tensor:
     """The chunk's first principal direction (power iteration on a sample of its rows): queries
     close along it keep overlapping points, so sorting by it makes groups whose kept points overlap."""
