@@ -112,7 +112,8 @@ _LOCK = threading.Lock()
 def resident(data: RowSource, center: torch.Tensor) -> Resident | None:
     """The centred rows of ``data`` held in RAM (built on the first call, by one pass over the data), or
     None when they do not fit ``resident_budget`` beside the copies already held (older ones are dropped
-    first) or the allocation fails: the caller then streams chunks."""
+    first), the allocation fails or the rows live on another device (a tensor on a GPU): the caller then
+    streams chunks."""
     center = center.detach().float().cpu().contiguous()
     key = (data.fingerprint, hashlib.blake2b(center.numpy().tobytes(), digest_size=8).hexdigest())
     with _LOCK:
@@ -121,7 +122,7 @@ def resident(data: RowSource, center: torch.Tensor) -> Resident | None:
             return _HELD[key]
         need = 4 * data.n * (data.dim + 1)
         budget = resident_budget()
-        if need > budget:
+        if need > budget or data.rows(0, 1).device.type != "cpu":  # rows already on a device are resident there
             return None
         while _HELD and sum(r.nbytes for r in _HELD.values()) + need > budget:
             _HELD.popitem(last=False)
@@ -133,7 +134,7 @@ def resident(data: RowSource, center: torch.Tensor) -> Resident | None:
         step = max(1, _BUILD_ROWS_BYTES // (4 * data.dim))
         for start in range(0, data.n, step):
             stop = min(start + step, data.n)
-            block = torch.sub(data.rows(start, stop).cpu(), center, out=x[start:stop])
+            block = torch.sub(data.rows(start, stop), center, out=x[start:stop])
             sq[start:stop] = row_sq_norms(block)
         held = _HELD[key] = Resident(x, sq)
         return held
