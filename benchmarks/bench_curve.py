@@ -14,7 +14,8 @@ Pure GEMM time: the exact kernel runs two float32 GEMMs of B×N×D per level (lo
 weights·X), 4·B·N·D flops, timed with ``torch.mm`` at the kernel's shapes (B queries × one chunk).
 Targets (docs/architecture.md, "Performance"): exact ≤ 1.15× GEMM, fast ≥ 3× faster than exact.
 Curves alternate exact, fast, exact, …; the machine may be shared, so compare ratios within one run
-(the load average is printed).
+(the load average is printed); with one thread (``--threads 1``) the process's CPU seconds, also
+printed, are the steadier measure there.
 """
 
 from __future__ import annotations
@@ -33,26 +34,28 @@ from difflens.analysis.optimal_loss_run import run_optimal_loss
 from difflens.kernel import memory, oracle, screening
 
 
-def mm_rate(batch: int, rows: int, dim: int, repeats: int = 3) -> float:
-    """fp32 GFLOP/s of the kernel's two GEMM shapes, (B×D)·(D×C) and (B×C)·(C×D), best of ``repeats``."""
+def mm_rate(batch: int, rows: int, dim: int, repeats: int = 3) -> tuple[float, float]:
+    """fp32 GFLOP/s of the kernel's two GEMM shapes, (B×D)·(D×C) and (B×C)·(C×D), best of ``repeats``,
+    per wall second and per CPU second of this process."""
     g = torch.Generator().manual_seed(0)
     q, x, p = torch.randn(batch, dim, generator=g), torch.randn(rows, dim, generator=g), torch.rand(batch, rows)
-    best = float("inf")
+    wall = cpu = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         torch.mm(q, x.T)
         torch.mm(p, x)
-        best = min(best, time.perf_counter() - t0)
-    return 4 * batch * rows * dim / best / 1e9
+        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+    flops = 4 * batch * rows * dim / 1e9
+    return flops / wall, flops / cpu
 
 
-def curve(path: Path, precision: str, levels: int, queries: int) -> tuple[float, list[float]]:
-    """(wall seconds, per-level seconds) of one cold optimal-loss run on ``path``."""
+def curve(path: Path, precision: str, levels: int, queries: int) -> tuple[float, float, list[float]]:
+    """(wall seconds, CPU seconds of this process, per-level wall seconds) of one cold optimal-loss run."""
     memory.release()
     screening.clear_cache()
     stamps: list[float] = []
     with tempfile.TemporaryDirectory() as out:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run_optimal_loss(
             str(path),
             Path(out),
@@ -62,8 +65,8 @@ def curve(path: Path, precision: str, levels: int, queries: int) -> tuple[float,
             progress=lambda _label, _total, _done: lambda _n: stamps.append(time.perf_counter()),
             say=lambda _s: None,
         )
-        wall = time.perf_counter() - t0
-    return wall, list(np.diff([t0, *stamps]))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return wall, cpu, list(np.diff([t0, *stamps]))
 
 
 def main() -> None:
@@ -75,6 +78,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=1, help="exact/fast pairs, alternating")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--precisions", default="exact,fast", help="curves to run, in this order")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,24 +94,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "lowdim.npy"
         np.save(path, lowdim(n, d))
-        results: dict[str, list[tuple[float, float, list[float]]]] = {"exact": [], "fast": []}
+        results: dict[str, list[tuple[float, float, list[float], float, float]]] = {
+            name: [] for name in args.precisions.split(",")
+        }
         for _ in range(args.repeats):
             for precision in results:
-                rate = mm_rate(b, rows, d)  # next to each curve: the load changes
-                wall, per_level = curve(path, precision, levels, b)
-                results[precision].append((wall, rate, per_level))
-    print(f"\n{'curve':<8}{'wall s':>9}{'mm GFLOP/s':>12}{'GEMM s':>9}{'÷ GEMM':>8}   s: lowest σ third / mid / top")
+                rate, cpu_rate = mm_rate(b, rows, d)  # next to each curve: the load changes
+                results[precision].append((*curve(path, precision, levels, b), rate, cpu_rate))
+    # on a shared machine the CPU seconds of this process are the steadier measure (with one thread)
+    print(f"\n{'curve':<7}{'wall s':>8}{'GEMM s':>8}{'÷ GEMM':>8}{'cpu s':>8}{'GEMM cpu s':>11}{'÷ GEMM':>8}", end="")
+    print(f"{'mm GFLOP/s':>12}   wall s: lowest σ third / mid / top")
     for precision, runs in results.items():
-        for wall, rate, per_level in runs:
+        for wall, cpu, per_level, rate, cpu_rate in runs:
             thirds = [float(np.sum(part)) for part in np.array_split(per_level, 3)]
-            gemm = flops / (rate * 1e9)
+            gemm, gemm_cpu = flops / (rate * 1e9), flops / (cpu_rate * 1e9)
             print(
-                f"{precision:<8}{wall:>9.1f}{rate:>12.1f}{gemm:>9.1f}{wall / gemm:>8.2f}   "
-                + " / ".join(f"{t:.1f}" for t in thirds)
+                f"{precision:<7}{wall:>8.1f}{gemm:>8.1f}{wall / gemm:>8.2f}{cpu:>8.1f}{gemm_cpu:>11.1f}"
+                f"{cpu / gemm_cpu:>8.2f}{rate:>12.1f}   " + " / ".join(f"{t:.1f}" for t in thirds)
             )
-    exact = min(w for w, _, _ in results["exact"])
-    fast = min(w for w, _, _ in results["fast"])
-    print(f"\nexact ÷ fast (best of each): {exact / fast:.2f}   (targets: exact ≤ 1.15× GEMM, exact ÷ fast ≥ 3)")
+    if "exact" in results and "fast" in results:
+        wall = {name: min(r[0] for r in results[name]) for name in ("exact", "fast")}
+        cpu = {name: min(r[1] for r in results[name]) for name in ("exact", "fast")}
+        ratio = f"wall {wall['exact'] / wall['fast']:.2f}, cpu {cpu['exact'] / cpu['fast']:.2f}"
+        print(f"\nexact ÷ fast (best of each): {ratio}")
+    print("targets: exact ≤ 1.15× GEMM, exact ÷ fast ≥ 3")
     print(f"load average after: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 

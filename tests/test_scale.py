@@ -189,8 +189,9 @@ def test_full_estimator_streams_a_file_larger_than_the_memory_cap(tmp_path):
 
 def test_chunk_rows_follow_the_free_memory_given():
     dim, batch = 1000, 100  # 4 000 + 1 600 bytes per row
-    assert memory.chunk_rows(5600 * 1000 / 0.25, dim, batch, 0.25) == 1000
-    assert memory.chunk_rows(5600 * 1000 / 0.25, dim, batch, 0.25, cap_bytes=5600 * 300) == 300
+    assert memory.chunk_rows(5600 * 1024 / 0.25, dim, batch, 0.25) == 1024
+    assert memory.chunk_rows(5600 * 2047 / 0.25, dim, batch, 0.25) == 1024  # a power of two, not above the budget
+    assert memory.chunk_rows(5600 * 1024 / 0.25, dim, batch, 0.25, cap_bytes=5600 * 300) == 256
     assert memory.chunk_rows(0, dim, batch, 0.25) == 256  # never below 256 rows
     assert memory.chunk_rows(1e15, dim, batch, 0.25) == 65536  # nor above 65 536
 
@@ -200,9 +201,9 @@ def test_cuda_chunk_rows_come_from_free_device_memory(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (5600 * 40000, 10**12))
     cuda = torch.device("cuda", 0)
     assert memory.free_bytes(cuda) == 5600 * 40000
-    assert memory.device_chunk_rows(1000, 100, cuda) == int(40000 * memory.CUDA_FRACTION)
+    assert memory.device_chunk_rows(1000, 100, cuda) == 8192  # 25 % of the free bytes: 10 000 rows, rounded down
     monkeypatch.setattr(memory, "free_bytes", lambda device=None: 5600 * 40000)
-    assert memory.device_chunk_rows(1000, 100) == int(40000 * memory.CPU_FRACTION)  # the CPU: RAM, its fraction
+    assert memory.device_chunk_rows(1000, 100) == 1024  # the CPU: 5 % of RAM, 2 000 rows
 
 
 def test_resident_rows_change_nothing_and_respect_the_budget(monkeypatch, tmp_path):

@@ -38,10 +38,13 @@ _BUILD_ROWS_BYTES = 64 << 20  # rows read per block while building a resident co
 
 def chunk_rows(free_bytes: float, dim: int, batch: int, fraction: float, cap_bytes: float = float("inf")) -> int:
     """Rows per data chunk so that chunk + logits + weights take at most ``fraction`` of ``free_bytes``
-    (and ``cap_bytes``): a pure function of the free memory, between 256 and 65 536 rows."""
+    (and ``cap_bytes``): a pure function of the free memory, a power of two between 256 and 65 536 rows
+    (so that calls with a few more or fewer queries cut the same chunks, which keys the fast screen's
+    cache of quantized chunks)."""
     budget = min(free_bytes * fraction, cap_bytes)
     per_row = 4 * dim + 16 * batch  # chunk row (fp32) + logits/weights per query (fp32, several copies)
-    return int(max(256, min(65536, budget // per_row)))
+    rows = int(max(256, min(65536, budget // per_row)))
+    return 1 << (rows.bit_length() - 1)
 
 
 def free_bytes(device: torch.device | None = None) -> int:
