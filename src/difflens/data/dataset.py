@@ -165,7 +165,7 @@ class Dataset:
         sq_norm = 0.0
         lo, hi = np.inf, -np.inf
         for start, x in self.chunks(self.scan_rows()):
-            h.update(x.numpy())  # the bytes themselves, no copy
+            h.update(x.numpy().data)  # the bytes themselves, no copy
             xd = x.double()
             total += xd.sum(0).numpy()
             block = float(xd.square_().sum())
