@@ -1,7 +1,8 @@
 """GPU check: the kernel on CUDA against a float64 CPU brute force, and its speed against torch.mm.
 
 Run: ``PYTHONPATH=src python benchmarks/gpu_check.py``. Without CUDA it says so and exits 0.
-Chunk sizes are chosen from the device's free memory (a quarter of it for one chunk's buffers).
+Chunk sizes are the kernel's own (``oracle.default_chunk_rows``): from the device's free memory
+(``torch.cuda.mem_get_info``, a quarter of it for one chunk's buffers; docs/architecture.md, "Performance").
 """
 
 from __future__ import annotations
@@ -19,12 +20,6 @@ def brute_force_mean(q: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Te
     q, x = q.double().cpu(), x.double().cpu()
     w = torch.softmax(-torch.cdist(q, x).square() / (2 * sigma**2), 1)
     return w @ x
-
-
-def chunk_rows(dim: int, batch: int, device: torch.device) -> int:
-    """Rows per chunk: chunk (fp32) + logits and weights (several fp32 copies) in 1/4 of free memory."""
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(max(1024, min(1 << 20, free // 4 // (4 * dim + 16 * batch))))
 
 
 def timed(fn, repeats: int = 5) -> float:
@@ -50,7 +45,7 @@ def main() -> int:
     x = torch.randn(4000, 64, generator=gen) + 10.0
     q = x[:256] + 0.5 * torch.randn(256, 64, generator=gen)
     for sigma in (0.1, 0.5, 2.0):
-        gpu = oracle.posterior(q.to(device), x, sigma, chunk_size=chunk_rows(64, 256, device)).mean
+        gpu = oracle.posterior(q.to(device), x, sigma, chunk_size=oracle.default_chunk_rows(64, 256, device)).mean
         cpu = oracle.posterior(q, x, sigma).mean
         ref = brute_force_mean(q, x, sigma)
         print(
@@ -62,7 +57,7 @@ def main() -> int:
     n, dim, batch = 200_000, 3072, 1024
     x = torch.randn(n, dim, device=device)
     q = torch.randn(batch, dim, device=device)
-    rows = chunk_rows(dim, batch, device)
+    rows = oracle.default_chunk_rows(dim, batch, device)  # what posterior picks on this device
     flops = 2 * 2 * batch * n * dim  # logits + weighted mean
     kernel_s = timed(lambda: oracle.posterior(q, x, 30.0, chunk_size=rows), repeats=3)
     mm_s = timed(lambda: [torch.mm(q, x[i : i + rows].T) for i in range(0, n, rows)]) * 2

@@ -232,14 +232,21 @@ def test_bad_queries_raise_clear_errors():
         oracle.posterior(torch.randn(1, 2), x[:1], 1.0, exclude=[0])
 
 
-def test_row_norms_are_cached_per_dataset_without_changing_results():
+@pytest.mark.parametrize("held", [True, False])
+def test_row_norms_are_cached_per_dataset_without_changing_results(held, monkeypatch):
     from difflens.data import as_dataset
+    from difflens.kernel import memory
 
+    memory.release()
+    if not held:  # no room for a resident copy: chunks stream and the Dataset remembers the norms
+        monkeypatch.setattr(memory, "RESIDENT_FRACTION", 0.0)
     g = torch.Generator().manual_seed(6)
     x, q = torch.randn(300, 7, generator=g), torch.randn(9, 7, generator=g)
     ds = as_dataset(x)
     first = oracle.posterior(q, ds, 0.4, chunk_size=64)
-    cache = ds.__dict__["_sq_norms"]  # of the rows as the kernel reads them: less the data's mean
+    # of the rows as the kernel reads them: less the data's mean
+    cache = memory.resident(ds, ds.center).sq.numpy() if held else ds.__dict__["_sq_norms"]
+    assert ("_sq_norms" in ds.__dict__) is not held
     assert np.allclose(cache, ((x.double() - x.double().mean(0)) ** 2).sum(1).numpy(), rtol=1e-5)
     again = oracle.posterior(q, ds, 0.4, chunk_size=64)
     subset = oracle.posterior(q, ds, 0.4, include=np.arange(0, 300, 3), chunk_size=16)
@@ -249,6 +256,7 @@ def test_row_norms_are_cached_per_dataset_without_changing_results():
     mask = torch.zeros(9, 300, dtype=torch.bool)
     mask[:, ::3] = True
     assert_matches(subset, brute_force(q, x, 0.4, mask=mask))
+    memory.release()
 
 
 @pytest.mark.parametrize("precision", ["exact", "fast"])

@@ -25,7 +25,7 @@ from difflens import DifflensError, data, kernel
 from difflens.analysis.optimal_loss import optimal_loss_curve
 from difflens.cli import app
 from difflens.diffusion.processes import sigma_grid
-from difflens.kernel import oracle, screening
+from difflens.kernel import memory, oracle, screening
 from difflens.kernel.engines import LocalEngine, open_engine
 from difflens.kernel.engines.dask import partitions
 from reference import Float64Engine, posterior_mean
@@ -182,6 +182,60 @@ def test_full_estimator_streams_a_file_larger_than_the_memory_cap(tmp_path):
     in_memory = optimal_loss_curve(np.load(path), sigmas=[0.3, 3.0], samples=16, seed=0, chunk_size=512)
     np.testing.assert_allclose(capped["levels"], levels(in_memory), rtol=1e-12)
     assert capped["levels"][1] > 0
+
+
+# ---------------------------------------------------------------- memory: chunk sizes, resident data
+
+
+def test_chunk_rows_follow_the_free_memory_given():
+    dim, batch = 1000, 100  # 4 000 + 1 600 bytes per row
+    assert memory.chunk_rows(5600 * 1024 / 0.25, dim, batch, 0.25) == 1024
+    assert memory.chunk_rows(5600 * 2047 / 0.25, dim, batch, 0.25) == 1024  # a power of two, not above the budget
+    assert memory.chunk_rows(5600 * 1024 / 0.25, dim, batch, 0.25, cap_bytes=5600 * 300) == 256
+    assert memory.chunk_rows(0, dim, batch, 0.25) == 256  # never below 256 rows
+    assert memory.chunk_rows(1e15, dim, batch, 0.25) == 65536  # nor above 65 536
+
+
+def test_cuda_chunk_rows_come_from_free_device_memory(monkeypatch):
+    # no CUDA here: mem_get_info is faked; the sizing is the same pure function of the free bytes
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (5600 * 40000, 10**12))
+    cuda = torch.device("cuda", 0)
+    assert memory.free_bytes(cuda) == 5600 * 40000
+    assert memory.device_chunk_rows(1000, 100, cuda) == 8192  # 25 % of the free bytes: 10 000 rows, rounded down
+    monkeypatch.setattr(memory, "free_bytes", lambda device=None: 5600 * 40000)
+    assert memory.device_chunk_rows(1000, 100) == 1024  # the CPU: 5 % of RAM, 2 000 rows
+
+
+def test_resident_rows_change_nothing_and_respect_the_budget(monkeypatch, tmp_path):
+    x = gmm(n=1200, dim=48)
+    np.save(tmp_path / "x.npy", x + 3.0)  # un-centred, memory-mapped as the CLI opens it
+    ds = data.load(str(tmp_path / "x.npy"))
+    q = torch.from_numpy(x[:40] + 3.0) + 0.5 * torch.randn(40, 48, generator=torch.Generator().manual_seed(0))
+    kw = dict(chunk_size=256)
+    memory.release()
+    monkeypatch.setattr(memory, "RESIDENT_FRACTION", 0.0)
+    streamed = [oracle.posterior(q, ds, s, **kw) for s in (0.3, 2.0)]
+    assert memory.resident(ds, ds.center) is None  # no room: chunks stream from the file
+    monkeypatch.setattr(memory, "RESIDENT_FRACTION", 0.25)
+    held = [oracle.posterior(q, ds, s, **kw) for s in (0.3, 2.0)]
+    copy = memory.resident(ds, ds.center)
+    assert copy is not None
+    assert copy.x.shape == (1200, 48)
+    np.testing.assert_allclose(copy.x.numpy(), x + 3.0 - ds.stats.mean, atol=1e-5)
+    for a, b in zip(streamed, held, strict=True):  # the same float32 rows and norms: the same answer
+        assert torch.equal(a.mean, b.mean)
+        assert torch.equal(a.trace_cov, b.trace_cov)
+    ref, tol = posterior_mean(q, torch.from_numpy(x) + 3.0, 0.09)  # float64, with the float32 error bound
+    assert ((held[0].mean - ref).norm(dim=1) <= tol).all()
+    # a second dataset that fits only alone evicts the first
+    other = data.as_dataset(gmm(n=1200, dim=48, seed=1))
+    monkeypatch.setattr(memory, "resident_budget", lambda: int(1.5 * copy.nbytes))
+    assert memory.resident(other, other.center) is not None
+    assert len(memory._HELD) == 1
+    monkeypatch.setattr(memory, "resident_budget", lambda: copy.nbytes // 2)
+    memory.release()
+    assert memory.resident(ds, ds.center) is None
+    memory.release()
 
 
 # ---------------------------------------------------------------- fast precision

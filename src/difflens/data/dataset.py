@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -164,13 +165,14 @@ class Dataset:
         sq_norm = 0.0
         lo, hi = np.inf, -np.inf
         for start, x in self.chunks(self.scan_rows()):
-            if not torch.isfinite(x).all():
-                bad = start + int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
-                raise DifflensError(f"{self.spec}: sample {bad} contains NaN or Inf")
-            h.update(x.numpy().tobytes())
+            h.update(x.numpy().data)  # the bytes themselves, no copy
             xd = x.double()
             total += xd.sum(0).numpy()
-            sq_norm += float((xd * xd).sum())
+            block = float(xd.square_().sum())
+            if not math.isfinite(block):  # a sum of squares is finite iff every value is
+                bad = start + int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
+                raise DifflensError(f"{self.spec}: sample {bad} contains NaN or Inf")
+            sq_norm += block
             lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
         mean = total / self.n
         mean_sq = sq_norm / self.n

@@ -8,18 +8,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-import psutil
 import torch
 
+from difflens.kernel import memory
 from difflens.kernel.source import Indices, RowSource
 from difflens.kernel.state import PosteriorState, Step, chunk_state, concat_states
 
 
-def default_chunk_rows(dim: int, batch: int, budget_fraction: float = 0.05) -> int:
-    """Rows per data chunk: chunk + logits + weights fit in a small slice of available memory."""
-    budget = min(psutil.virtual_memory().available * budget_fraction, 512 << 20)
-    per_row = 4 * dim + 16 * batch  # chunk row (fp32) + logits/weights per query (fp32, several copies)
-    return int(max(256, min(65536, budget // per_row)))
+def default_chunk_rows(dim: int, batch: int, device: torch.device | None = None) -> int:
+    """Rows per data chunk: chunk + logits + weights fit in a slice of the free memory of ``device``
+    (available RAM on the CPU, free device memory on CUDA; ``memory.device_chunk_rows``)."""
+    return memory.device_chunk_rows(dim, batch, device)
 
 
 def posterior_state(
@@ -161,7 +160,22 @@ class FoldJob:
 
 
 def fold_job(data: RowSource, job: FoldJob, span: tuple[int, int] | None = None) -> PosteriorState:
-    """The job over the data's chunks (all, or positions ``span`` of them): what every engine runs."""
+    """The job over the data's chunks (all, or positions ``span`` of them): what every engine runs.
+
+    Over all of them, the centred rows come from the copy held in RAM when it fits (``memory.resident``)."""
+    held = None if span is not None or job.center is None else memory.resident(data, job.center)
+    if held is not None:
+        return posterior_state(
+            job.queries,
+            held.chunks(job.rows, job.include),
+            job.scale,
+            job.log_weights,
+            job.exclude,
+            job.query_batch,
+            step=job.step,
+            norms=held.norms,
+            floor=job.floor,
+        )
     return posterior_state(
         job.queries,
         data_chunks(data, job.rows, job.include, span),

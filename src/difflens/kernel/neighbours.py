@@ -98,7 +98,7 @@ def nearest(
         big = len(q_raw) * data.n >= _FAISS_MIN_WORK
         backend = "faiss" if big and target.type == "cpu" and has_module("faiss") else "torch"
     q_feat = _features(q_raw, feature)
-    rows = chunk_size or default_chunk_rows(q_feat.shape[1], min(len(q_feat), query_batch))
+    rows = chunk_size or default_chunk_rows(q_feat.shape[1], min(len(q_feat), query_batch), target)
     keep = k + max(0, candidates)
     best_d = torch.full((len(q_feat), 0), np.inf, dtype=torch.float64, device=target)
     best_i = torch.zeros((len(q_feat), 0), dtype=torch.long, device=target)

@@ -127,7 +127,7 @@ def posterior(
         if torch.isnan(lw).any() or (lw == math.inf).any():
             raise DifflensError("log_weights contain NaN or +inf (−inf, a point with no weight, is fine)")
         lw = lw.to(target)
-    rows = chunk_size or default_chunk_rows(data.dim, min(len(q), query_batch))
+    rows = chunk_size or default_chunk_rows(data.dim, min(len(q), query_batch), target)
     if rows < 1:
         raise DifflensError(f"chunk_size must be ≥ 1, got {rows}")
     exclude = _exclude_matrix(exclude, len(q))

@@ -47,6 +47,7 @@ from typing import NamedTuple
 import torch
 
 from difflens.errors import DifflensError
+from difflens.kernel import memory
 from difflens.kernel.source import RowSource
 from difflens.kernel.state import PosteriorState, _count, chunk_state, gathered_state, row_sq_norms
 
@@ -57,7 +58,9 @@ PROBE = 32  # fewest queries in the first tile, which decides whether screening 
 BLOCK = 64  # columns per block of the screen's scans (chunks are padded to whole blocks)
 GATHER_BYTES = 64 << 20  # rows gathered per call to ``gathered_state``
 _CACHE: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
-_CACHE_BUDGET = 512 << 20  # bytes of quantized chunks kept between calls (per process)
+# bytes of quantized chunks kept between calls (per process): at least 512 MB, else a quarter of the
+# resident budget of the float32 rows (int8 is a quarter of their size; docs/architecture.md, "Performance")
+_CACHE_BUDGET = max(512 << 20, memory.resident_budget() // 4)
 
 
 def quantize(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -364,6 +367,11 @@ class Fast:
             while sum(t[0].numel() + 24 * len(t[0]) + 4 * t[4].numel() for t in _CACHE.values()) > _CACHE_BUDGET:
                 _CACHE.popitem(last=False)
         return out
+
+
+def clear_cache() -> None:
+    """Drop the quantized chunks kept between calls (benchmarks use it to measure a cold start)."""
+    _CACHE.clear()
 
 
 def _main_direction(x: torch.Tensor, steps: int = 6, sample: int = 2048) -> torch.Tensor:
