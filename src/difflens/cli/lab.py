@@ -124,6 +124,18 @@ def print_runs(result: dict, metrics: dict[str, str]) -> None:
     Console().print(table)
 
 
+def print_sweep(sweep: dict) -> None:
+    """The regime map as a table: distilled − baseline, mean ± sd over seeds, per (n, N/n, width)."""
+    table = Table(title=f"distill {sweep['experiment']} sweep: distilled − baseline (mean ± sd over seeds)")
+    for col in ("n", "N/n", "width", *sweep["metrics"].values()):
+        table.add_column(col, justify="right")
+    rows = {(r["n"], r["ratio"], r["width"], r["metric"]): r for r in sweep["summary"]}
+    for n, ratio, width in dict.fromkeys((r["n"], r["ratio"], r["width"]) for r in sweep["summary"]):
+        cells = [rows[(n, ratio, width, m)] for m in sweep["metrics"]]
+        table.add_row(str(n), f"{ratio}×", str(width), *(f"{c['mean']:+.3g} ± {c['sd']:.2g}" for c in cells))
+    Console().print(table)
+
+
 THREADS_HELP = "Torch CPU threads (small models run best on one)."
 COMMON_HELP = {
     "specialist": "Specialist class: linear-Gaussian (closed form), small MLP, or kernel (empirical conditional).",
@@ -187,7 +199,8 @@ def _distill(name: str, config, grid: SweepGrid, sweep: bool, threads: int, devi
     dev = check_device(device)
     if sweep:
         with Bars() as bars:
-            run_sweep(name, config, grid, out, threads=threads, device=dev, progress=bars)
+            sweep = run_sweep(name, config, grid, out, threads=threads, device=dev, progress=bars)
+        print_sweep(sweep)
         console.print(f"wrote {out}/sweep.json, sweep.png")
         return
     with Bars() as bars:

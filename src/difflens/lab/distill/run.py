@@ -101,7 +101,7 @@ class RestoreSweep(SweepGrid):
 
     sweep_pairs: tuple[int, ...] = (8, 64)
     sweep_ratios: tuple[int, ...] = (2, 16)
-    sweep_steps: int = 1000
+    sweep_steps: int = 800
 
 
 @dataclass
