@@ -467,6 +467,7 @@ def test_cli_sweep_writes_the_regime_map_and_its_cells_are_the_one_off_runs(tmp_
     assert res.exit_code == 0, res.output
     sweep = json.loads((tmp_path / "sweep.json").read_text())
     assert (tmp_path / "sweep.png").exists()
+    assert "distilled − baseline (mean ± sd over seeds)" in res.output  # the printed regime table
     assert not (tmp_path / "toy.json").exists()
     cells = sweep["cells"]
     assert sorted((c["ratio"], c["seed"]) for c in cells) == [(2, 0), (2, 1), (4, 0), (4, 1)]

@@ -94,7 +94,8 @@ def test_cached_sweep_is_bit_identical_to_refitting_every_cell(tmp_path):
     cfg = ToyConfig(**{**TINY, "specialist": "mlp", "pareto": 0})
     grid = SweepGrid(sweep_pairs=(6,), sweep_ratios=(2, 4), sweep_widths=(16,), sweep_seeds=2)
     sweep = run_sweep("toy", cfg, grid, tmp_path)
-    assert sweep["specialist_fits_reused"] == 2  # two ratios share each (n, seed): one fit saved per seed
+    # two ratios share each (n, seed)'s specialists and each (n, width, seed)'s baseline: two fits saved per seed
+    assert sweep["fits_reused"] == 4
     for cell in sweep["cells"]:
         alone = run_toy(_cell_config("toy", cfg, cell["n"], cell["unlabeled"], cell["width"], cell["seed"]))
         runs = {r["method"]: r["tasks"] for r in alone["runs"]}

@@ -22,9 +22,9 @@ from difflens.cli.common import (
     out_opt,
 )
 from difflens.lab.distill.core import IDEALS
-from difflens.lab.distill.policy import PolicyConfig
+from difflens.lab.distill.policy import REACH_TASKS, PolicyConfig, reach_tasks
 from difflens.lab.distill.restore import RestoreConfig
-from difflens.lab.distill.run import SweepGrid, run_distill, run_sweep
+from difflens.lab.distill.run import PolicySweep, RestoreSweep, SweepGrid, run_distill, run_sweep
 from difflens.lab.distill.specialists import SPECIALISTS
 from difflens.lab.distill.toy import ToyConfig
 from difflens.lab.toy import PAPER_DELTAS, PAPER_POINTS, SWEEPS
@@ -124,6 +124,18 @@ def print_runs(result: dict, metrics: dict[str, str]) -> None:
     Console().print(table)
 
 
+def print_sweep(sweep: dict) -> None:
+    """The regime map as a table: distilled − baseline, mean ± sd over seeds, per (n, N/n, width)."""
+    table = Table(title=f"distill {sweep['experiment']} sweep: distilled − baseline (mean ± sd over seeds)")
+    for col in ("n", "N/n", "width", *sweep["metrics"].values()):
+        table.add_column(col, justify="right")
+    rows = {(r["n"], r["ratio"], r["width"], r["metric"]): r for r in sweep["summary"]}
+    for n, ratio, width in dict.fromkeys((r["n"], r["ratio"], r["width"]) for r in sweep["summary"]):
+        cells = [rows[(n, ratio, width, m)] for m in sweep["metrics"]]
+        table.add_row(str(n), f"{ratio}×", str(width), *(f"{c['mean']:+.3g} ± {c['sd']:.2g}" for c in cells))
+    Console().print(table)
+
+
 THREADS_HELP = "Torch CPU threads (small models run best on one)."
 COMMON_HELP = {
     "specialist": "Specialist class: linear-Gaussian (closed form), small MLP, or kernel (empirical conditional).",
@@ -161,6 +173,7 @@ RESTORE_HELP = {
     "oracle": "Also train a generalist on the true clean images of the unlabeled set.",
 }
 POLICY_HELP = {
+    "tasks": f"Tasks, comma list of {', '.join(REACH_TASKS)} (two tasks: Pareto fronts).",
     "demos": "Expert demonstrations per task (comma list: the sweep).",
     "unlabeled": "Unlabeled states per task, pseudo-labelled by the specialists.",
     "relabel_rounds": "Rounds of on-policy relabelling of the generalist's own states.",
@@ -176,6 +189,7 @@ SWEEP_HELP = {
     "sweep_ratios": "With --sweep: unlabeled conditions per task as multiples of n, comma list.",
     "sweep_widths": "With --sweep: generalist widths, comma list.",
     "sweep_seeds": "With --sweep: seeds per cell (the heat map's ± is their standard deviation).",
+    "sweep_steps": "With --sweep: generalist steps per cell, specialists scaled alike (0: --steps).",
 }
 SWEEP_OPT = typer.Option(False, "--sweep", help="Regime map: sweep.json + sweep.png of distilled − baseline.")
 CHOICES = {"scalarization": ScalarizationName, "ideal": IdealName, "specialist": SpecialistName}
@@ -185,7 +199,8 @@ def _distill(name: str, config, grid: SweepGrid, sweep: bool, threads: int, devi
     dev = check_device(device)
     if sweep:
         with Bars() as bars:
-            run_sweep(name, config, grid, out, threads=threads, device=dev, progress=bars)
+            sweep = run_sweep(name, config, grid, out, threads=threads, device=dev, progress=bars)
+        print_sweep(sweep)
         console.print(f"wrote {out}/sweep.json, sweep.png")
         return
     with Bars() as bars:
@@ -210,7 +225,7 @@ def distill_toy_cmd(
 
 
 @config_options(RestoreConfig, RESTORE_HELP, into="config", choices=CHOICES)
-@config_options(SweepGrid, SWEEP_HELP, into="grid")
+@config_options(RestoreSweep, SWEEP_HELP, into="grid")
 def distill_restore_cmd(
     *,
     config: RestoreConfig,
@@ -224,8 +239,12 @@ def distill_restore_cmd(
     _distill("restore", config, grid, sweep, threads, device, out)
 
 
-@config_options(PolicyConfig, POLICY_HELP, into="config", choices=CHOICES)
-@config_options(SweepGrid, SWEEP_HELP, into="grid")
+def _policy_config(fields: dict) -> PolicyConfig:
+    return PolicyConfig(**{**fields, "tasks": reach_tasks(fields["tasks"])})
+
+
+@config_options(PolicyConfig, POLICY_HELP, into="config", choices=CHOICES, build=_policy_config)
+@config_options(PolicySweep, SWEEP_HELP, into="grid")
 def distill_policy_cmd(
     *,
     config: PolicyConfig,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import torch
 
@@ -22,6 +23,7 @@ from difflens.lab.distill.specialists import SPECIALISTS, make_specialist
 from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, TrainLog, derive_seed, eval_dsm, train_dsm
 
 Progress = Callable[[int], None] | None
+T = TypeVar("T")
 IDEALS = ("zero", "specialist")  # Tchebycheff ideal points z (docs/method.md, "Distillation")
 
 
@@ -51,6 +53,37 @@ def check_specialist(kind: str, pseudo_per_cond: int) -> None:
         raise DifflensError(f"--pseudo-per-cond must be ≥ 1, got {pseudo_per_cond}")
 
 
+@dataclass
+class DistillConfig:
+    """Settings every distillation experiment shares (each experiment's config extends it and overrides
+    some defaults): generalist depth, the specialist class and size, training steps, the objective
+    (docs/method.md, "Distillation"), the pseudo-label budget, the Pareto grid, sampler steps and seed."""
+
+    depth: int = 3
+    specialist: str = "mlp"
+    specialist_width: int = 64
+    specialist_depth: int = 2
+    steps: int = 4000
+    specialist_steps: int = 2000
+    batch: int = 128
+    scalarization: str = "linear"
+    ideal: str = "zero"
+    mix_real: bool = True
+    pseudo_per_cond: int = 1
+    pareto: int = 1
+    sampler_steps: int = 18
+    seed: int = 0
+
+    def check_shared(self) -> None:
+        """The shared settings are valid (DifflensError otherwise)."""
+        if self.pareto < 0:
+            raise DifflensError(f"--pareto must be ≥ 0, got {self.pareto}")
+        if min(self.steps, self.batch, self.sampler_steps) < 1 or self.specialist_steps < 0:
+            raise DifflensError("--steps, --batch and --sampler-steps must be ≥ 1, --specialist-steps ≥ 0")
+        check_objective(self.scalarization, self.ideal)
+        check_specialist(self.specialist, self.pseudo_per_cond)
+
+
 def _shapes(data: Sequence[Pairs]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     x_shape, c_shape = tuple(data[0].x.shape[1:]), tuple(data[0].cond.shape[1:])
     for p in data:
@@ -64,16 +97,17 @@ def _equal(a: Pairs, b: Pairs) -> bool:
 
 
 class SpecialistCache:
-    """Specialist fits kept across the cells of one regime sweep (docs/method.md, "Sweep cache"): keyed
-    by every fit setting, and a fit is reused only for equal pairs, so a hit returns exactly what a
-    refit would. ``hits`` counts the fits saved."""
+    """Fits kept across the cells of one regime sweep (docs/method.md, "Sweep cache"): the specialists of
+    an (n, seed) and the paired-only baseline of an (n, width, seed). Keyed by every fit setting, and a
+    fit is reused only for equal pairs, so a hit returns exactly what a refit would. ``hits`` counts the
+    fits saved."""
 
     def __init__(self) -> None:
         self._fits: dict[str, tuple[list[Pairs], list]] = {}
         self.hits = 0
 
-    def get(self, key: str, pairs: Sequence[Pairs], fit: Callable[[], list]) -> list:
-        """The specialists fitted on ``pairs`` under settings ``key``; ``fit()`` on a miss."""
+    def get(self, key: str, pairs: Sequence[Pairs], fit: Callable[[], T]) -> T:
+        """What ``fit()`` returns for ``pairs`` under settings ``key`` (``fit()`` is called on a miss)."""
         kept = self._fits.get(key)
         same = kept is not None and len(kept[0]) == len(pairs)
         if same and all(_equal(a, b) for a, b in zip(kept[0], pairs, strict=False)):
@@ -144,16 +178,24 @@ def fit_generalist(
     scalarization: Scalarization | None = None,
     seed: int = 0,
     progress: Progress = None,
+    cache: SpecialistCache | None = None,
 ) -> tuple[CondDenoiser, TrainLog]:
     """One task-conditional denoiser on K tasks' pairs (task id k = position). On the real pairs alone
-    this is the baseline; on pseudo-pairs it is the distilled generalist."""
+    this is the baseline; on pseudo-pairs it is the distilled generalist. With ``cache``, a fit of the
+    same settings on equal pairs is reused (its training steps are then not reported)."""
     model = model or ModelSpec()
     x_shape, c_shape = _shapes(data)
-    net = model.build(x_shape, c_shape, len(data), data_sigma(data), seed)
-    log = train_dsm(
-        net, list(data), config=_reseed(config or DSMConfig(), seed), scalarization=scalarization, progress=progress
-    )
-    return net, log
+
+    def fit() -> tuple[CondDenoiser, TrainLog]:
+        net = model.build(x_shape, c_shape, len(data), data_sigma(data), seed)
+        log = train_dsm(
+            net, list(data), config=_reseed(config or DSMConfig(), seed), scalarization=scalarization, progress=progress
+        )
+        return net, log
+
+    if cache is None:
+        return fit()
+    return cache.get(repr(("generalist", model, config, scalarization, seed)), data, fit)
 
 
 @dataclass

@@ -18,12 +18,11 @@ import torch
 
 from difflens.errors import DifflensError
 from difflens.lab.distill.core import (
+    DistillConfig,
     ModelSpec,
     SamplerSpec,
     SpecialistCache,
     budget,
-    check_objective,
-    check_specialist,
     distill_generalist,
     fit_generalist,
     fit_specialists,
@@ -43,12 +42,30 @@ class ReachTask:
     goal: tuple[float, float]
     obstacle: tuple[float, float, float] | None = None  # centre x, centre y, radius
 
+    def __str__(self) -> str:
+        return self.name
+
 
 TASKS = (
     ReachTask("reach-ne", (0.6, 0.6)),
     ReachTask("reach-w", (-0.7, 0.0)),
     ReachTask("avoid-se", (0.6, -0.6), (0.1, -0.2, 0.3)),
 )
+REACH_TASKS = {t.name: t for t in TASKS}
+
+
+def reach_tasks(names: str | Sequence[str]) -> tuple[ReachTask, ...]:
+    """The tasks named (a comma list or a sequence of names from ``REACH_TASKS``), in the given order."""
+    names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    names = [n for n in names if n]
+    if not names:
+        raise DifflensError(f"--tasks needs at least one of {', '.join(REACH_TASKS)}")
+    unknown = [n for n in names if n not in REACH_TASKS]
+    if unknown:
+        raise DifflensError(f"unknown task {unknown[0]!r}; choose from {', '.join(REACH_TASKS)}")
+    if len(set(names)) < len(names):
+        raise DifflensError(f"--tasks names a task twice: {','.join(names)}")
+    return tuple(REACH_TASKS[n] for n in names)
 
 
 class PointMass:
@@ -203,7 +220,7 @@ def random_states(tasks, k: int, n: int, rng: np.random.Generator) -> torch.Tens
 
 
 @dataclass
-class PolicyConfig:
+class PolicyConfig(DistillConfig):
     """Demonstration sweep for diffusion policies on the point-mass tasks."""
 
     demos: tuple[int, ...] = (1, 4, 16)
@@ -215,31 +232,19 @@ class PolicyConfig:
     eval_episodes: int = 50
     horizon: int = 50
     width: int = 256
-    depth: int = 3
-    specialist: str = "mlp"
-    specialist_width: int = 64
-    specialist_depth: int = 2
     steps: int = 3000
     specialist_steps: int = 1500
-    batch: int = 128
-    scalarization: str = "linear"
-    ideal: str = "zero"
-    mix_real: bool = True
-    pseudo_per_cond: int = 1
-    pareto: int = 1
     sampler_steps: int = 12
     tasks: tuple[ReachTask, ...] = field(default=TASKS)
-    seed: int = 0
 
     def check(self) -> None:
         if min(self.demos, default=0) < 1 or min(self.unlabeled, self.eval_episodes, self.horizon) < 1:
             raise DifflensError("need positive --demos, --unlabeled, --eval-episodes and --horizon")
         if self.relabel_rounds < 0 or (self.relabel_rounds and min(self.relabel_episodes, self.relabel_steps) < 1):
             raise DifflensError("relabelling needs rounds ≥ 0 and positive episodes and steps")
-        if self.pareto < 0:
-            raise DifflensError(f"--pareto must be ≥ 0, got {self.pareto}")
-        check_objective(self.scalarization, self.ideal)
-        check_specialist(self.specialist, self.pseudo_per_cond)
+        if not self.tasks:
+            raise DifflensError("need at least one task")
+        self.check_shared()
 
     def units(self) -> int:
         per_n = len(self.tasks) * self.specialist_steps + 2 * self.steps + self.relabel_rounds * self.relabel_steps
@@ -314,7 +319,7 @@ def run_policy(
             "specialist", n, cfg.specialist_width, specs, specs[0].params(), {"pairs": sizes, "class": cfg.specialist}
         )
         base, _ = fit_generalist(
-            demos, model=gen_model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress
+            demos, model=gen_model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress, cache=cache
         )
         record("baseline", n, cfg.width, base, count_params(base), {"pairs": sizes})
         conds = [random_states(tasks, t, cfg.unlabeled, rng) for t in range(k)]

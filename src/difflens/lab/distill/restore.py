@@ -17,12 +17,11 @@ from scipy.ndimage import gaussian_filter
 from difflens import data
 from difflens.errors import DifflensError, require
 from difflens.lab.distill.core import (
+    DistillConfig,
     ModelSpec,
     SamplerSpec,
     SpecialistCache,
     budget,
-    check_objective,
-    check_specialist,
     distill_generalist,
     fit_generalist,
     fit_specialists,
@@ -73,7 +72,7 @@ def _scores(restored: torch.Tensor, clean: torch.Tensor) -> dict:
 
 
 @dataclass
-class RestoreConfig:
+class RestoreConfig(DistillConfig):
     """Digits restoration sweep over n; unlabeled = the rest of the training pool (capped at ``unlabeled``)."""
 
     degradations: tuple[str, ...] = ("noise", "blur", "mask")
@@ -82,31 +81,15 @@ class RestoreConfig:
     test: int = 297
     arch: str = "mlp"
     width: int = 256
-    depth: int = 3
-    specialist: str = "mlp"
     specialist_width: int = 128
-    specialist_depth: int = 2
-    steps: int = 4000
-    specialist_steps: int = 2000
-    batch: int = 128
-    scalarization: str = "linear"
-    ideal: str = "zero"
-    mix_real: bool = True
-    pseudo_per_cond: int = 1
-    pareto: int = 1
     oracle: bool = True
-    sampler_steps: int = 18
-    seed: int = 0
 
     def check(self, pool: int) -> None:
         if not self.degradations or min(self.pairs, default=0) < 1 or self.unlabeled < 1 or self.test < 1:
             raise DifflensError("need degradations, and positive --pairs, --unlabeled and --test")
-        if self.pareto < 0:
-            raise DifflensError(f"--pareto must be ≥ 0, got {self.pareto}")
         if self.arch not in ("mlp", "conv"):
             raise DifflensError(f"unknown arch {self.arch!r}; choose mlp or conv")
-        check_objective(self.scalarization, self.ideal)
-        check_specialist(self.specialist, self.pseudo_per_cond)
+        self.check_shared()
         if max(self.pairs) + self.unlabeled > pool:
             raise DifflensError(
                 f"largest n ({max(self.pairs)}) + unlabeled ({self.unlabeled}) exceeds the {pool} training images"
@@ -196,7 +179,7 @@ def run_restore(
         record("specialist", n, None, cfg.specialist_width, specs, specs[0].params())
         runs[-1]["class"] = cfg.specialist
         base, _ = fit_generalist(
-            pairs, model=gen_model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress
+            pairs, model=gen_model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress, cache=cache
         )
         record("baseline", n, None, cfg.width, base, count_params(base))
         pseudo = pseudo_label(specs, unlabeled, per_cond=cfg.pseudo_per_cond, seed=cfg.seed + 3)

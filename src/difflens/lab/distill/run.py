@@ -67,19 +67,54 @@ def run_distill(
 @dataclass
 class SweepGrid:
     """The regime grid of ``--sweep``: paired samples per task n (demonstrations per task for the
-    policy), unlabeled conditions per task as multiples of n, generalist widths, and seeds 0..seeds−1.
-    Small by default; every cell reruns the experiment at that (n, N, width, seed)."""
+    policy), unlabeled conditions per task as multiples of n, generalist widths, seeds 0..seeds−1, and
+    the generalist's training steps per cell (the specialists' steps scaled by the same factor; 0: the
+    experiment's own). Small by default; every cell reruns the experiment at that (n, N, width, seed)."""
 
     sweep_pairs: tuple[int, ...] = (8, 64)
     sweep_ratios: tuple[int, ...] = (4, 32)
-    sweep_widths: tuple[int, ...] = (64, 256)
+    sweep_widths: tuple[int, ...] = (32, 128, 512)
     sweep_seeds: int = 3
+    sweep_steps: int = 0
 
     def check(self) -> None:
+        """Positive values and a non-empty grid (DifflensError otherwise)."""
         if min((*self.sweep_pairs, *self.sweep_ratios, *self.sweep_widths, self.sweep_seeds), default=0) < 1:
             raise DifflensError("--sweep-pairs, --sweep-ratios, --sweep-widths and --sweep-seeds need positive values")
         if not (self.sweep_pairs and self.sweep_ratios and self.sweep_widths):
             raise DifflensError("the sweep grid needs at least one n, one ratio and one width")
+        if self.sweep_steps < 0:
+            raise DifflensError(f"--sweep-steps must be ≥ 0, got {self.sweep_steps}")
+
+    def budget(self, cfg):
+        """``cfg`` with the sweep's training steps: ``sweep_steps`` for the generalists and the specialists'
+        steps scaled by the same factor (unchanged if ``sweep_steps`` is 0)."""
+        if not self.sweep_steps:
+            return cfg
+        spec = max(1, round(cfg.specialist_steps * self.sweep_steps / cfg.steps)) if cfg.specialist_steps else 0
+        return replace(cfg, steps=self.sweep_steps, specialist_steps=spec)
+
+
+@dataclass
+class RestoreSweep(SweepGrid):
+    """The restoration sweep's defaults: n + N fits in the 1500 training images at every cell."""
+
+    sweep_pairs: tuple[int, ...] = (8, 64)
+    sweep_ratios: tuple[int, ...] = (2, 16)
+    sweep_steps: int = 800
+
+
+@dataclass
+class PolicySweep(SweepGrid):
+    """The policy sweep's defaults: n counts demonstrations (an expert episode is about 21 state-action
+    pairs), so N/n = 16 is about 0.75 unlabeled states per paired one and 256 about 12."""
+
+    sweep_pairs: tuple[int, ...] = (2, 16)
+    sweep_ratios: tuple[int, ...] = (16, 256)
+    sweep_steps: int = 1000
+
+
+GRIDS = {"toy": SweepGrid, "restore": RestoreSweep, "policy": PolicySweep}
 
 
 def _cell_config(name: str, cfg, n: int, unlabeled: int, width: int, seed: int):
@@ -126,6 +161,7 @@ def run_sweep(
     if threads < 1:
         raise DifflensError(f"--threads must be ≥ 1, got {threads}")
     grid.check()
+    cfg = grid.budget(cfg)
     runner, metrics, _ = EXPERIMENTS[name]
     torch.set_num_threads(threads)
     plan = [
@@ -138,13 +174,17 @@ def run_sweep(
     configs = [_cell_config(name, cfg, n, r * n, w, s) for n, r, w, s in plan]
     for c in configs:  # every cell's settings are valid before any training
         c.check(DIGITS - c.test) if name == "restore" else c.check()
-    # the specialists of a (n, seed) are fitted once and reused by its other cells (docs/method.md,
-    # "Sweep cache"), so their training steps count once
-    firsts = {(n, s): i for i, (n, _, _, s) in reversed(list(enumerate(plan)))}
-    total = sum(
-        c.units() if firsts[(n, s)] == i else replace(c, specialist_steps=0).units()
-        for i, ((n, _, _, s), c) in enumerate(zip(plan, configs, strict=True))
-    )
+    # the specialists of an (n, seed) and the baseline of an (n, width, seed) are fitted once and reused
+    # by the sweep's other cells (docs/method.md, "Sweep cache"), so their training steps count once
+    seen_specs, seen_base, total = set(), set(), 0
+    for (n, _, w, s), c in zip(plan, configs, strict=True):
+        total += c.units()
+        if (n, s) in seen_specs:
+            total -= c.units() - replace(c, specialist_steps=0).units()
+        if (n, w, s) in seen_base:
+            total -= c.steps
+        seen_specs.add((n, s))
+        seen_base.add((n, w, s))
     advance = progress(f"distill {name} sweep: training steps", total)
     cache = SpecialistCache()
     cells = []
@@ -173,7 +213,7 @@ def run_sweep(
         "lower_is_better": sorted(LOWER_IS_BETTER & set(metrics)),
         "cells": cells,
         "summary": sweep_summary(cells, metrics),
-        "specialist_fits_reused": cache.hits,
+        "fits_reused": cache.hits,
     }
     drep.plot_sweep(sweep, out / "sweep.png")
     report.write_json(out / "sweep.json", sweep)

@@ -16,12 +16,11 @@ import torch
 
 from difflens.errors import DifflensError
 from difflens.lab.distill.core import (
+    DistillConfig,
     ModelSpec,
     SamplerSpec,
     SpecialistCache,
     budget,
-    check_objective,
-    check_specialist,
     distill_generalist,
     fit_generalist,
     fit_specialists,
@@ -142,7 +141,7 @@ def conditional_fit(
 
 
 @dataclass
-class ToyConfig:
+class ToyConfig(DistillConfig):
     """The toy n-sweep. Lists sweep: every (n, N, width) combination is run."""
 
     tasks: int = 3
@@ -151,33 +150,20 @@ class ToyConfig:
     pairs: tuple[int, ...] = (8, 32, 128)
     unlabeled: tuple[int, ...] = (2048,)
     widths: tuple[int, ...] = (128,)
-    depth: int = 3
-    specialist: str = "mlp"
     specialist_width: int = 32
-    specialist_depth: int = 2
-    steps: int = 4000
-    specialist_steps: int = 2000
-    batch: int = 128
-    scalarization: str = "linear"
     smooth: float = 0.1
-    ideal: str = "zero"
     mix_real: bool = False
-    pseudo_per_cond: int = 1
-    pareto: int = 1
     oracle: bool = True
     eval_samples: int = 4096
     eval_conds: int = 32
     per_cond: int = 128
-    sampler_steps: int = 18
-    seed: int = 0
 
     def check(self) -> None:
         if min(self.pairs, default=0) < 1 or min(self.unlabeled, default=0) < 1 or min(self.widths, default=0) < 1:
             raise DifflensError("--pairs, --unlabeled and --widths need positive integers")
         if self.per_cond < self.dim + 2 or self.eval_conds < 1:
             raise DifflensError(f"--per-cond must be ≥ dim + 2 = {self.dim + 2} to fit a covariance")
-        check_objective(self.scalarization, self.ideal)
-        check_specialist(self.specialist, self.pseudo_per_cond)
+        self.check_shared()
 
     def units(self) -> int:
         """Training steps of the whole run (for a progress bar)."""
@@ -278,7 +264,7 @@ def run_toy(
         for width in cfg.widths:
             model = ModelSpec(width=width, depth=cfg.depth, device=device)
             base, _ = fit_generalist(
-                pairs, model=model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress
+                pairs, model=model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress, cache=cache
             )
             record("baseline", n, None, width, base, count_params(base))
         for un in cfg.unlabeled:
