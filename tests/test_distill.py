@@ -501,3 +501,7 @@ def test_cli_sweep_writes_the_regime_map_and_its_cells_are_the_one_off_runs(tmp_
     assert cell["distilled"] == alone["distilled"]
     bad = CliRunner().invoke(app, ["distill", "toy", "--sweep", "--sweep-ratios", "0", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 2
+    lone = CliRunner().invoke(app, ["distill", "toy", "--resume", "--out", str(tmp_path / "r")])
+    assert lone.exit_code == 2
+    assert "--sweep" in lone.output
+    assert not (tmp_path / "r").exists()

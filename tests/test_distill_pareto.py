@@ -4,8 +4,12 @@
 import json
 import math
 
+import pytest
 import torch
 
+from difflens.analysis.run_support import Interrupted
+from difflens.errors import DifflensError
+from difflens.lab.distill import run as drun
 from difflens.lab.distill.core import ModelSpec, SpecialistCache, fit_specialists, pareto_fronts, pareto_weights
 from difflens.lab.distill.run import SweepGrid, _cell_config, run_sweep
 from difflens.lab.distill.toy import GaussianTasks, ToyConfig, excess_risk, run_toy
@@ -101,6 +105,36 @@ def test_cached_sweep_is_bit_identical_to_refitting_every_cell(tmp_path):
         runs = {r["method"]: r["tasks"] for r in alone["runs"]}
         assert cell["baseline"] == runs["baseline"]
         assert cell["distilled"] == runs["distilled"]
+
+
+def test_an_interrupted_sweep_resumes_to_the_same_cells(tmp_path, monkeypatch):
+    """Each finished cell is on disk (cells.jsonl) before the next starts; --resume trains only the rest
+    and gives the cells of an uninterrupted sweep; other settings refuse to resume."""
+    cfg = ToyConfig(**{**TINY, "specialist": "linear", "pareto": 0})
+    grid = SweepGrid(sweep_pairs=(6,), sweep_ratios=(2, 4), sweep_widths=(16,), sweep_seeds=2)
+    whole = run_sweep("toy", cfg, grid, tmp_path / "whole")
+    runner, metrics, plot = drun.EXPERIMENTS["toy"]
+    calls = []
+
+    def stop_at_third(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return runner(*args, **kwargs)
+
+    monkeypatch.setitem(drun.EXPERIMENTS, "toy", (stop_at_third, metrics, plot))
+    with pytest.raises(Interrupted, match="2 of 4 cells kept"):
+        run_sweep("toy", cfg, grid, tmp_path / "cut")
+    assert len((tmp_path / "cut" / "cells.jsonl").read_text().splitlines()) == 1 + 2  # header + 2 cells
+    assert not (tmp_path / "cut" / "sweep.json").exists()
+    calls.clear()
+    monkeypatch.setitem(drun.EXPERIMENTS, "toy", (runner, metrics, plot))
+    resumed = run_sweep("toy", cfg, grid, tmp_path / "cut", resume=True)
+    assert resumed["cells"] == whole["cells"]
+    assert json.loads((tmp_path / "cut" / "sweep.json").read_text())["cells"] == whole["cells"]
+    other = SweepGrid(sweep_pairs=(6,), sweep_ratios=(2,), sweep_widths=(16,))
+    with pytest.raises(DifflensError, match="cannot resume"):
+        run_sweep("toy", cfg, other, tmp_path / "cut", resume=True)
 
 
 def test_restore_and_policy_trace_both_fronts_with_two_tasks_only():

@@ -21,6 +21,7 @@ from difflens.cli.common import (
     float_list,
     out_opt,
 )
+from difflens.errors import DifflensError
 from difflens.lab.distill.core import IDEALS
 from difflens.lab.distill.policy import REACH_TASKS, PolicyConfig, reach_tasks
 from difflens.lab.distill.restore import RestoreConfig
@@ -192,14 +193,19 @@ SWEEP_HELP = {
     "sweep_steps": "With --sweep: generalist steps per cell, specialists scaled alike (0: --steps).",
 }
 SWEEP_OPT = typer.Option(False, "--sweep", help="Regime map: sweep.json + sweep.png of distilled − baseline.")
+RESUME_OPT = typer.Option(False, "--resume", help="With --sweep: continue an interrupted sweep in --out.")
 CHOICES = {"scalarization": ScalarizationName, "ideal": IdealName, "specialist": SpecialistName}
 
 
-def _distill(name: str, config, grid: SweepGrid, sweep: bool, threads: int, device: str, out: Path) -> None:
+def _distill(
+    name: str, config, grid: SweepGrid, sweep: bool, resume: bool, threads: int, device: str, out: Path
+) -> None:
     dev = check_device(device)
+    if resume and not sweep:
+        raise DifflensError("--resume continues an interrupted --sweep; give --sweep too")
     if sweep:
         with Bars() as bars:
-            sweep = run_sweep(name, config, grid, out, threads=threads, device=dev, progress=bars)
+            sweep = run_sweep(name, config, grid, out, threads=threads, device=dev, progress=bars, resume=resume)
         print_sweep(sweep)
         console.print(f"wrote {out}/sweep.json, sweep.png")
         return
@@ -216,12 +222,13 @@ def distill_toy_cmd(
     config: ToyConfig,
     grid: SweepGrid,
     sweep: bool = SWEEP_OPT,
+    resume: bool = RESUME_OPT,
     threads: int = typer.Option(1, help=THREADS_HELP),
     device: str = DeviceOpt,
     out: Path = out_opt("runs/distill-toy"),
 ) -> None:
     """Gaussian conditional tasks with analytic scores: exact excess DSM risk, W2 and KL per task vs n."""
-    _distill("toy", config, grid, sweep, threads, device, out)
+    _distill("toy", config, grid, sweep, resume, threads, device, out)
 
 
 @config_options(RestoreConfig, RESTORE_HELP, into="config", choices=CHOICES)
@@ -231,12 +238,13 @@ def distill_restore_cmd(
     config: RestoreConfig,
     grid: SweepGrid,
     sweep: bool = SWEEP_OPT,
+    resume: bool = RESUME_OPT,
     threads: int = typer.Option(1, help=THREADS_HELP),
     device: str = DeviceOpt,
     out: Path = out_opt("runs/distill-restore"),
 ) -> None:
     """Digits restoration, one task per degradation: PSNR/SSIM of specialists, baseline and distilled generalist."""
-    _distill("restore", config, grid, sweep, threads, device, out)
+    _distill("restore", config, grid, sweep, resume, threads, device, out)
 
 
 def _policy_config(fields: dict) -> PolicyConfig:
@@ -250,9 +258,10 @@ def distill_policy_cmd(
     config: PolicyConfig,
     grid: SweepGrid,
     sweep: bool = SWEEP_OPT,
+    resume: bool = RESUME_OPT,
     threads: int = typer.Option(1, help=THREADS_HELP),
     device: str = DeviceOpt,
     out: Path = out_opt("runs/distill-policy"),
 ) -> None:
     """Diffusion policies on 2-D point-mass reaching tasks: success rate and return vs demonstrations."""
-    _distill("policy", config, grid, sweep, threads, device, out)
+    _distill("policy", config, grid, sweep, resume, threads, device, out)

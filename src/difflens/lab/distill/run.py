@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from difflens import report
-from difflens.analysis.run_support import Progress, no_progress
+from difflens.analysis.run_support import Interrupted, Progress, no_progress
 from difflens.errors import DifflensError
 from difflens.lab.distill import report as drep
 from difflens.lab.distill.core import SpecialistCache
@@ -154,9 +154,11 @@ def run_sweep(
     threads: int = 1,
     device: torch.device | None = None,
     progress: Progress = no_progress,
+    resume: bool = False,
 ) -> dict:
     """Experiment ``name`` at every cell of ``grid`` (nets on ``device``); per cell the per-task metrics of
-    the baseline and the distilled generalist and their difference (mean over tasks). Writes sweep.json
+    the baseline and the distilled generalist and their difference (mean over tasks). Each finished cell
+    is appended to cells.jsonl, so an interrupted sweep continues with ``resume``; at the end, sweep.json
     and sweep.png."""
     if threads < 1:
         raise DifflensError(f"--threads must be ≥ 1, got {threads}")
@@ -174,10 +176,19 @@ def run_sweep(
     configs = [_cell_config(name, cfg, n, r * n, w, s) for n, r, w, s in plan]
     for c in configs:  # every cell's settings are valid before any training
         c.check(DIGITS - c.test) if name == "restore" else c.check()
+    settings = {
+        "experiment": name,
+        "config": asdict(cfg) if name != "policy" else {**asdict(cfg), "tasks": [asdict(t) for t in cfg.tasks]},
+        "grid": asdict(grid),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    log = report.LevelLog(out / "cells.jsonl", settings, resume)
     # the specialists of an (n, seed) and the baseline of an (n, width, seed) are fitted once and reused
     # by the sweep's other cells (docs/method.md, "Sweep cache"), so their training steps count once
     seen_specs, seen_base, total = set(), set(), 0
-    for (n, _, w, s), c in zip(plan, configs, strict=True):
+    for i, ((n, _, w, s), c) in enumerate(zip(plan, configs, strict=True)):
+        if i in log.done:  # finished before an interruption: nothing to train
+            continue
         total += c.units()
         if (n, s) in seen_specs:
             total -= c.units() - replace(c, specialist_steps=0).units()
@@ -188,27 +199,22 @@ def run_sweep(
     advance = progress(f"distill {name} sweep: training steps", total)
     cache = SpecialistCache()
     cells = []
-    for (n, r, w, s), c in zip(plan, configs, strict=True):
-        torch.manual_seed(s)
-        result = runner(c, progress=advance, device=device or "cpu", cache=cache)
-        base, dist = _per_task(result, "baseline"), _per_task(result, "distilled")
-        diff = {m: float(np.mean([d[m] - b[m] for b, d in zip(base, dist, strict=True)])) for m in metrics}
-        cells.append(
-            {
-                "n": n,
-                "ratio": r,
-                "unlabeled": r * n,
-                "width": w,
-                "seed": s,
-                "baseline": base,
-                "distilled": dist,
-                "diff": diff,
-            }
-        )
+    try:
+        for i, ((n, r, w, s), c) in enumerate(zip(plan, configs, strict=True)):
+            if i in log.done:
+                cells.append(log.done[i])
+                continue
+            torch.manual_seed(s)
+            result = runner(c, progress=advance, device=device or "cpu", cache=cache)
+            base, dist = _per_task(result, "baseline"), _per_task(result, "distilled")
+            diff = {m: float(np.mean([d[m] - b[m] for b, d in zip(base, dist, strict=True)])) for m in metrics}
+            cell = {"n": n, "ratio": r, "unlabeled": r * n, "width": w, "seed": s}
+            cells.append(cell | {"baseline": base, "distilled": dist, "diff": diff})
+            log.append(i, cells[-1])
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted — {len(cells)} of {len(plan)} cells kept; rerun with --resume") from None
     sweep = {
-        "experiment": name,
-        "config": asdict(cfg) if name != "policy" else {**asdict(cfg), "tasks": [asdict(t) for t in cfg.tasks]},
-        "grid": asdict(grid),
+        **settings,
         "metrics": metrics,
         "lower_is_better": sorted(LOWER_IS_BETTER & set(metrics)),
         "cells": cells,
