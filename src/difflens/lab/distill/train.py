@@ -261,7 +261,7 @@ def eval_dsm(
     """Mean DSM loss per task on fixed noise draws (``draws`` (σ, ε) per pair), as a float64 CPU tensor
     (K,); the denoiser runs on ``device`` (default: where it lives)."""
     config = config or DSMConfig()
-    device = denoiser.device if device is None else device
+    device = getattr(denoiser, "device", "cpu") if device is None else device
     g = torch.Generator().manual_seed(derive_seed(seed, "eval"))
     p_mean = log_sigma_mean(config, denoiser.sigma_data)
     out = []
