@@ -21,7 +21,7 @@ from difflens.lab.distill.policy import TASKS, DiffusionPolicy, demonstrations, 
 from difflens.lab.distill.restore import degrade, psnr_ssim
 from difflens.lab.distill.specialists import KernelSpecialist, LinearGaussian, Sampled
 from difflens.lab.distill.toy import GaussianTasks, conditional_fit, excess_risk, gaussian_w2_kl
-from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, train_dsm
+from difflens.lab.distill.train import DSMConfig, Pairs, Scalarization, eval_dsm, train_dsm
 
 
 def test_tchebycheff_weights_are_the_smooth_max_gradient_and_favour_the_worst_task():
@@ -505,3 +505,20 @@ def test_cli_sweep_writes_the_regime_map_and_its_cells_are_the_one_off_runs(tmp_
     assert lone.exit_code == 2
     assert "--sweep" in lone.output
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("kind", ["linear", "kernel"])
+def test_specialist_ideal_point_works_for_specialists_without_a_device(kind):
+    """The Tchebycheff ideal point evaluates each specialist's DSM loss; light specialists have no
+    ``device`` (they run on the CPU), which used to raise AttributeError."""
+    tasks = GaussianTasks(2, 2, 2, seed=0)
+    g = torch.Generator().manual_seed(0)
+    pairs = [tasks.pairs(k, 8, g) for k in range(2)]
+    specs = [(LinearGaussian() if kind == "linear" else KernelSpecialist()).fit(p) for p in pairs]
+    unlabeled = [tasks.conditions(k, 16, g) for k in range(2)]
+    dist = distill_generalist(
+        specs, unlabeled, model=ModelSpec(width=16, depth=1), config=DSMConfig(steps=2, batch=8), ideal="specialist"
+    )
+    cpu = [float(eval_dsm(s, [p], device="cpu")[0]) for s, p in zip(specs, dist.pseudo, strict=True)]
+    assert dist.ideal == cpu
+    assert all(math.isfinite(z) and z >= 0 for z in cpu)

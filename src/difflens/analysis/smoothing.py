@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from difflens.analysis.run_support import open_data, save_npy
-from difflens.data import as_dataset
+from difflens.data import Dataset, as_dataset
 from difflens.diffusion import samplers
+from difflens.diffusion.denoiser import Denoiser, Sigma
 from difflens.errors import DifflensError
 from difflens.kernel import oracle
 from difflens.models.empirical import EmpiricalDenoiser, TemperatureScore
@@ -50,7 +51,14 @@ __all__ = [
 ]
 
 
-def smoothed_target(x_noisy, sigma, data, temperature: float = 1.0, collapse_sigma: float | None = None, k=None):
+def smoothed_target(
+    x_noisy: torch.Tensor,
+    sigma: Sigma,
+    data: Dataset | np.ndarray | torch.Tensor,
+    temperature: float = 1.0,
+    collapse_sigma: float | None = None,
+    k: int | None = None,
+) -> torch.Tensor:
     """Training target E_T[x0 | x̃] at T(s) = T·max(s_c/s, 1): what a temperature-smoothed trainer regresses on."""
     return EmpiricalDenoiser(data, temperature, collapse_sigma, k)(x_noisy, sigma)
 
@@ -77,17 +85,17 @@ class UnconditionedMixture:
     def _shell_logits(self, log_norm: torch.Tensor) -> torch.Tensor:
         return log_norm - (self.data.dim - 2) * torch.log(self.sigmas)[None, :]
 
-    def shell_weights(self, x) -> torch.Tensor:
+    def shell_weights(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """π_i(x) = Σ_j w_ij: how much each training noise level ("shell") contributes at x (B, L)."""
         log_norm, _ = self._levels(torch.as_tensor(x).reshape(len(x), -1))
         return torch.softmax(self._shell_logits(log_norm), 1)
 
-    def log_density(self, x) -> torch.Tensor:
+    def log_density(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """log p_MN(x) up to an additive constant (the same for all x)."""
         log_norm, _ = self._levels(torch.as_tensor(x).reshape(len(x), -1))
         return torch.logsumexp(self._shell_logits(log_norm), 1)
 
-    def score(self, x) -> torch.Tensor:
+    def score(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """∇ log p_MN(x) = −Σ_ij w_ij (x − x_j)/σ_i² (float64, (B, D))."""
         x = torch.as_tensor(x).reshape(len(x), -1).double()
         log_norm, means = self._levels(x)
@@ -95,7 +103,7 @@ class UnconditionedMixture:
         inv = 1.0 / self.sigmas**2  # (L,)
         return torch.einsum("bl,lbd->bd", pi * inv[None, :], means) - (pi @ inv)[:, None] * x
 
-    def effective_sigma(self, x) -> torch.Tensor:
+    def effective_sigma(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """(Σ_i π_i/σ_i²)^(−1/2): the single noise level whose Gaussian score has the same stiffness at x.
         (T_eff = effective_sigma²/s² is the temperature the mixture acts at relative to a level s.)"""
         return (self.shell_weights(x) @ (1.0 / self.sigmas**2)) ** -0.5
@@ -148,7 +156,7 @@ def _read_npy(path: Path, what: str) -> np.ndarray:
 
 @torch.no_grad()
 def expansion_factor(
-    denoiser,
+    denoiser: Denoiser,
     trajectory: samplers.Trajectory,
     *,
     method: str = "euler",
@@ -180,7 +188,7 @@ def expansion_factor(
     return np.stack(out)
 
 
-def summarize_expansion(gamma: np.ndarray, sigmas) -> list[dict]:
+def summarize_expansion(gamma: np.ndarray, sigmas: torch.Tensor | np.ndarray) -> list[dict]:
     """Median, 90th percentile and max γ_ex per level, and the running log-product (end-to-end growth)."""
     rows, log_total = [], np.zeros(gamma.shape[1])
     for k, g in enumerate(gamma):

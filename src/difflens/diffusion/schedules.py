@@ -22,8 +22,10 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from difflens.data import Dataset, as_dataset
@@ -177,21 +179,21 @@ class OptimalLossSchedule:
     def centers(self) -> np.ndarray:
         return np.exp(0.5 * (self.edges[1:] + self.edges[:-1]))
 
-    def bin_of(self, s) -> np.ndarray:
+    def bin_of(self, s: npt.ArrayLike) -> np.ndarray:
         u = np.log(np.asarray(s, dtype=np.float64))
         return np.clip(np.searchsorted(self.edges, u, side="right") - 1, 0, self.bins - 1)
 
-    def units_factor(self, s) -> np.ndarray:
+    def units_factor(self, s: npt.ArrayLike) -> np.ndarray:
         """u(s), the schedule's loss units per x0 unit: 1 in x0 units, the target's r(s) in target units."""
         s = np.asarray(s, dtype=np.float64)
         return np.asarray(self.param.factor(s), dtype=np.float64) if self.units == "target" else np.ones_like(s)
 
-    def optimal_at(self, s) -> np.ndarray:
+    def optimal_at(self, s: npt.ArrayLike) -> np.ndarray:
         """J*_x0(s), log-interpolated in ln s between bin centres (exact at the centres)."""
         u = np.log(np.asarray(s, dtype=np.float64))
         return np.exp(np.interp(u, np.log(self.centers), np.log(np.maximum(self.optimal, 1e-300))))
 
-    def bump_term(self, s) -> np.ndarray:
+    def bump_term(self, s: npt.ArrayLike) -> np.ndarray:
         """f(s)·𝟙[s < s*] with f = 𝒩(ln s; μ, ς²), a normalised density in ln s (zero when off)."""
         s = np.asarray(s, dtype=np.float64)
         if not self.bump:
@@ -199,23 +201,23 @@ class OptimalLossSchedule:
         z = (np.log(s) - self.bump_mu) / self.bump_std
         return np.exp(-0.5 * z**2) / (self.bump_std * math.sqrt(2 * math.pi)) * (s < self.critical_sigma)
 
-    def weight_units(self, s) -> np.ndarray:
+    def weight_units(self, s: npt.ArrayLike) -> np.ndarray:
         """w(s) in the schedule's own units: a·min(1/J*(s), w_max) + f(s)·𝟙[s < s*]."""
         j = self.optimal_at(s) * self.units_factor(s)
         return self.a * np.minimum(1.0 / np.maximum(j, 1e-300), self.w_max) + self.bump_term(s)
 
-    def weight(self, s) -> torch.Tensor:
+    def weight(self, s: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Effective weight on the per-sample x0 loss: w(s)·u(s) (= w(s) in x0 units)."""
         s = torch.as_tensor(s).double().cpu().numpy()
         return torch.as_tensor(self.weight_units(s) * self.units_factor(s), dtype=torch.float64)
 
-    def loss_weight(self, s) -> torch.Tensor:
+    def loss_weight(self, s: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Multiplier of a per-sample loss in the network's target units: weight(s)/r(s), so that the
         effective weight on the x0 loss is weight(s) whatever the target (docs/method.md, "Training schedules")."""
         s_np = torch.as_tensor(s).double().cpu().numpy()
         return self.weight(s_np) / torch.as_tensor(self.param.factor(s_np), dtype=torch.float64)
 
-    def update(self, s, losses_x0) -> None:
+    def update(self, s: torch.Tensor | np.ndarray, losses_x0: torch.Tensor | np.ndarray) -> None:
         """Fold per-sample x0-unit losses (unweighted) into the running per-bin averages (adaptive only)."""
         if self.fixed:
             return
@@ -230,7 +232,7 @@ class OptimalLossSchedule:
             self.model_loss[b] = mean if not np.isfinite(old) else keep * old + (1 - keep) * mean
             self.counts[b] += n
 
-    def set_model_loss(self, values_x0, fixed: bool = True) -> None:
+    def set_model_loss(self, values_x0: npt.ArrayLike, fixed: bool = True) -> None:
         """Use a given per-bin model loss J_θ in x0 units (e.g. measured by diagnose); ``fixed`` freezes it."""
         values = np.asarray(values_x0, dtype=np.float64)
         if values.shape != self.optimal.shape or not np.all(np.isfinite(values)):
@@ -257,7 +259,7 @@ class OptimalLossSchedule:
         lo, width = self.edges[k], self.edges[1] - self.edges[0]
         return torch.exp(torch.as_tensor(lo) + width * _uniform(n, generator))
 
-    def cdf(self, s) -> np.ndarray:
+    def cdf(self, s: npt.ArrayLike) -> np.ndarray:
         """CDF of the current sampling distribution at s (piecewise linear in ln s)."""
         u = np.log(np.asarray(s, dtype=np.float64))
         cum = np.concatenate([[0.0], np.cumsum(self.probabilities())])
@@ -348,7 +350,7 @@ class OptimalLossSchedule:
     @classmethod
     def from_data(
         cls,
-        data,
+        data: Dataset | np.ndarray | torch.Tensor,
         param: Parametrization | None = None,
         *,
         bins: int = 32,
@@ -357,7 +359,7 @@ class OptimalLossSchedule:
         samples: int = 256,
         seed: int = 0,
         device: torch.device | str | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> OptimalLossSchedule:
         """J*_x0 at the bin centres of ``data`` (full estimator, the kernel on ``device``), its critical
         level (unless given) and the schedule."""
@@ -383,7 +385,9 @@ class OptimalLossSchedule:
         return cls(j_x0, param=param, sigma_min=sigma_min, sigma_max=sigma_max, **kwargs)
 
 
-def from_description(desc: dict, process: Process, target: str | None = None):
+def from_description(
+    desc: dict, process: Process, target: str | None = None
+) -> LogNormal | UniformT | OptimalLossSchedule:
     """Rebuild a schedule from ``describe()`` (as stored in checkpoints and recipes). ``target``: the
     training target whose loss it weights [default: the one it was described with]."""
     name = desc.get("name")
@@ -406,7 +410,7 @@ def from_description(desc: dict, process: Process, target: str | None = None):
     raise DifflensError(f"unknown schedule {name!r}; choose edm, uniform-t or optimal-loss")
 
 
-def load_recipe(path, param: Parametrization, data: Dataset | None = None) -> OptimalLossSchedule:
+def load_recipe(path: str | Path, param: Parametrization, data: Dataset | None = None) -> OptimalLossSchedule:
     """The schedule of a recipe file (schedule.json of ``difflens schedule``), weighting the loss of
     ``param``'s target. An x0-unit recipe serves any target; a target-unit one only its own. ``data``:
     the training set, which must be the one the recipe's J* was computed on."""
@@ -431,5 +435,7 @@ def load_recipe(path, param: Parametrization, data: Dataset | None = None) -> Op
             f"the training set ({data.spec}, n={data.n}); match --data/--holdout"
         )
     schedule = from_description(desc, param.process, param.target)
+    if not isinstance(schedule, OptimalLossSchedule):
+        raise DifflensError(f"{path}: the recipe's schedule is {desc.get('name')!r}, not an optimal-loss schedule")
     schedule.load_state_dict(rec["state"])
     return schedule

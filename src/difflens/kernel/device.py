@@ -33,6 +33,6 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     raise DifflensError(f"--device {name}: unsupported device type (use {_KINDS})")
 
 
-def device_of(x) -> torch.device:
+def device_of(x: object) -> torch.device:
     """A tensor's device; the CPU for anything else (NumPy ≥ 2 arrays have a ``device`` that is a string)."""
     return x.device if torch.is_tensor(x) else torch.device("cpu")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from difflens.data import Dataset, as_dataset
@@ -141,7 +142,7 @@ class TemperatureScore:
             return torch.ones_like(sigma)
         return torch.clamp(self.collapse_sigma / sigma, min=1.0)
 
-    def neighbours(self, sources) -> np.ndarray:
+    def neighbours(self, sources: npt.ArrayLike) -> np.ndarray:
         """Indices (B, K) of the K nearest training points of each source (the source among them)."""
         src = _check_sources(sources, self.data.n)
         if self._table is None:

@@ -112,7 +112,9 @@ def make_arch(cfg: TrainConfig, data: Dataset) -> tuple[dict, list[int]]:
     raise DifflensError(f"unknown architecture {cfg.arch!r}; choose mlp or unet")
 
 
-def make_schedule(cfg: TrainConfig, param: Parametrization, train: Dataset):
+def make_schedule(
+    cfg: TrainConfig, param: Parametrization, train: Dataset
+) -> sched.LogNormal | sched.UniformT | sched.OptimalLossSchedule:
     """The run's schedule: a named one, or a recipe file (an x0-unit recipe serves any target)."""
     if cfg.schedule == "edm":
         return sched.LogNormal()

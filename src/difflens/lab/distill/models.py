@@ -10,6 +10,8 @@ with x in VE form x0 + σ·ε; ``bind(cond, task)`` turns one into a plain ``Den
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -18,6 +20,18 @@ from difflens.diffusion.precond import Parametrization
 from difflens.diffusion.processes import EDM
 from difflens.errors import DifflensError
 from difflens.models import Denoiser
+
+
+class ConditionalDenoiser(Protocol):
+    """``denoiser(x, sigma, cond, task) -> E[x0 | x, c, k]`` with the σ_data of its EDM loss weight: a
+    ``CondDenoiser`` or a specialist (what the DSM loss evaluates)."""
+
+    @property
+    def sigma_data(self) -> float: ...
+
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, task: torch.Tensor
+    ) -> torch.Tensor: ...
 
 
 class FourierEmbedding(nn.Module):
@@ -50,7 +64,7 @@ class CondMLP(nn.Module):
         layers.append(nn.Linear(size, dim))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x, c_noise, cond, task):
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         h = torch.cat([x, cond.reshape(len(x), -1), self.noise_emb(c_noise), self.task_emb(task)], dim=1)
         return self.net(h)
 
@@ -72,7 +86,7 @@ class CondConv(nn.Module):
         self.films = nn.ModuleList(nn.Linear(2 * emb, 2 * width) for _ in range(depth))
         self.out = nn.Conv2d(width, channels, 3, padding=1)
 
-    def forward(self, x, c_noise, cond, task):
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         e = torch.cat([self.noise_emb(c_noise), self.task_emb(task)], dim=1)
         h = self.inp(torch.cat([x, cond], dim=1))
         for conv, film in zip(self.blocks, self.films, strict=True):
@@ -107,7 +121,9 @@ class CondDenoiser(nn.Module):
         """Where the network's parameters live."""
         return next(self.net.parameters()).device
 
-    def forward(self, x, sigma, cond, task):
+    def forward(
+        self, x: torch.Tensor, sigma: float | torch.Tensor, cond: torch.Tensor, task: int | torch.Tensor
+    ) -> torch.Tensor:
         b, dev = len(x), self.device
         sigma = torch.as_tensor(sigma, dtype=x.dtype).to(dev).reshape(-1).expand(b)
         task = torch.as_tensor(task, dtype=torch.long).to(dev).reshape(-1).expand(b)
@@ -117,7 +133,11 @@ class CondDenoiser(nn.Module):
         return out.reshape(x.shape).to(x.device)
 
 
-def bind(denoiser, cond: torch.Tensor, task) -> Denoiser:
+def bind(
+    denoiser: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    cond: torch.Tensor,
+    task: int | torch.Tensor,
+) -> Denoiser:
     """A conditional ``denoiser(x, sigma, cond, task)`` with its condition rows and task fixed, as a plain
     ``Denoiser`` (x, sigma) → x̂0 for the samplers: x is passed in float32, sigma as one value per row."""
     b = len(cond)

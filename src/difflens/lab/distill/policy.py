@@ -150,7 +150,12 @@ def expert_actions(tasks: Sequence[ReachTask], task_ids: np.ndarray, states: np.
 
 
 def rollout(
-    policy: Callable[[np.ndarray, np.ndarray], np.ndarray], tasks, task_ids, starts, *, horizon: int = 50
+    policy: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    tasks: Sequence[ReachTask],
+    task_ids: np.ndarray,
+    starts: np.ndarray,
+    *,
+    horizon: int = 50,
 ) -> dict:
     """Run ``policy(states, task_ids) -> actions`` on all episodes at once. Returns per-episode
     success and return, and the (state, action, task) triples of running steps."""
@@ -195,7 +200,7 @@ class DiffusionPolicy:
         return out.clamp(-1, 1).numpy()
 
 
-def demonstrations(tasks, n: int, rng: np.random.Generator, horizon: int = 50) -> list[Pairs]:
+def demonstrations(tasks: Sequence[ReachTask], n: int, rng: np.random.Generator, horizon: int = 50) -> list[Pairs]:
     """n expert episodes per task as (state, action) pairs."""
     out = []
     for k in range(len(tasks)):
@@ -212,7 +217,7 @@ def demonstrations(tasks, n: int, rng: np.random.Generator, horizon: int = 50) -
     return out
 
 
-def random_states(tasks, k: int, n: int, rng: np.random.Generator) -> torch.Tensor:
+def random_states(tasks: Sequence[ReachTask], k: int, n: int, rng: np.random.Generator) -> torch.Tensor:
     """Unlabeled conditions: positions uniform in the arena outside task k's obstacle, velocities in [−1, 1]²."""
     p = random_starts(tasks, np.full(n, k), rng, box=1.0, clear=0.0)
     v = rng.uniform(-1, 1, size=(n, 2))

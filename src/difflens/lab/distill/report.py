@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -85,7 +86,9 @@ def plot_vs_pairs(
     save_figure(fig, path)
 
 
-def plot_pareto(pareto: dict, path: Path, metrics: dict[str, str], lower_is_better=frozenset()) -> None:
+def plot_pareto(
+    pareto: dict, path: Path, metrics: dict[str, str], lower_is_better: Container[str] = frozenset()
+) -> None:
     """The distilled and the baseline generalists' Pareto fronts, one panel per metric present in the
     points: for two tasks task 0's metric against task 1's (a line through the weight grid, λ_0 marked
     at the ends); for more tasks each task's metric at each weight vector."""

@@ -6,7 +6,7 @@ fronts (its ``pareto`` entry) also gets pareto.png."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -86,7 +86,7 @@ class SweepGrid:
         if self.sweep_steps < 0:
             raise DifflensError(f"--sweep-steps must be ≥ 0, got {self.sweep_steps}")
 
-    def budget(self, cfg):
+    def budget(self, cfg: ToyConfig | RestoreConfig | PolicyConfig) -> ToyConfig | RestoreConfig | PolicyConfig:
         """``cfg`` with the sweep's training steps: ``sweep_steps`` for the generalists and the specialists'
         steps scaled by the same factor (unchanged if ``sweep_steps`` is 0)."""
         if not self.sweep_steps:
@@ -131,7 +131,7 @@ def _per_task(result: dict, method: str) -> list[dict]:
     return next(r["tasks"] for r in result["runs"] if r["method"] == method)
 
 
-def sweep_summary(cells: list[dict], metrics) -> list[dict]:
+def sweep_summary(cells: list[dict], metrics: Collection[str]) -> list[dict]:
     """Mean and standard deviation over seeds (ddof 1; NaN with one seed) of distilled − baseline (the
     mean over tasks) per (n, ratio, width, metric)."""
     out = []

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from difflens.diffusion import samplers
@@ -12,9 +14,9 @@ from difflens.lab.distill.models import bind
 
 @torch.no_grad()
 def sample(
-    denoiser,
+    denoiser: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     cond: torch.Tensor,
-    task,
+    task: int | torch.Tensor,
     x_shape: tuple[int, ...],
     *,
     steps: int = 18,

@@ -23,7 +23,9 @@ class ModelSpec:
     depth: int = 3
     device: torch.device | str = "cpu"
 
-    def build(self, x_shape, cond_shape, num_tasks: int, sigma_data: float, seed: int) -> CondDenoiser:
+    def build(
+        self, x_shape: Sequence[int], cond_shape: Sequence[int], num_tasks: int, sigma_data: float, seed: int
+    ) -> CondDenoiser:
         return make_denoiser(
             tuple(x_shape),
             tuple(cond_shape),

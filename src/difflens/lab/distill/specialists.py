@@ -16,6 +16,7 @@ point, the denoiser call ``spec(x, sigma, cond, task) -> E[x0 | x, c]`` of its o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -204,8 +205,8 @@ def make_specialist(
     config: DSMConfig | None = None,
     sampler: SamplerSpec | None = None,
     seed: int = 0,
-    progress=None,
-):
+    progress: Callable[[int], None] | None = None,
+) -> LinearGaussian | MLPSpecialist | KernelSpecialist:
     """An unfitted specialist of class ``kind`` (one of ``SPECIALISTS``); ``model``/``config`` matter to
     ``mlp`` only, ``sampler`` to ``mlp`` (how it samples) and ``linear`` (its clip to the data range)."""
     sampler = sampler or SamplerSpec()

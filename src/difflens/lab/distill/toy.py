@@ -78,7 +78,7 @@ class GaussianTasks:
 
 
 def excess_risk(
-    denoiser,
+    denoiser: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     tasks: GaussianTasks,
     task: int,
     task_id: int = 0,
@@ -104,7 +104,9 @@ def excess_risk(
     return float(err.mean()), float(err.std() / math.sqrt(samples))
 
 
-def gaussian_w2_kl(mean: torch.Tensor, cov: torch.Tensor, mu: torch.Tensor, var: torch.Tensor):
+def gaussian_w2_kl(
+    mean: torch.Tensor, cov: torch.Tensor, mu: torch.Tensor, var: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """W2 distance and KL(N(mean, cov) ‖ N(mu, diag var)), batched over the first axis (float64)."""
     sv = var.sqrt()
     inner = sv[:, :, None] * cov * sv[:, None, :]

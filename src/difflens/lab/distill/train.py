@@ -8,13 +8,14 @@ combines them with a ``Scalarization``: linear Σ_k λ_k·L_k, or Tchebycheff ma
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from difflens.errors import DifflensError
+from difflens.lab.distill.models import CondDenoiser, ConditionalDenoiser
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -39,7 +40,7 @@ class Pairs:
     def __add__(self, other: Pairs) -> Pairs:
         return Pairs(torch.cat([self.cond, other.cond]), torch.cat([self.x, other.x]))
 
-    def take(self, idx) -> Pairs:
+    def take(self, idx: slice | torch.Tensor | np.ndarray) -> Pairs:
         return Pairs(self.cond[idx], self.x[idx])
 
 
@@ -88,7 +89,7 @@ class Scalarization:
         z = torch.zeros_like(losses) if self.ideal is None else torch.tensor(self.ideal).to(losses)
         return self._lam(len(losses)) * (losses - z)
 
-    def weights(self, losses) -> torch.Tensor:
+    def weights(self, losses: Sequence[float] | torch.Tensor) -> torch.Tensor:
         """Gradient weight of each task at the given loss values (float64, length K)."""
         losses = torch.as_tensor(losses, dtype=torch.float64).detach()
         lam = self._lam(len(losses))
@@ -100,7 +101,7 @@ class Scalarization:
         mu = self.smooth * gap.abs().mean().clamp_min(1e-12)
         return lam * torch.softmax(gap / mu, dim=0)
 
-    def value(self, losses) -> float:
+    def value(self, losses: Sequence[float] | torch.Tensor) -> float:
         """The scalarized objective at the given task losses (for reports and Pareto fronts)."""
         losses = torch.as_tensor(losses, dtype=torch.float64)
         if self.kind == "linear":
@@ -171,7 +172,14 @@ def edm_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
-def dsm_loss(denoiser, x, cond, task, sigma, noise) -> torch.Tensor:
+def dsm_loss(
+    denoiser: ConditionalDenoiser,
+    x: torch.Tensor,
+    cond: torch.Tensor,
+    task: torch.Tensor,
+    sigma: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
     """Per-sample EDM-weighted DSM loss, mean over dimensions: shape (B,)."""
     b = len(x)
     s = sigma.reshape(b, *([1] * (x.ndim - 1)))
@@ -180,7 +188,7 @@ def dsm_loss(denoiser, x, cond, task, sigma, noise) -> torch.Tensor:
 
 
 def train_dsm(
-    denoiser,
+    denoiser: CondDenoiser,
     data: list[Pairs],
     *,
     config: DSMConfig | None = None,
@@ -242,7 +250,7 @@ def train_dsm(
 
 @torch.no_grad()
 def eval_dsm(
-    denoiser,
+    denoiser: ConditionalDenoiser,
     data: list[Pairs],
     *,
     config: DSMConfig | None = None,
@@ -253,7 +261,7 @@ def eval_dsm(
     """Mean DSM loss per task on fixed noise draws (``draws`` (σ, ε) per pair), as a float64 CPU tensor
     (K,); the denoiser runs on ``device`` (default: where it lives)."""
     config = config or DSMConfig()
-    device = denoiser.device if device is None else device
+    device = getattr(denoiser, "device", "cpu") if device is None else device
     g = torch.Generator().manual_seed(derive_seed(seed, "eval"))
     p_mean = log_sigma_mean(config, denoiser.sigma_data)
     out = []
