@@ -164,27 +164,20 @@ def fold_job(data: RowSource, job: FoldJob, span: tuple[int, int] | None = None)
 
     Over all of them, the centred rows come from the copy held in RAM when it fits (``memory.resident``)."""
     held = None if span is not None or job.center is None else memory.resident(data, job.center)
-    if held is not None:
-        return posterior_state(
-            job.queries,
-            held.chunks(job.rows, job.include),
-            job.scale,
-            job.log_weights,
-            job.exclude,
-            job.query_batch,
-            step=job.step,
-            norms=held.norms,
-            floor=job.floor,
-        )
+    chunks: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    if held is not None:  # already centred, norms alongside
+        chunks, norms, center = held.chunks(job.rows, job.include), held.norms, None
+    else:
+        chunks, norms, center = data_chunks(data, job.rows, job.include, span), data.sq_norms, job.center
     return posterior_state(
         job.queries,
-        data_chunks(data, job.rows, job.include, span),
+        chunks,
         job.scale,
         job.log_weights,
         job.exclude,
         job.query_batch,
         step=job.step,
-        norms=data.sq_norms,
+        norms=norms,
         floor=job.floor,
-        center=job.center,
+        center=center,
     )
