@@ -49,9 +49,12 @@ def mm_rate(batch: int, rows: int, dim: int, repeats: int = 3) -> tuple[float, f
     return flops / wall, flops / cpu
 
 
-def curve(path: Path, precision: str, levels: int, queries: int) -> tuple[float, float, list[float]]:
+def curve(
+    path: Path, precision: str, levels: int, queries: int, target_se: float | None = None
+) -> tuple[float, float, list[float]]:
     """(wall seconds, CPU seconds of this process, per-level CPU seconds) of one cold optimal-loss run
-    (the first level's include opening the data: its statistics pass and the resident copy)."""
+    (the first level's include opening the data: its statistics pass and the resident copy); with
+    ``target_se``, adaptive queries per level (at most ``queries``)."""
     memory.release()
     screening.clear_cache()
     stamps: list[float] = []
@@ -63,6 +66,7 @@ def curve(path: Path, precision: str, levels: int, queries: int) -> tuple[float,
             precision=precision,
             sigmas=f"0.002:80:{levels}",
             queries_per_level=queries,
+            target_se=target_se,
             progress=lambda _label, _total, _done: lambda _n: stamps.append(time.process_time()),
             say=lambda _s: None,
         )
@@ -79,7 +83,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=1, help="exact/fast pairs, alternating")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--precisions", default="exact,fast", help="curves to run, in this order")
+    ap.add_argument(
+        "--precisions",
+        default="exact,fast,fast-se",
+        help="curves to run, in this order (fast-se: fast with adaptive queries to --target-se)",
+    )
+    ap.add_argument("--target-se", type=float, default=1e-3, help="fast-se: relative standard error per level")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,7 +110,9 @@ def main() -> None:
         for _ in range(args.repeats):
             for precision in results:
                 rate, cpu_rate = mm_rate(b, rows, d)  # next to each curve: the load changes
-                results[precision].append((*curve(path, precision, levels, b), rate, cpu_rate))
+                se = args.target_se if precision == "fast-se" else None
+                run = curve(path, precision.removesuffix("-se"), levels, b, se)
+                results[precision].append((*run, rate, cpu_rate))
     # on a shared machine the CPU seconds of this process are the steadier measure (with one thread)
     print(f"\n{'curve':<7}{'wall s':>8}{'GEMM s':>8}{'÷ GEMM':>8}{'cpu s':>8}{'GEMM cpu s':>11}{'÷ GEMM':>8}", end="")
     print(f"{'mm GFLOP/s':>12}   cpu s: first level / per later level / GEMM per level / files written")
@@ -113,11 +124,14 @@ def main() -> None:
                 f"{cpu / gemm_cpu:>8.2f}{rate:>12.1f}   {per_level[0]:.2f} / {np.mean(per_level[1:]):.2f} / "
                 f"{gemm_cpu / levels:.2f} / {cpu - sum(per_level):.2f}"
             )
-    if "exact" in results and "fast" in results:
-        wall = {name: min(r[0] for r in results[name]) for name in ("exact", "fast")}
-        cpu = {name: min(r[1] for r in results[name]) for name in ("exact", "fast")}
-        ratio = f"wall {wall['exact'] / wall['fast']:.2f}, cpu {cpu['exact'] / cpu['fast']:.2f}"
-        print(f"\nexact ÷ fast (best of each): {ratio}")
+    wall = {name: min(r[0] for r in runs) for name, runs in results.items()}
+    cpu = {name: min(r[1] for r in runs) for name, runs in results.items()}
+    for other in ("fast", "fast-se"):
+        if "exact" in results and other in results:
+            ratio = f"wall {wall['exact'] / wall[other]:.2f}, cpu {cpu['exact'] / cpu[other]:.2f}"
+            print(f"\nexact ÷ {other} (best of each): {ratio}", end="")
+    print("\n(fast-se's GEMM column is that of the fixed-count curve: it draws fewer queries where the level's")
+    print(f" standard error reaches {args.target_se:g} of its value first)")
     print("targets: exact ≤ 1.15× GEMM, exact ÷ fast ≥ 3")
     print(f"load average after: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
