@@ -58,8 +58,7 @@ PROBE = 32  # fewest queries in the first tile, which decides whether screening 
 BLOCK = 64  # columns per block of the screen's scans (chunks are padded to whole blocks)
 GATHER_BYTES = 64 << 20  # rows gathered per call to ``gathered_state``
 _CACHE: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
-# bytes of quantized chunks kept between calls (per process): at least 512 MB, else a quarter of the
-# resident budget of the float32 rows (int8 is a quarter of their size; docs/architecture.md, "Performance")
+# quantized chunks kept between calls: ≥ 512 MB, a quarter of the float32 rows' resident budget (int8)
 _CACHE_BUDGET = max(512 << 20, memory.resident_budget() // 4)
 
 
@@ -279,8 +278,7 @@ class Fast:
         sq_norm: torch.Tensor,
         order: torch.Tensor,
     ) -> PosteriorState:
-        """The exact state over each query's kept points (who computes how: see ``plan``, which
-        groups queries by ``order``)."""
+        """The exact state over each query's kept points (who computes how: ``plan``, by ``order``)."""
 
         size, tau = len(x), self._tau(len(x))
         counts = torch.bincount(rows, minlength=len(queries))
@@ -370,7 +368,7 @@ class Fast:
 
 
 def clear_cache() -> None:
-    """Drop the quantized chunks kept between calls (benchmarks use it to measure a cold start)."""
+    """Drop the quantized chunks kept between calls (benchmarks measure a cold start)."""
     _CACHE.clear()
 
 
