@@ -99,7 +99,7 @@ def write_diagnosis(result: dict, out: Path, title: str) -> list[Path]:
     """``diagnose.write_outputs`` plus sample_quality.png when the result has a sample-quality part."""
     extra = [Path(out) / "sample_quality.png"] if "sample_quality" in result else []
     for path in extra:
-        sq.plot_correlation(result["sample_quality"], path)
+        sq.plot_correlation(result["sample_quality"], result["history"]["excess"], path)
     return [*dg.write_outputs(result, out, title), *extra]
 
 

@@ -86,15 +86,15 @@ def sample_quality(
         "steps": [int(st) for st, _ in models],
         "fd": fd,
         "sigmas": list(history["sigmas"]),
-        "excess": np.asarray(history["excess"], dtype=np.float64).tolist(),
         "correlation": [None if not np.isfinite(v) else float(v) for v in r],
     }
 
 
-def plot_correlation(result: dict, path: str | Path) -> None:
+def plot_correlation(result: dict, excess: npt.ArrayLike, path: str | Path) -> None:
     """Pearson r(excess at σ, FD) per σ (left); right, the FD per checkpoint against the training step
-    when the checkpoints are one run's (steps increase), else against the excess at the level of the
-    largest |r| (checkpoints of several runs share steps, so a step axis would stack them)."""
+    when the checkpoints are one run's (steps increase), else against ``excess`` (checkpoints × levels,
+    the history the correlation came from) at the level of the largest |r| (checkpoints of several runs
+    share steps, so a step axis would stack them)."""
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     r = np.array([np.nan if v is None else v for v in result["correlation"]], dtype=np.float64)
     ax.semilogx(result["sigmas"], r, "o-")
@@ -109,7 +109,7 @@ def plot_correlation(result: dict, path: str | Path) -> None:
         bx.set_xlabel("training step")
     else:
         k = int(np.nanargmax(np.abs(r)))
-        bx.plot(np.asarray(result["excess"])[:, k], result["fd"], "o")
+        bx.plot(np.asarray(excess)[:, k], result["fd"], "o")
         bx.set_xlabel(f"excess loss at σ = {result['sigmas'][k]:.3g} (largest |r| = {abs(r[k]):.2f})")
     bx.set_ylabel(f"Fréchet distance ({result['feature'].split(' (')[0]})")
     save_figure(fig, path)
