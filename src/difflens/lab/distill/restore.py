@@ -159,10 +159,9 @@ def run_restore(
 
     pareto = None
 
-    def record(method, n, un, width, model, params):
-        runs.append(
-            {"method": method, "n": n, "unlabeled": un, "width": width, "params": params, "tasks": metrics(model)}
-        )
+    def record(method, n, un, width, model, params, extra=None):
+        run = {"method": method, "n": n, "unlabeled": un, "width": width, "params": params, "tasks": metrics(model)}
+        runs.append(run | (extra or {}))
 
     for n in cfg.pairs:
         pairs = [shaped(p.take(slice(0, n))) for p in labelled]
@@ -176,8 +175,7 @@ def run_restore(
             progress=progress,
             cache=cache,
         )
-        record("specialist", n, None, cfg.specialist_width, specs, specs[0].params())
-        runs[-1]["class"] = cfg.specialist
+        record("specialist", n, None, cfg.specialist_width, specs, specs[0].params(), {"class": cfg.specialist})
         base, _ = fit_generalist(
             pairs, model=gen_model, config=gen_cfg, scalarization=scal, seed=cfg.seed, progress=progress, cache=cache
         )
