@@ -178,7 +178,7 @@ def run_sweep(
         c.check(DIGITS - c.test) if name == "restore" else c.check()
     settings = {
         "experiment": name,
-        "config": asdict(cfg) if name != "policy" else {**asdict(cfg), "tasks": [asdict(t) for t in cfg.tasks]},
+        "config": asdict(cfg),  # nested dataclasses (policy tasks) become dicts too
         "grid": asdict(grid),
     }
     out.mkdir(parents=True, exist_ok=True)
